@@ -1,0 +1,35 @@
+# Two commands for a newcomer: `make run` and `make test`. Everything else is built on demand.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DATA   ?= .clexproxy-data
+
+.PHONY: run test build test-pure lint clean
+
+# The venv is rebuilt whenever the package definition or the compiled source changes.
+$(STAMP): pyproject.toml setup.py clexproxy/_fastpath.pyx
+	@$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || (apt-get update -qq && apt-get install -y -qq python3-venv)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+	$(PY) setup.py -q build_ext --inplace
+	@touch $(STAMP)
+
+build: $(STAMP)
+
+run: build
+	$(VENV)/bin/clexproxy serve --demo --host 127.0.0.1 --port 8080 --data-dir $(DATA)
+
+test: build
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The same suite on the pure-Python twin of _fastpath.
+test-pure: build
+	CLEXPROXY_NO_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: build
+	$(VENV)/bin/ruff check clexproxy tests benchmarks
+	$(VENV)/bin/mypy clexproxy
+
+clean:
+	rm -rf $(VENV) build clexproxy/_fastpath.c clexproxy/_fastpath*.so $(DATA)

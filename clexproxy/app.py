@@ -1,0 +1,115 @@
+"""build_app(settings) -> web.Application: routes, the error middleware, and the resources' lifecycle.
+
+Every resource (the store, the upstream sessions, the in-process demo upstream, the sync
+timers) is opened and closed in `cleanup_ctx`, so an app that started always cleans up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from clexproxy.catalog import Provider
+from clexproxy.clock import Clock, SystemClock
+from clexproxy.config import Settings
+from clexproxy.errors import ApiError, InternalError, MethodNotAllowed, NotFound, RequestTooLarge
+from clexproxy.gateway import Gateway
+from clexproxy.handlers import admin, health, models
+from clexproxy.handlers.common import GATEWAY, request_id
+from clexproxy.handlers.proxy import make_handler
+from clexproxy.store.sqlite import SQLiteStore
+
+log = logging.getLogger("clexproxy.app")
+
+DEMO_PROVIDER = "demo"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as SPEC's JSON with its X-Request-Id; nothing else (no trace) reaches the client."""
+    try:
+        response = await handler(request)
+    except ApiError as error:
+        return error.to_response({"X-Request-Id": request_id(request)})
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        error: ApiError = MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}; use {allowed}.")
+        return error.to_response({"X-Request-Id": request_id(request), "Allow": allowed})
+    except web.HTTPNotFound:
+        return NotFound(f"No such endpoint: {request.path}.").to_response({"X-Request-Id": request_id(request)})
+    except web.HTTPRequestEntityTooLarge:
+        return RequestTooLarge("Request body exceeds the configured limit.").to_response(
+            {"X-Request-Id": request_id(request)}
+        )
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            error = ApiError(exc.reason)
+            error.status = exc.status  # type: ignore[misc]
+            return error.to_response({"X-Request-Id": request_id(request)})
+        raise
+    except Exception:
+        log.exception("unhandled error, request_id=%s", request_id(request))
+        return InternalError("The gateway failed to handle this request.").to_response(
+            {"X-Request-Id": request_id(request)}
+        )
+    if not response.prepared and "X-Request-Id" not in response.headers:
+        response.headers["X-Request-Id"] = request_id(request)
+    return response
+
+
+async def chat_get(request: web.Request) -> web.Response:
+    raise MethodNotAllowed(
+        "This endpoint expects a POST request with a JSON body, e.g. "
+        '{"model": "meta/llama-3.3-70b-instruct", "messages": [{"role": "user", "content": "Hello!"}]}. '
+        "It is an API endpoint for SDKs and HTTP clients, not a web page."
+    )
+
+
+def _gateway_context(settings: Settings, clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        demo_server = None
+        effective = settings
+        if settings.demo:
+            url = settings.demo_upstream_url
+            if not url:
+                from clexproxy.demo_upstream import start_demo_upstream
+
+                demo_server = await start_demo_upstream("127.0.0.1", 0)
+                url = demo_server.url
+            provider = Provider(DEMO_PROVIDER, url.rstrip("/"), pass_headers=("x-demo-",))
+            effective = replace(settings, catalog=settings.catalog.with_all_models_on(provider))
+        store = SQLiteStore.in_data_dir(settings.data_dir)
+        gateway = Gateway(effective, clock, store)
+        app[GATEWAY] = gateway
+        try:
+            await gateway.start()
+            yield
+        finally:
+            await gateway.stop()
+            if demo_server is not None:
+                await demo_server.close()
+
+    return context
+
+
+def build_app(settings: Settings, clock: Clock | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app.cleanup_ctx.append(_gateway_context(settings, clock or SystemClock()))
+    router = app.router
+    chat = make_handler("/chat/completions")
+    router.add_post("/v1/chat/completions", chat)
+    router.add_get("/v1/chat/completions", chat_get)
+    router.add_post("/api/chat", chat)
+    router.add_post("/v1/embeddings", make_handler("/embeddings"))
+    router.add_get("/v1/models", models.list_models)
+    router.add_get("/v1/models/{model_id:.+}", models.get_model)
+    router.add_get("/api/credits/pricing", models.pricing)
+    router.add_get("/healthz", health.healthz)
+    router.add_get("/readyz", health.readyz)
+    router.add_get("/metrics", health.metrics)
+    admin.add_routes(app)
+    return app

@@ -1,0 +1,211 @@
+"""Settings: one typed, frozen object built from defaults, a TOML file, `CLEX_*` variables and CLI flags.
+
+Precedence, lowest first: the defaults below, the TOML file, the environment, the command line.
+Scalar settings live in TOML sections and map onto flat fields: `[server] port` is `port`
+(`CLEX_PORT`); any other section prefixes its keys, so `[upstream] read_timeout` is
+`upstream_read_timeout` (`CLEX_UPSTREAM_READ_TIMEOUT`). The catalog tables (`[tiers]`,
+`[plans.NAME]`, `[providers.NAME]`, `[models."ID"]`, `[catalog]`) extend or override the shipped one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from clexproxy.catalog import Catalog, Deployment, Model, Plan, Provider, default_catalog
+
+ENV_PREFIX = "CLEX_"
+CATALOG_SECTIONS = ("tiers", "plans", "providers", "models", "catalog")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = ".clexproxy-data"
+    demo: bool = False
+    # The body limit: long conversations and inline images are large.
+    max_body_bytes: int = 16 * 1024 * 1024
+    log_level: str = "INFO"
+    # The admin API is off unless a token is configured (CLEX_ADMIN_TOKEN).
+    admin_token: str = ""
+    upstream_connect_timeout: float = 10.0
+    # Longest silence tolerated between two reads from an upstream; no total timeout (long generations).
+    upstream_read_timeout: float = 300.0
+    # Shorter than common upstream idle timeouts so a pooled connection is never reused after the far end closed it.
+    upstream_keepalive_timeout: float = 15.0
+    upstream_max_connections: int = 1000
+    upstream_retry_backoff: float = 0.05
+    # Extra tries of the same deployment list before falling back; 0 means each deployment once.
+    upstream_retries: int = 0
+    sse_keepalive_seconds: float = 5.0
+    store_flush_seconds: float = 0.5
+    store_poll_seconds: float = 0.25
+    # With `demo`: an already running demo upstream to use instead of starting one in-process.
+    demo_upstream_url: str = ""
+    demo_account: str = "demo"
+    demo_plan: str = "pro"
+    catalog: Catalog = field(default_factory=default_catalog)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+_SCALARS: dict[str, type] = {
+    f.name: f.type if isinstance(f.type, type) else eval(f.type, {}, {})  # noqa: S307 - our own annotations
+    for f in fields(Settings)
+    if f.name != "catalog"
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _SCALARS[name]
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind is int and isinstance(value, bool):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name!r} must be {kind.__name__}, got {value!r}") from None
+
+
+def _flatten(doc: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section, table in doc.items():
+        if section in CATALOG_SECTIONS:
+            continue
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        for key, value in table.items():
+            name = key if section == "server" else f"{section}_{key}"
+            if name not in _SCALARS:
+                raise ConfigError(f"unknown setting [{section}] {key}")
+            flat[name] = value
+    return flat
+
+
+def _build_catalog(doc: Mapping[str, Any], base: Catalog) -> Catalog:
+    tiers = {**base.tiers, **{str(k): int(v) for k, v in doc.get("tiers", {}).items()}}
+    plans = dict(base.plans)
+    for name, p in doc.get("plans", {}).items():
+        old = plans.get(name)
+        try:
+            plans[name] = Plan(
+                name,
+                int(p.get("credits_per_day", old.credits_per_day if old else 0)),
+                int(p.get("requests_per_minute", old.requests_per_minute if old else 0)),
+                int(p.get("max_keys", old.max_keys if old else 1)),
+            )
+        except (TypeError, ValueError, AttributeError):
+            raise ConfigError(f"[plans.{name}] needs integer credits_per_day, requests_per_minute, max_keys") from None
+    providers = dict(base.providers)
+    for name, p in doc.get("providers", {}).items():
+        if "base_url" not in p:
+            raise ConfigError(f"[providers.{name}] needs base_url")
+        providers[name] = Provider(
+            name,
+            str(p["base_url"]).rstrip("/"),
+            api_key_env=p.get("api_key_env"),
+            format=p.get("format", "openai"),
+            pass_headers=tuple(h.lower() for h in p.get("pass_headers", ())),
+        )
+    models = dict(base.models)
+    for mid, m in doc.get("models", {}).items():
+        old_model = models.get(mid)
+        deployments: tuple[Deployment, ...]
+        if "deployments" in m:
+            deployments = tuple(Deployment(str(d["provider"]), str(d.get("model", mid))) for d in m["deployments"])
+        elif old_model is not None:
+            deployments = old_model.deployments
+        else:
+            raise ConfigError(f'[models."{mid}"] needs deployments')
+        models[mid] = Model(
+            mid,
+            str(m.get("tier", old_model.tier if old_model else "cheap")),
+            int(m.get("context_length", old_model.context_length if old_model else 8_192)),
+            int(m.get("max_output_tokens", old_model.max_output_tokens if old_model else 4_096)),
+            deployments,
+            m.get("kind", old_model.kind if old_model else "chat"),
+        )
+    extra = doc.get("catalog", {})
+    catalog = Catalog(
+        tiers=tiers,
+        plans=plans,
+        providers=providers,
+        models=models,
+        default_credits=int(extra.get("default_credits", base.default_credits)),
+        fallback_model=extra.get("fallback_model", base.fallback_model) or None,
+    )
+    _check_catalog(catalog)
+    return catalog
+
+
+def _check_catalog(catalog: Catalog) -> None:
+    for model in catalog.models.values():
+        if model.tier not in catalog.tiers:
+            raise ConfigError(f"model {model.id!r} has unknown tier {model.tier!r}")
+        if model.kind not in ("chat", "embedding"):
+            raise ConfigError(f"model {model.id!r} has unknown kind {model.kind!r}")
+        for dep in model.deployments:
+            if dep.provider not in catalog.providers:
+                raise ConfigError(f"model {model.id!r} uses unknown provider {dep.provider!r}")
+    if catalog.fallback_model and catalog.fallback_model not in catalog.models:
+        raise ConfigError(f"fallback model {catalog.fallback_model!r} is not in the catalog")
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the one Settings object; CLI flags come in as `overrides` (None values are ignored)."""
+    env = os.environ if env is None else env
+    path = path or env.get("CLEX_CONFIG") or None
+    doc: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    values = _flatten(doc)
+    for name in _SCALARS:
+        env_value = env.get(ENV_PREFIX + name.upper())
+        if env_value is not None:
+            values[name] = env_value
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    coerced = {name: _coerce(name, value) for name, value in values.items()}
+    settings = replace(Settings(), **coerced, catalog=_build_catalog(doc, default_catalog()))
+    if settings.demo_plan not in settings.catalog.plans:
+        raise ConfigError(f"demo_plan {settings.demo_plan!r} is not a plan")
+    if settings.max_body_bytes < 1024:
+        raise ConfigError("max_body_bytes must be at least 1024")
+    return settings
+
+
+def as_dict(settings: Settings) -> dict[str, Any]:
+    """The scalar settings, for a startup log line (never includes the admin token's value)."""
+    out = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "catalog"}
+    out["admin_token"] = "set" if settings.admin_token else "unset"
+    return out

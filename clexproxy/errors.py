@@ -1,0 +1,124 @@
+"""One exception hierarchy whose every member renders as SPEC's error body.
+
+`{"error": {"message", "type", "code", "status"}}` with the HTTP status equal to `status`.
+Messages are written for the caller: they name the offending field and never carry a
+provider URL, a credential or a stack trace.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import orjson
+from aiohttp import web
+
+
+class ApiError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_server_error"
+    type: ClassVar[str] = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers: dict[str, str] = dict(headers or {})
+        self.extra: dict[str, Any] = dict(extra or {})
+        self.error_type = error_type or self.type
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.error_type,
+            "code": self.code,
+            "status": self.status,
+        }
+        error.update(self.extra)
+        return {"error": error}
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.body())
+
+    def to_response(self, headers: Mapping[str, str] | None = None) -> web.Response:
+        merged = {**(headers or {}), **self.headers}
+        return web.Response(
+            body=self.to_bytes(), status=self.status, content_type="application/json", headers=merged
+        )
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    code = "invalid_request_error"
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(ApiError):
+    status = 401
+    code = "authentication_error"
+    type = "authentication_error"
+
+
+class ModelNotFound(ApiError):
+    status = 404
+    code = "model_not_found"
+    type = "invalid_request_error"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+    type = "invalid_request_error"
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+    type = "invalid_request_error"
+
+
+class RequestTooLarge(ApiError):
+    status = 413
+    code = "request_too_large"
+    type = "invalid_request_error"
+
+
+class RateLimited(ApiError):
+    """`limit` says which limit was hit: `requests_per_minute` or `daily_credits`."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, limit: str, retry_after: float, headers: Mapping[str, str] | None = None):
+        seconds = max(1, int(retry_after + 0.999))
+        retry = {"Retry-After": str(seconds), "retry-after-ms": str(max(1, int(retry_after * 1000 + 0.999)))}
+        if limit == "daily_credits":
+            retry["x-should-retry"] = "false"
+        super().__init__(message, headers={**(headers or {}), **retry}, extra={"limit": limit})
+        self.limit = limit
+
+
+class InternalError(ApiError):
+    status = 500
+    code = "internal_server_error"
+    type = "api_error"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    code = "service_unavailable"
+    type = "service_unavailable_error"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, error_type: str | None = None) -> None:
+        seconds = max(1, int(retry_after + 0.999))
+        super().__init__(
+            message,
+            headers={"Retry-After": str(seconds), "retry-after-ms": str(int(retry_after * 1000) or 1)},
+            error_type=error_type,
+        )

@@ -1,0 +1,121 @@
+"""The gateway's runtime state and the background work that keeps it in step with the store.
+
+The request path reads only what is here, in memory. Two timers do the rest: one applies the
+store's change feed (keys created or revoked by the CLI, plan changes) and one writes usage
+behind, so a hard crash loses at most `store_flush_seconds` of usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from clexproxy.auth import Directory
+from clexproxy.catalog import Catalog
+from clexproxy.clock import Clock
+from clexproxy.config import Settings
+from clexproxy.metering import Meter
+from clexproxy.metrics import Metrics
+from clexproxy.store.sqlite import SQLiteStore, UsageDelta
+from clexproxy.upstream import UpstreamPool
+
+log = logging.getLogger("clexproxy.gateway")
+T = TypeVar("T")
+
+
+class Gateway:
+    def __init__(self, settings: Settings, clock: Clock, store: SQLiteStore) -> None:
+        self.settings = settings
+        self.catalog: Catalog = settings.catalog
+        self.clock = clock
+        self.store = store
+        self.directory = Directory(self.catalog)
+        self.meter = Meter(clock)
+        self.upstream = UpstreamPool(settings, self.catalog)
+        self.metrics = Metrics()
+        self.ready = False
+        self._seq = 0
+        self._data_version = -1
+        # SQLite from one thread at a time, off the event loop.
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clexproxy-store")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._unflushed: list[UsageDelta] = []
+
+    async def run_store(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store call on the store's own thread (the admin API uses this too)."""
+        return await self._db(fn, *args)
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    async def start(self) -> None:
+        """Load accounts, keys and today's usage, then start the sync timers."""
+        accounts, keys, self._seq = await self._db(self.store.changes_since, 0)
+        spent = await self._db(self.store.credits_spent, self.meter.today())
+        for account in self.directory.apply(accounts, keys):
+            self.meter.track(account, spent.get(account.id, 0))
+        self._data_version = await self._db(self.store.data_version)
+        self._tasks = [
+            asyncio.create_task(self._poll_loop(), name="clexproxy-store-poll"),
+            asyncio.create_task(self._flush_loop(), name="clexproxy-usage-flush"),
+        ]
+        self.ready = True
+        log.info("loaded %d accounts and %d keys", len(self.directory.accounts), len(self.directory.keys))
+
+    async def stop(self) -> None:
+        self.ready = False
+        # The timers are told to stop, not cancelled: a cancelled write-behind could drop usage.
+        self._stopping.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush_usage()
+        await self.upstream.close()
+        await self._db(self.store.close)
+        self._db_thread.shutdown(wait=True)
+
+    async def sync_store(self, force: bool = False) -> None:
+        """Apply what was written to the store since the last look.
+
+        `data_version` only moves for other connections' commits, so our own writes (admin API) pass `force`.
+        """
+        version = await self._db(self.store.data_version)
+        if version == self._data_version and not force:
+            return
+        self._data_version = version
+        accounts, keys, self._seq = await self._db(self.store.changes_since, self._seq)
+        for account in self.directory.apply(accounts, keys):
+            self.meter.track(account)
+
+    async def flush_usage(self) -> None:
+        """Write usage behind; a failed write keeps its deltas for the next try, so nothing is lost."""
+        deltas, self._unflushed = self._unflushed + self.meter.drain(), []
+        if not deltas:
+            return
+        try:
+            await self._db(self.store.add_usage, deltas)
+        except BaseException:
+            self._unflushed = deltas + self._unflushed
+            raise
+
+    async def _tick(self, seconds: float) -> bool:
+        """Sleep `seconds`; False once the gateway is stopping."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return not self._stopping.is_set()
+
+    async def _poll_loop(self) -> None:
+        while await self._tick(self.settings.store_poll_seconds):
+            try:
+                await self.sync_store()
+            except Exception:  # the loop must outlive a locked or briefly unreadable database
+                log.exception("store sync failed; retrying")
+
+    async def _flush_loop(self) -> None:
+        while await self._tick(self.settings.store_flush_seconds):
+            try:
+                await self.flush_usage()
+            except Exception:
+                log.exception("usage write-behind failed; retrying")

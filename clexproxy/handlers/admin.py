@@ -1,0 +1,151 @@
+"""The admin API: accounts, keys, plans and usage, behind an admin token (never a user key).
+
+Off unless `admin_token` is configured. Writes go to the store and are applied to this
+process's memory at once; other processes pick them up from the store's change feed.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from clexproxy.errors import AuthenticationFailed, InvalidRequest, NotFound
+from clexproxy.handlers.common import GATEWAY, read_json, request_id
+from clexproxy.store.sqlite import AccountRow, KeyRow, StoreError
+
+MAX_ADMIN_BODY = 64 * 1024
+
+
+def _check_token(request: web.Request) -> None:
+    expected = request.app[GATEWAY].settings.admin_token
+    if not expected:
+        raise NotFound("The admin API is disabled: set CLEX_ADMIN_TOKEN to enable it.")
+    sent = request.headers.get("Authorization", "")
+    token = sent[7:] if sent.startswith("Bearer ") else request.headers.get("X-Admin-Token", "")
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise AuthenticationFailed("Missing or invalid admin token.")
+
+
+def _ok(payload: Any, request: web.Request, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(payload), status=status, content_type="application/json",
+        headers={"X-Request-Id": request_id(request)},
+    )
+
+
+def _account(row: AccountRow) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "plan": row.plan, "created_at": int(row.created_at)}
+
+
+def _key(row: KeyRow) -> dict[str, Any]:
+    return {
+        "id": row.id, "account": row.account, "hint": row.hint, "created_at": int(row.created_at),
+        "revoked_at": int(row.revoked_at) if row.revoked_at else None, "active": row.active,
+    }
+
+
+def _string_field(body: Any, name: str) -> str:
+    value = body.get(name) if isinstance(body, dict) else None
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"'{name}' must be a non-empty string.", extra={"param": name})
+    return value
+
+
+def _plan(request: web.Request, body: Any, default: str | None = None) -> str:
+    plans = request.app[GATEWAY].catalog.plans
+    plan = body.get("plan", default) if isinstance(body, dict) else default
+    if plan not in plans:
+        raise InvalidRequest(f"'plan' must be one of: {', '.join(plans)}.", extra={"param": "plan"})
+    return str(plan)
+
+
+async def _store_call(request: web.Request, fn: Any, *args: Any) -> Any:
+    gateway = request.app[GATEWAY]
+    try:
+        result = await gateway.run_store(fn, *args)
+    except StoreError as exc:
+        message = str(exc)
+        raise (NotFound(message) if message.startswith("no ") else InvalidRequest(message)) from None
+    await gateway.sync_store(force=True)
+    return result
+
+
+async def list_accounts(request: web.Request) -> web.Response:
+    _check_token(request)
+    rows = await request.app[GATEWAY].run_store(request.app[GATEWAY].store.list_accounts)
+    return _ok({"object": "list", "data": [_account(r) for r in rows]}, request)
+
+
+async def create_account(request: web.Request) -> web.Response:
+    _check_token(request)
+    body = await read_json(request, MAX_ADMIN_BODY)
+    name, plan = _string_field(body, "name"), _plan(request, body, "free")
+    row = await _store_call(request, request.app[GATEWAY].store.create_account, name, plan)
+    return _ok(_account(row), request, status=201)
+
+
+async def update_account(request: web.Request) -> web.Response:
+    _check_token(request)
+    body = await read_json(request, MAX_ADMIN_BODY)
+    row = await _store_call(request, request.app[GATEWAY].store.set_plan, request.match_info["name"], _plan(request, body))
+    return _ok(_account(row), request)
+
+
+async def create_key(request: web.Request) -> web.Response:
+    _check_token(request)
+    gateway = request.app[GATEWAY]
+    name = request.match_info["name"]
+    if await gateway.run_store(gateway.store.get_account, name) is None:
+        raise NotFound(f"no account named {name!r}")
+    limits = {p.name: p.max_keys for p in gateway.catalog.plans.values()}
+    row, key = await _store_call(request, gateway.store.create_key, name, "free", limits)
+    return _ok({**_key(row), "key": key}, request, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    _check_token(request)
+    gateway = request.app[GATEWAY]
+    rows = await gateway.run_store(gateway.store.list_keys, request.query.get("account"))
+    return _ok({"object": "list", "data": [_key(r) for r in rows]}, request)
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    _check_token(request)
+    try:
+        key_id = int(request.match_info["key_id"])
+    except ValueError:
+        raise InvalidRequest("key id must be an integer.") from None
+    row = await _store_call(request, request.app[GATEWAY].store.revoke_key, key_id)
+    return _ok(_key(row), request)
+
+
+async def account_usage(request: web.Request) -> web.Response:
+    _check_token(request)
+    gateway = request.app[GATEWAY]
+    name = request.match_info["name"]
+    if await gateway.run_store(gateway.store.get_account, name) is None:
+        raise NotFound(f"no account named {name!r}")
+    await gateway.flush_usage()
+    rows = await gateway.run_store(gateway.store.usage, name)
+    usage = [
+        {"day": r.day, "credits": r.credits, "calls": r.calls,
+         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens}
+        for r in rows
+    ]
+    return _ok({"account": name, "usage": usage}, request)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/accounts", list_accounts)
+    app.router.add_post("/admin/accounts", create_account)
+    app.router.add_patch("/admin/accounts/{name}", update_account)
+    app.router.add_post("/admin/accounts/{name}/keys", create_key)
+    app.router.add_get("/admin/accounts/{name}/usage", account_usage)
+    app.router.add_get("/admin/keys", list_keys)
+    app.router.add_delete("/admin/keys/{key_id}", revoke_key)
+
+
+__all__ = ["add_routes"]

@@ -1,0 +1,50 @@
+"""What every handler needs: the request id, the gateway state, and a bounded JSON body read."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from clexproxy.errors import InvalidRequest, RequestTooLarge
+from clexproxy.gateway import Gateway
+
+GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_ID = "clexproxy.request_id"
+MAX_CLIENT_REQUEST_ID = 128
+
+_prefix = f"req_{os.getpid():x}{os.urandom(3).hex()}_"
+_counter = itertools.count(1)
+
+
+def request_id(request: web.Request) -> str:
+    """The client's X-Request-Id when it sent a sane one, else a new process-unique id."""
+    rid: str | None = request.get(REQUEST_ID)
+    if rid is None:
+        sent = request.headers.get("X-Request-Id")
+        if sent and len(sent) <= MAX_CLIENT_REQUEST_ID and sent.isprintable() and sent.isascii():
+            rid = sent
+        else:
+            rid = f"{_prefix}{next(_counter):x}"
+        request[REQUEST_ID] = rid
+    return rid
+
+
+async def read_json(request: web.Request, max_bytes: int) -> Any:
+    """One read and one parse of the body, with SPEC's 413 and 400s."""
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise RequestTooLarge(f"Request body is {length} bytes; the limit is {max_bytes} bytes.")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise RequestTooLarge(f"Request body exceeds the limit of {max_bytes} bytes.") from None
+    if not raw:
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"Malformed JSON in request body: {exc}.") from None

@@ -1,0 +1,135 @@
+"""Admit and settle: the per-minute bucket, the daily credit reservation, and the headers they produce.
+
+Everything here is in memory (`_fastpath`); the store only sees the usage deltas drained by
+the write-behind task. A call reserves its credits when admitted; `refund` gives them back
+when the call ends in an error before any answer was sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clexproxy.auth import Account
+from clexproxy.clock import Clock, seconds_to_utc_midnight, utc_day
+from clexproxy.errors import RateLimited
+from clexproxy.fastpath import BucketResult, CreditLedger, TokenBuckets
+from clexproxy.store.sqlite import UsageDelta
+
+
+def openai_duration(seconds: float) -> str:
+    """OpenAI's `x-ratelimit-reset-*` format: `20ms`, `1.5s`, `6m0s`."""
+    if seconds < 1.0:
+        return f"{max(0, int(seconds * 1000))}ms"
+    if seconds < 60.0:
+        return f"{round(seconds, 3):g}s"
+    minutes, rest = divmod(int(seconds + 0.5), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes}m{rest}s"
+
+
+@dataclass(slots=True)
+class Admission:
+    """A reservation in flight; `refund` or nothing (charged) settles it exactly once."""
+
+    account_id: int
+    cost: int
+    day: int
+    headers: dict[str, str]
+    refunded: bool = False
+
+
+class Meter:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.buckets = TokenBuckets()
+        self.ledger = CreditLedger(auto_lease=True)
+        self._tokens: dict[tuple[int, int], list[int]] = {}
+
+    def today(self) -> int:
+        return utc_day(self.clock.time())
+
+    def track(self, account: Account, spent_today: int = 0) -> None:
+        """Start or update metering for an account (new account, plan change, or startup with stored usage)."""
+        self.ledger.set_account(account.id, account.plan.credits_per_day, self.today(), spent_today)
+
+    def _headers(self, account: Account, remaining: int, bucket: BucketResult, wall: float) -> dict[str, str]:
+        plan = account.plan
+        return {
+            "X-Clex-Credits-Remaining": str(remaining),
+            "X-Clex-Credits-Limit": str(plan.credits_per_day),
+            "X-Clex-Credits-Reset": str(seconds_to_utc_midnight(wall)),
+            "x-ratelimit-limit-requests": str(plan.requests_per_minute),
+            "x-ratelimit-remaining-requests": str(bucket.remaining),
+            "x-ratelimit-reset-requests": openai_duration(bucket.reset_after),
+        }
+
+    def peek_headers(self, account: Account) -> dict[str, str]:
+        """The metering headers for a response that reserves nothing (a 400 after authentication)."""
+        wall = self.clock.time()
+        day = utc_day(wall)
+        if account.id not in self.ledger:
+            self.track(account)
+        rpm = account.plan.requests_per_minute
+        bucket = self.buckets.peek(account.id, rpm, rpm / 60.0, self.clock.monotonic())
+        return self._headers(account, self.ledger.remaining(account.id, day), bucket, wall)
+
+    def admit(self, account: Account, cost: int) -> Admission:
+        """Take one request from the bucket and reserve `cost` credits, or raise the 429 that says which failed."""
+        wall = self.clock.time()
+        day = utc_day(wall)
+        rpm = account.plan.requests_per_minute
+        bucket = self.buckets.acquire(account.id, rpm, rpm / 60.0, self.clock.monotonic())
+        if account.id not in self.ledger:
+            self.track(account)
+        if not bucket.allowed:
+            headers = self._headers(account, self.ledger.remaining(account.id, day), bucket, wall)
+            raise RateLimited(
+                f"Rate limit reached: your {account.plan.name} plan allows {rpm} requests per minute. "
+                f"Retry in {bucket.retry_after:.1f}s.",
+                limit="requests_per_minute",
+                retry_after=bucket.retry_after,
+                headers=headers,
+            )
+        remaining = self.ledger.reserve(account.id, cost, day)
+        if remaining < 0:
+            left = self.ledger.remaining(account.id, day)
+            reset = seconds_to_utc_midnight(wall)
+            raise RateLimited(
+                f"Daily credits exhausted: this call costs {cost} credit(s) and {left} remain today "
+                f"on your {account.plan.name} plan ({account.plan.credits_per_day}/day). "
+                f"The budget resets at 00:00 UTC, in {reset}s.",
+                limit="daily_credits",
+                retry_after=reset,
+                headers=self._headers(account, left, bucket, wall),
+            )
+        return Admission(account.id, cost, day, self._headers(account, remaining, bucket, wall))
+
+    def refund(self, admission: Admission) -> None:
+        """Give a reservation back; synchronous so a cancelled handler cannot interrupt it half-way."""
+        if admission.refunded:
+            return
+        admission.refunded = True
+        self.ledger.refund(admission.account_id, admission.cost, admission.day)
+        admission.headers["X-Clex-Credits-Remaining"] = str(
+            self.ledger.remaining(admission.account_id, self.today())
+        )
+
+    def record_tokens(self, admission: Admission, prompt: int, completion: int) -> None:
+        slot = self._tokens.get((admission.account_id, admission.day))
+        if slot is None:
+            self._tokens[(admission.account_id, admission.day)] = [prompt, completion]
+        else:
+            slot[0] += prompt
+            slot[1] += completion
+
+    def drain(self) -> list[UsageDelta]:
+        """Usage accumulated since the last drain, for the write-behind to the store."""
+        tokens, self._tokens = self._tokens, {}
+        out: list[UsageDelta] = []
+        for account, day, credits, calls in self.ledger.drain_usage():
+            p, c = tokens.pop((account, day), (0, 0))
+            out.append(UsageDelta(account, day, credits, calls, p, c))
+        out.extend(UsageDelta(a, d, 0, 0, p, c) for (a, d), (p, c) in tokens.items())
+        return out

@@ -1,0 +1,183 @@
+"""Relay an upstream answer to the client: SSE byte for byte as it arrives, or one JSON body.
+
+Streamed chunks are never parsed as JSON except the one that carries `usage`; events go out
+as the exact bytes the upstream sent (`SSEEvent.raw`). While the first token is slow, a
+`: keep-alive` comment keeps proxies and clients from timing out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from clexproxy.errors import ApiError, InternalError, ServiceUnavailable
+from clexproxy.fastpath import SSEParser, has_usage
+from clexproxy.upstream import UpstreamReply
+
+KEEPALIVE = b": keep-alive\n\n"
+DONE = b"[DONE]"
+DONE_EVENT = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(slots=True)
+class CallOutcome:
+    """What the relay learned, for settlement, metrics and the access log."""
+
+    status: int = 200
+    answer_started: bool = False
+    upstream_seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    provider: str = ""
+    served_model: str = ""
+    error_code: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def error_event(error: ApiError) -> bytes:
+    return b"data: " + error.to_bytes() + b"\n\n" + DONE_EVENT
+
+
+def _read_usage(usage: Any, outcome: CallOutcome) -> None:
+    if isinstance(usage, dict):
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        outcome.prompt_tokens = p if isinstance(p, int) else 0
+        outcome.completion_tokens = c if isinstance(c, int) else 0
+
+
+async def _with_keepalive(task: asyncio.Future[Any], response: web.StreamResponse, request: web.Request,
+                          interval: float) -> Any:
+    """Await `task`, sending a keep-alive comment every `interval` seconds meanwhile (preparing the response)."""
+    while True:
+        done, _ = await asyncio.wait((task,), timeout=interval)
+        if done:
+            return task.result()
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write(KEEPALIVE)
+
+
+async def stream(
+    request: web.Request,
+    send: Awaitable[UpstreamReply],
+    headers: dict[str, str],
+    wants_usage: bool,
+    keepalive: float,
+    outcome: CallOutcome,
+    on_error: Any,
+) -> web.StreamResponse:
+    """Relay an SSE answer. `on_error(error)` settles a failure and returns the headers to send with it."""
+    response = web.StreamResponse(status=200, headers={**headers, **SSE_HEADERS})
+    started = time.monotonic()
+    send_task = asyncio.ensure_future(send)
+    try:
+        reply: UpstreamReply = await _with_keepalive(send_task, response, request, keepalive)
+    except ApiError as error:
+        outcome.status, outcome.error_code = error.status, error.code
+        error_headers = on_error(error)
+        if response.prepared:
+            await response.write(error_event(error))
+            await response.write_eof()
+            return response
+        return error.to_response(error_headers)
+    finally:
+        if not send_task.done():
+            send_task.cancel()
+            send_task.add_done_callback(_close_orphan)
+    outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
+    upstream = reply.response
+    parser = SSEParser()
+    content = upstream.content
+    finished = False
+    failure: ApiError | None = None
+    try:
+        if not response.prepared:
+            await response.prepare(request)
+        while True:
+            if outcome.answer_started:
+                chunk = await content.readany()
+            else:
+                read = asyncio.ensure_future(content.readany())
+                try:
+                    chunk = await _with_keepalive(read, response, request, keepalive)
+                finally:
+                    if not read.done():
+                        read.cancel()
+            if not chunk:
+                break
+            out: list[bytes] = []
+            for event in parser.feed(chunk):
+                data = event.data
+                if data is not None:
+                    if data == DONE:
+                        finished = True
+                    elif has_usage(data):
+                        doc = orjson.loads(data)
+                        _read_usage(doc.get("usage"), outcome)
+                        if not wants_usage and not doc.get("choices"):
+                            continue
+                    outcome.answer_started = True
+                out.append(event.raw)
+            if out:
+                await response.write(out[0] if len(out) == 1 else b"".join(out))
+        if not finished:
+            failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
+                                         error_type="upstream_error")
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError):
+        failure = ServiceUnavailable("The upstream connection was lost mid-stream.", error_type="upstream_error")
+    except orjson.JSONDecodeError:
+        failure = InternalError("The upstream sent a malformed usage chunk.", error_type="upstream_error")
+    finally:
+        outcome.upstream_seconds = time.monotonic() - started
+        if finished:
+            upstream.release()
+        else:
+            upstream.close()
+    if failure is not None:
+        outcome.status, outcome.error_code = failure.status, failure.code
+        on_error(failure)
+        await response.write(error_event(failure))
+    await response.write_eof()
+    return response
+
+
+def _close_orphan(task: asyncio.Future[UpstreamReply]) -> None:
+    """An upstream reply that arrived after the client left: close it so the connection is not leaked."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().response.close()
+
+
+async def unary(
+    send: Awaitable[UpstreamReply],
+    headers: dict[str, str],
+    outcome: CallOutcome,
+) -> tuple[bytes, dict[str, str]]:
+    """Fetch a whole JSON answer; returns its exact bytes. Raises ApiError when there is no good answer."""
+    started = time.monotonic()
+    reply = await send
+    outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
+    upstream = reply.response
+    try:
+        raw = await upstream.read()
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError):
+        upstream.close()
+        raise ServiceUnavailable("The upstream connection was lost before the answer was complete.",
+                                 error_type="upstream_error") from None
+    finally:
+        outcome.upstream_seconds = time.monotonic() - started
+    upstream.release()
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InternalError("The upstream sent a malformed answer.", error_type="upstream_error") from None
+    if isinstance(doc, dict):
+        _read_usage(doc.get("usage"), outcome)
+    return raw, headers

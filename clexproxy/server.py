@@ -1,0 +1,110 @@
+"""Run the gateway: the event loop, the listening socket, signals and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from clexproxy.app import build_app
+from clexproxy.config import Settings
+from clexproxy.fastpath import USING_EXTENSION, hash_key, key_format_ok
+from clexproxy.store.sqlite import SQLiteStore, StoreError
+
+log = logging.getLogger("clexproxy.server")
+
+DEMO_KEY_FILE = "demo_key"
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def ensure_demo_key(settings: Settings) -> str:
+    """The demo account's key, created on first start and kept (demo mode only) so the printed curl line keeps working."""
+    path = Path(settings.data_dir) / DEMO_KEY_FILE
+    store = SQLiteStore.in_data_dir(settings.data_dir)
+    try:
+        if path.exists():
+            key = path.read_text().strip()
+            digest = hash_key(key) if key_format_ok(key) else b""
+            if any(k.key_hash == digest and k.active for k in store.list_keys(settings.demo_account)):
+                return key
+        if store.get_account(settings.demo_account) is None:
+            store.create_account(settings.demo_account, settings.demo_plan)
+        limits = {p.name: p.max_keys for p in settings.catalog.plans.values()}
+        try:
+            _, key = store.create_key(settings.demo_account, settings.demo_plan, limits)
+        except StoreError:
+            # The demo account is at its key limit with keys we cannot show: retire the oldest.
+            oldest = store.list_keys(settings.demo_account, include_revoked=False)[0]
+            store.revoke_key(oldest.id)
+            _, key = store.create_key(settings.demo_account, settings.demo_plan, limits)
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        return key
+    finally:
+        store.close()
+
+
+def banner(settings: Settings, demo_key: str | None) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    lines = [
+        f"clexproxy listening on {base} ({'compiled' if USING_EXTENSION else 'pure-Python'} fastpath, "
+        f"data in {settings.data_dir}{', demo upstream' if settings.demo else ''})",
+    ]
+    if demo_key:
+        lines += [
+            "",
+            f"Demo key (account '{settings.demo_account}', plan {settings.demo_plan}): {demo_key}",
+            "Try it:",
+            "",
+            f"curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {demo_key}' "
+            "-H 'Content-Type: application/json' "
+            "-d '{\"model\": \"meta/llama-3.3-70b-instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'",
+            "",
+            f"OpenAI SDK: OpenAI(base_url='{base}/v1', api_key='{demo_key}')",
+        ]
+    return "\n".join(lines)
+
+
+async def serve(settings: Settings) -> None:
+    demo_key = ensure_demo_key(settings) if settings.demo else None
+    app = build_app(settings)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SystemExit(f"clexproxy: cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+    print(banner(settings, demo_key), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+def run(settings: Settings) -> None:
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stdout,
+    )
+    try:
+        import uvloop
+    except ImportError:  # uvloop is a dependency everywhere but Windows
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
+    sys.stdout.flush()

@@ -1,0 +1,278 @@
+"""The embedded store: one SQLite file under the data dir, shared by the server and the CLI.
+
+The server never touches it on the request path: it loads everything at start, then a
+background task applies what changed (`changes_since`, driven by a sequence number every
+mutation bumps) and writes usage behind. WAL mode lets the CLI write while the server reads.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from clexproxy.fastpath import hash_key
+
+KEY_PREFIX = "clex_"
+KEY_RANDOM_BYTES = 32  # 43 URL-safe characters: above SPEC's minimum of 32
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0), ('schema', 1);
+CREATE TABLE IF NOT EXISTS accounts (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    plan TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    key_hash BLOB NOT NULL UNIQUE,
+    hint TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_seq ON keys(seq);
+CREATE INDEX IF NOT EXISTS accounts_seq ON accounts(seq);
+CREATE TABLE IF NOT EXISTS usage (
+    account_id INTEGER NOT NULL,
+    day INTEGER NOT NULL,
+    credits INTEGER NOT NULL DEFAULT 0,
+    calls INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (account_id, day)
+);
+"""
+
+
+class StoreError(Exception):
+    """A request the store refuses (unknown account, key limit reached...); the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    id: int
+    name: str
+    plan: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    id: int
+    account_id: int
+    account: str
+    key_hash: bytes
+    hint: str
+    created_at: float
+    revoked_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDelta:
+    account_id: int
+    day: int
+    credits: int
+    calls: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_BYTES)
+
+
+def key_hint(key: str) -> str:
+    """Enough of a key to tell keys apart in a listing, too little to use."""
+    return f"{key[:9]}...{key[-4:]}"
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # check_same_thread=False: the server drives it from one worker thread at a time.
+        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    @classmethod
+    def in_data_dir(cls, data_dir: str | Path) -> SQLiteStore:
+        return cls(Path(data_dir) / "clexproxy.sqlite3")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _next_seq(self, db: sqlite3.Connection) -> int:
+        db.execute("UPDATE meta SET value = value + 1 WHERE name = 'seq'")
+        return int(db.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()[0])
+
+    def data_version(self) -> int:
+        """Changes when another connection (the CLI, another process) commits: a cheap 'anything new?'."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    # accounts ---------------------------------------------------------------------------------
+
+    def create_account(self, name: str, plan: str) -> AccountRow:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone():
+                raise StoreError(f"account {name!r} already exists")
+            now = time.time()
+            cur = db.execute(
+                "INSERT INTO accounts (name, plan, created_at, seq) VALUES (?, ?, ?, ?)",
+                (name, plan, now, self._next_seq(db)),
+            )
+            return AccountRow(int(cur.lastrowid or 0), name, plan, now)
+
+    def get_account(self, name: str) -> AccountRow | None:
+        row = self._db.execute("SELECT id, name, plan, created_at FROM accounts WHERE name = ?", (name,)).fetchone()
+        return AccountRow(*row) if row else None
+
+    def list_accounts(self) -> list[AccountRow]:
+        rows = self._db.execute("SELECT id, name, plan, created_at FROM accounts ORDER BY id").fetchall()
+        return [AccountRow(*r) for r in rows]
+
+    def set_plan(self, name: str, plan: str) -> AccountRow:
+        with self._tx() as db:
+            cur = db.execute("UPDATE accounts SET plan = ?, seq = ? WHERE name = ?", (plan, self._next_seq(db), name))
+            if cur.rowcount == 0:
+                raise StoreError(f"no account named {name!r}")
+        account = self.get_account(name)
+        assert account is not None
+        return account
+
+    # keys -------------------------------------------------------------------------------------
+
+    def create_key(self, account: str, plan: str, max_keys_by_plan: dict[str, int]) -> tuple[KeyRow, str]:
+        """A new key for `account` (created on `plan` when new); returns the row and the key, shown once."""
+        key = new_key()
+        with self._tx() as db:
+            row = db.execute("SELECT id, plan FROM accounts WHERE name = ?", (account,)).fetchone()
+            now = time.time()
+            if row is None:
+                cur = db.execute(
+                    "INSERT INTO accounts (name, plan, created_at, seq) VALUES (?, ?, ?, ?)",
+                    (account, plan, now, self._next_seq(db)),
+                )
+                account_id, account_plan = int(cur.lastrowid or 0), plan
+            else:
+                account_id, account_plan = int(row[0]), str(row[1])
+            active = db.execute(
+                "SELECT COUNT(*) FROM keys WHERE account_id = ? AND revoked_at IS NULL", (account_id,)
+            ).fetchone()[0]
+            limit = max_keys_by_plan.get(account_plan, 0)
+            if active >= limit:
+                raise StoreError(
+                    f"account {account!r} already has {active} active key(s); the {account_plan} plan allows {limit}"
+                )
+            digest = hash_key(key)
+            cur = db.execute(
+                "INSERT INTO keys (account_id, key_hash, hint, created_at, seq) VALUES (?, ?, ?, ?, ?)",
+                (account_id, digest, key_hint(key), now, self._next_seq(db)),
+            )
+            return KeyRow(int(cur.lastrowid or 0), account_id, account, digest, key_hint(key), now, None), key
+
+    def list_keys(self, account: str | None = None, include_revoked: bool = True) -> list[KeyRow]:
+        sql = (
+            "SELECT k.id, k.account_id, a.name, k.key_hash, k.hint, k.created_at, k.revoked_at "
+            "FROM keys k JOIN accounts a ON a.id = k.account_id WHERE 1=1"
+        )
+        args: list[object] = []
+        if account is not None:
+            sql += " AND a.name = ?"
+            args.append(account)
+        if not include_revoked:
+            sql += " AND k.revoked_at IS NULL"
+        return [KeyRow(*r) for r in self._db.execute(sql + " ORDER BY k.id", args).fetchall()]
+
+    def revoke_key(self, key_id: int) -> KeyRow:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE keys SET revoked_at = ?, seq = ? WHERE id = ? AND revoked_at IS NULL",
+                (time.time(), self._next_seq(db), key_id),
+            )
+            if cur.rowcount == 0:
+                exists = db.execute("SELECT 1 FROM keys WHERE id = ?", (key_id,)).fetchone()
+                raise StoreError(f"key {key_id} is already revoked" if exists else f"no key with id {key_id}")
+        return next(k for k in self.list_keys() if k.id == key_id)
+
+    # change feed ------------------------------------------------------------------------------
+
+    def current_seq(self) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()[0])
+
+    def changes_since(self, seq: int) -> tuple[list[AccountRow], list[KeyRow], int]:
+        """Accounts and keys written after `seq`, and the sequence number they bring us to."""
+        self._db.execute("BEGIN")
+        try:
+            top = self.current_seq()
+            accounts = [
+                AccountRow(*r)
+                for r in self._db.execute(
+                    "SELECT id, name, plan, created_at FROM accounts WHERE seq > ? AND seq <= ?", (seq, top)
+                ).fetchall()
+            ]
+            keys = [
+                KeyRow(*r)
+                for r in self._db.execute(
+                    "SELECT k.id, k.account_id, a.name, k.key_hash, k.hint, k.created_at, k.revoked_at "
+                    "FROM keys k JOIN accounts a ON a.id = k.account_id WHERE k.seq > ? AND k.seq <= ?",
+                    (seq, top),
+                ).fetchall()
+            ]
+        finally:
+            self._db.execute("COMMIT")
+        return accounts, keys, top
+
+    # usage ------------------------------------------------------------------------------------
+
+    def add_usage(self, deltas: Iterable[UsageDelta]) -> None:
+        rows = [(d.account_id, d.day, d.credits, d.calls, d.prompt_tokens, d.completion_tokens) for d in deltas]
+        if not rows:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO usage (account_id, day, credits, calls, prompt_tokens, completion_tokens) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id, day) DO UPDATE SET "
+                "credits = credits + excluded.credits, calls = calls + excluded.calls, "
+                "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+                "completion_tokens = completion_tokens + excluded.completion_tokens",
+                rows,
+            )
+
+    def credits_spent(self, day: int) -> dict[int, int]:
+        rows = self._db.execute("SELECT account_id, credits FROM usage WHERE day = ?", (day,)).fetchall()
+        return {int(a): int(c) for a, c in rows}
+
+    def usage(self, account: str, since_day: int = 0) -> list[UsageDelta]:
+        rows = self._db.execute(
+            "SELECT u.account_id, u.day, u.credits, u.calls, u.prompt_tokens, u.completion_tokens "
+            "FROM usage u JOIN accounts a ON a.id = u.account_id WHERE a.name = ? AND u.day >= ? ORDER BY u.day",
+            (account, since_day),
+        ).fetchall()
+        return [UsageDelta(*r) for r in rows]

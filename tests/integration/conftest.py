@@ -1,0 +1,123 @@
+"""Real servers on loopback: the demo upstream, clexproxy itself, and the official openai client.
+
+Every server binds 127.0.0.1 on a free port and is stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from aiohttp import web
+
+from clexproxy.app import build_app
+from clexproxy.clock import Clock, ManualClock
+from clexproxy.config import Settings, load_settings
+from clexproxy.demo_upstream import DemoRecorder, DemoServer, start_demo_upstream
+from clexproxy.gateway import Gateway
+from clexproxy.handlers.common import GATEWAY
+
+# 2026-11-25 12:00:00 UTC: twelve hours from either midnight.
+NOON = 1_795_608_000.0
+
+
+@dataclass
+class RunningGateway:
+    settings: Settings
+    runner: web.AppRunner
+    base_url: str
+    keys: dict[str, str] = field(default_factory=dict)
+    stopped: bool = False
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.runner.app[GATEWAY]
+
+    async def add_key(self, account: str, plan: str = "pro") -> str:
+        """Create a key through the store, as the CLI would, and make it live at once."""
+        limits = {p.name: p.max_keys for p in self.settings.catalog.plans.values()}
+        _, key = await self.gateway.run_store(self.gateway.store.create_key, account, plan, limits)
+        await self.gateway.sync_store(force=True)
+        self.keys[account] = key
+        return key
+
+    def client(self, key: str, **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0, **kwargs)
+
+    async def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            await self.runner.cleanup()
+
+
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[DemoServer]:
+    server = await start_demo_upstream("127.0.0.1", 0)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+def recorder(upstream: DemoServer) -> DemoRecorder:
+    return upstream.recorder
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(NOON)
+
+
+async def start_gateway(settings: Settings, clock: Clock | None = None) -> RunningGateway:
+    runner = web.AppRunner(build_app(settings, clock), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return RunningGateway(settings, runner, f"http://{host}:{port}")
+
+
+@pytest.fixture
+async def make_gateway(tmp_path: Path, upstream: DemoServer) -> AsyncIterator[GatewayFactory]:
+    started: list[RunningGateway] = []
+
+    async def factory(clock: Clock | None = None, data_dir: Path | None = None, **overrides: Any) -> RunningGateway:
+        values = {
+            "demo": True,
+            "demo_upstream_url": upstream.url,
+            "data_dir": str(data_dir or tmp_path / "data"),
+            "sse_keepalive_seconds": 5.0,
+            "store_poll_seconds": 0.05,
+            "store_flush_seconds": 0.05,
+            **overrides,
+        }
+        running = await start_gateway(load_settings(env={}, overrides=values), clock)
+        started.append(running)
+        return running
+
+    try:
+        yield factory
+    finally:
+        for running in started:
+            await running.stop()
+
+
+@pytest.fixture
+async def gw(make_gateway: GatewayFactory, clock: ManualClock) -> RunningGateway:
+    """A gateway on a manual clock with one pro account ('acme') and its key."""
+    running = await make_gateway(clock=clock)
+    await running.add_key("acme", "pro")
+    return running
+
+
+@pytest.fixture
+def key(gw: RunningGateway) -> str:
+    return gw.keys["acme"]
