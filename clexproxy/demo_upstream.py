@@ -87,6 +87,8 @@ DEFAULT_MAX_RECORDED: Final = 10_000
 
 _MAX_TOKENS_KNOB: Final = 1_000_000
 _MAX_DIMENSIONS: Final = 8192
+_CACHED_TOKENS_MAX: Final = 2048  # answer-cache bounds keep worst-case cache memory to a few MB
+_CACHED_DIMENSIONS_MAX: Final = 256
 _MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 _SHUTDOWN_TIMEOUT_S: Final = 1.0
 _BACKLOG: Final = 2048
@@ -564,15 +566,24 @@ def _message_texts(messages: list[Any]) -> list[str]:
     return texts
 
 
-@lru_cache(maxsize=2048)
 def _token_indices(seed: int, count: int) -> tuple[int, ...]:
-    """Word indices of the answer: a 31-bit LCG seeded by the prompt, so equal prompts give equal answers."""
+    """Word indices of the answer; benchmark-typical lengths are cached, huge ones are not (bounded memory)."""
+    if count <= _CACHED_TOKENS_MAX:
+        return _cached_token_indices(seed, count)
+    return _compute_token_indices(seed, count)
+
+
+def _compute_token_indices(seed: int, count: int) -> tuple[int, ...]:
+    """A 31-bit LCG seeded by the prompt, so equal prompts give equal answers."""
     state = seed & 0x7FFFFFFF
     indices: list[int] = []
     for _ in range(count):
         state = (state * 1103515245 + 12345) & 0x7FFFFFFF
         indices.append(state >> _TOKEN_INDEX_SHIFT)
     return tuple(indices)
+
+
+_cached_token_indices: Final = lru_cache(maxsize=512)(_compute_token_indices)
 
 
 @dataclass(slots=True)
@@ -778,8 +789,14 @@ def _embedding_inputs(value: object) -> list[_EmbeddingInput]:
     raise _bad_request("'input' must not mix strings, integers and arrays", "invalid_value", "input")
 
 
-@lru_cache(maxsize=4096)
-def _embedding(item: _EmbeddingInput, dimensions: int) -> tuple[list[float], str]:
+def _embedding(item: _EmbeddingInput, dimensions: int) -> tuple[tuple[float, ...], str]:
+    """The vector for ``item``; small dimensions are cached (repeated benchmark inputs), large ones are not."""
+    if dimensions <= _CACHED_DIMENSIONS_MAX:
+        return _cached_embedding(item, dimensions)
+    return _compute_embedding(item, dimensions)
+
+
+def _compute_embedding(item: _EmbeddingInput, dimensions: int) -> tuple[tuple[float, ...], str]:
     """A deterministic unit vector for ``item`` as float32 values, and the same bytes base64-encoded.
 
     Values are rounded through float32 so the ``float`` and ``base64`` encodings carry exactly the same numbers.
@@ -792,7 +809,10 @@ def _embedding(item: _EmbeddingInput, dimensions: int) -> tuple[list[float], str
         values.append((state >> 7) / float(1 << 23) - 1.0)
     norm = math.sqrt(sum(value * value for value in values)) or 1.0
     packed = struct.pack(f"<{dimensions}f", *(value / norm for value in values))
-    return list(struct.unpack(f"<{dimensions}f", packed)), base64.b64encode(packed).decode("ascii")
+    return struct.unpack(f"<{dimensions}f", packed), base64.b64encode(packed).decode("ascii")
+
+
+_cached_embedding: Final = lru_cache(maxsize=1024)(_compute_embedding)
 
 
 def _input_tokens(item: _EmbeddingInput) -> int:

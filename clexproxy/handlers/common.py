@@ -13,7 +13,7 @@ from clexproxy.errors import InvalidRequest, RequestTooLarge
 from clexproxy.gateway import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)
-REQUEST_ID = "clexproxy.request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 MAX_CLIENT_REQUEST_ID = 128
 
 _prefix = f"req_{os.getpid():x}{os.urandom(3).hex()}_"
@@ -22,7 +22,7 @@ _counter = itertools.count(1)
 
 def request_id(request: web.Request) -> str:
     """The client's X-Request-Id when it sent a sane one, else a new process-unique id."""
-    rid: str | None = request.get(REQUEST_ID)
+    rid = request.get(REQUEST_ID)
     if rid is None:
         sent = request.headers.get("X-Request-Id")
         if sent and len(sent) <= MAX_CLIENT_REQUEST_ID and sent.isprintable() and sent.isascii():

@@ -33,3 +33,16 @@ def fp(request: pytest.FixtureRequest) -> ModuleType:
                 pytrace=False,
             )
     return importlib.import_module(_MODULES["py"])
+
+
+@pytest.fixture(scope="session")
+def fp_other(fp: ModuleType) -> ModuleType:
+    """The other implementation than `fp`, for tests that check the two never diverge."""
+    if fp.__name__ == _MODULES["c"]:
+        return importlib.import_module(_MODULES["py"])
+    if NO_EXTENSIONS:
+        pytest.skip("CLEXPROXY_NO_EXTENSIONS is set: there is no compiled twin to compare with")
+    try:
+        return importlib.import_module(_MODULES["c"])
+    except ImportError as exc:
+        pytest.fail(f"clexproxy._fastpath is not built ({exc})", pytrace=False)
