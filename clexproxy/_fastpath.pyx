@@ -331,8 +331,10 @@ def has_usage(data):
     """Cheap pre-filter: does this JSON text have a ``"usage"`` key whose value is an object?
 
     Lets the streaming path parse only the one chunk that carries token usage. It is a byte
-    search, not a parser: the same bytes inside a string value (``"\\"usage\\": {"``) would also
-    match, which costs one needless parse and is harmless. ``"usage": null`` does not match.
+    search, not a parser, so it also matches a ``"usage"`` key nested at any depth (and, in
+    valid JSON, a key that merely ends in an escaped ``\\"usage``); a false match costs one
+    needless parse and is harmless. It cannot match inside an ordinary string value, where
+    every quote is escaped, and ``"usage": null`` does not match.
     """
     cdef Py_buffer view
     cdef bint found

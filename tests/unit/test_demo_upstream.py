@@ -69,7 +69,7 @@ async def client(server: DemoServer) -> AsyncIterator[openai.AsyncOpenAI]:
         await openai_client.close()
 
 
-def chat_body(prompt: str = PROMPT, **extra: Any) -> dict[str, Any]:
+def chat_body(prompt: str = PROMPT, /, **extra: Any) -> dict[str, Any]:
     return {"model": "meta/llama-3.1-8b-instruct", "messages": [{"role": "user", "content": prompt}], **extra}
 
 

@@ -361,7 +361,7 @@ def sse_streams(draw: st.DrawFn) -> tuple[bytes, list[Fields], bytes]:
     return stream, expected, tail
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=sse_streams(), data=st.data())
 def test_arbitrary_splits_match_whole_feed(fp: ModuleType, case: tuple[bytes, list[Fields], bytes], data: Any) -> None:
     stream, expected, unfinished = case
@@ -381,7 +381,7 @@ def test_arbitrary_splits_match_whole_feed(fp: ModuleType, case: tuple[bytes, li
         assert tail[: len(tail) - len(unfinished)].strip(b"\r\n") == b""
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=sse_streams())
 def test_two_implementations_agree_on_raw(
     fp: ModuleType, fp_other: ModuleType, case: tuple[bytes, list[Fields], bytes]
@@ -405,8 +405,8 @@ def test_two_implementations_agree_on_raw(
         b'{"usage" :\n\t\r {}}',
         b'{"choices":[{"delta":{}}],"usage":{}}',
         b'{"model":"usage","usage":{"total_tokens":3}}',
-        # Not a parser: a string value that contains the pattern matches too (one needless parse).
-        b'{"content":"\\"usage\\":{"}',
+        # Not a parser: a nested "usage" object matches too (it only costs one needless parse).
+        b'{"meta":{"usage":{}},"usage":null}',
         b'"usage":{',
     ],
 )
@@ -430,6 +430,8 @@ def test_has_usage_true(fp: ModuleType, doc: bytes) -> None:
         b'"usage"',
         b'{"usage": "{"}',
         b'{"usage"\v:{}}',  # \v is not JSON whitespace
+        # Inside a string value every quote is escaped, so the pattern cannot occur there.
+        b'{"content":"\\"usage\\":{"}',
     ],
 )
 def test_has_usage_false(fp: ModuleType, doc: bytes) -> None:
