@@ -11,7 +11,7 @@ DATA   ?= .clexproxy-data
 $(STAMP): pyproject.toml setup.py clexproxy/_fastpath.pyx
 	@$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || (apt-get update -qq && apt-get install -y -qq python3-venv)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check 'Cython>=3.0' 'setuptools>=68' wheel
+	$(PY) -m pip install -q --disable-pip-version-check 'Cython>=3.0' 'setuptools>=77' wheel
 	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e '.[test,dev]'
 	$(PY) setup.py -q build_ext --inplace
 	@touch $(STAMP)

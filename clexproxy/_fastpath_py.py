@@ -180,7 +180,7 @@ class SSEParser:
                     end = pos + 2 if buf[pos + 1] == _LF else pos + 1
                 else:
                     end = pos + 1
-                    self._skip_lf = True
+                    self._skip_lf = False
             else:
                 end = pos + 1
             event = self._line(buf, self._line_start, pos, end)
