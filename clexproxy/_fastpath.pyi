@@ -1,6 +1,5 @@
 """Type stub for the compiled `_fastpath` extension; `_fastpath_py` is its pure-Python twin."""
 
-
 __all__ = (
     "BucketResult",
     "CreditLedger",
@@ -30,7 +29,7 @@ class SSEEvent:
         raw: bytes,
         data: bytes | None = None,
         event: bytes | None = None,
-        id: bytes | None = None,  # noqa: A002
+        id: bytes | None = None,
         comment_only: bool = False,
     ) -> None: ...
 

@@ -16,6 +16,7 @@ import hashlib
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnicode_GET_LENGTH, PyUnicode_KIND
 from libc.math cimport INFINITY, floor
 from libc.string cimport memchr, memcmp, memcpy, memmove
 
@@ -304,26 +305,48 @@ cdef inline bint _json_ws(char c) noexcept nogil:
     return c == b" " or c == b"\t" or c == b"\n" or c == b"\r"
 
 
-cdef bint _find_usage(const char* p, Py_ssize_t n) noexcept nogil:
-    cdef const char* end = p + n
-    cdef const char* q
-    while p < end:
-        q = <const char*>memchr(p, b'"', <size_t>(end - p))
-        if q == NULL:
-            return False
-        p = q + 1
-        if end - q < 7 or memcmp(q, b'"usage"', 7) != 0:
-            continue
-        q += 7
-        while q < end and _json_ws(q[0]):
-            q += 1
-        if q >= end or q[0] != b":":
-            continue
+# Horspool search for the 7-byte needle '"usage"': after a mismatch, look up the byte under the
+# needle's last position and jump by its distance to the needle's end (7 for bytes not in the
+# needle). Most JSON bytes are not in it, so a chunk without usage is crossed 7 bytes a step
+# instead of stopping at every quote.
+cdef const char* _USAGE_KEY = b'"usage"'
+cdef enum:
+    _USAGE_LEN = 7
+cdef unsigned char _usage_shift[256]
+
+
+cdef void _init_usage_shift() noexcept:
+    cdef int i
+    for i in range(256):
+        _usage_shift[i] = _USAGE_LEN
+    for i in range(_USAGE_LEN - 1):
+        _usage_shift[<unsigned char>_USAGE_KEY[i]] = _USAGE_LEN - 1 - i
+
+
+_init_usage_shift()
+
+
+cdef bint _usage_object_at(const char* q, const char* end) noexcept nogil:
+    """After a '"usage"' ending just before `q`: is it a key whose value starts an object?"""
+    while q < end and _json_ws(q[0]):
         q += 1
-        while q < end and _json_ws(q[0]):
-            q += 1
-        if q < end and q[0] == b"{":
-            return True
+    if q >= end or q[0] != b":":
+        return False
+    q += 1
+    while q < end and _json_ws(q[0]):
+        q += 1
+    return q < end and q[0] == b"{"
+
+
+cdef bint _find_usage(const char* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i = 0
+    cdef unsigned char last
+    while i + _USAGE_LEN <= n:
+        last = <unsigned char>p[i + _USAGE_LEN - 1]
+        if last == b'"' and memcmp(p + i, _USAGE_KEY, _USAGE_LEN) == 0:
+            if _usage_object_at(p + i + _USAGE_LEN, p + n):
+                return True
+        i += _usage_shift[last]
     return False
 
 
@@ -708,29 +731,41 @@ def hash_key(str key not None):
     return _sha256(key.encode("utf-8")).digest()
 
 
-cdef inline bint _key_char(Py_UCS4 ch) noexcept:
-    return (
-        ("a" <= ch <= "z")
-        or ("A" <= ch <= "Z")
-        or ("0" <= ch <= "9")
-        or ch == "_"
-        or ch == "-"
-    )
+# Which bytes may follow the prefix: the URL-safe base64 alphabet, as a lookup table so the
+# check is one load per character.
+cdef bint _key_char[256]
+
+
+cdef void _init_key_chars() noexcept:
+    cdef int i
+    for i in range(256):
+        _key_char[i] = (
+            (ord("a") <= i <= ord("z"))
+            or (ord("A") <= i <= ord("Z"))
+            or (ord("0") <= i <= ord("9"))
+            or i == ord("_")
+            or i == ord("-")
+        )
+
+
+_init_key_chars()
 
 
 cdef bint _key_format_ok(object key):
-    cdef str text
     cdef Py_ssize_t i, n
+    cdef const unsigned char* chars
     if not isinstance(key, str):
         return False
-    text = <str>key
-    n = len(text)
-    if n < _KEY_MIN_LEN or n > _KEY_MAX_LEN:
+    n = PyUnicode_GET_LENGTH(key)
+    # Any character above U+00FF makes the string wider than one byte per character, and no
+    # such character is allowed, so only the compact one-byte form needs looking at.
+    if n < _KEY_MIN_LEN or n > _KEY_MAX_LEN or PyUnicode_KIND(key) != PyUnicode_1BYTE_KIND:
         return False
-    if not text.startswith("clex_"):
+    chars = PyUnicode_1BYTE_DATA(key)
+    if memcmp(chars, b"clex_", _KEY_PREFIX_LEN) != 0:
         return False
     for i in range(_KEY_PREFIX_LEN, n):
-        if not _key_char(text[i]):
+        if not _key_char[chars[i]]:
             return False
     return True
 

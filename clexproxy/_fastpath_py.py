@@ -62,7 +62,7 @@ class SSEEvent:
         raw: bytes,
         data: bytes | None = None,
         event: bytes | None = None,
-        id: bytes | None = None,  # noqa: A002 - the SSE field is called "id"
+        id: bytes | None = None,
         comment_only: bool = False,
     ) -> None:
         self._raw = raw
@@ -180,7 +180,7 @@ class SSEParser:
                     end = pos + 2 if buf[pos + 1] == _LF else pos + 1
                 else:
                     end = pos + 1
-                    self._skip_lf = False
+                    self._skip_lf = True
             else:
                 end = pos + 1
             event = self._line(buf, self._line_start, pos, end)
@@ -596,7 +596,7 @@ _KEY_MIN_BODY = 32
 # Generated keys have 43 body characters; the cap only stops a hostile header from making us
 # hash kilobytes per request.
 _KEY_MAX_LEN = 256
-_KEY_RE = re.compile(r"clex_[A-Za-z0-9_-]{%d,%d}" % (_KEY_MIN_BODY, _KEY_MAX_LEN - len(_KEY_PREFIX)))
+_KEY_RE = re.compile(rf"clex_[A-Za-z0-9_-]{{{_KEY_MIN_BODY},{_KEY_MAX_LEN - len(_KEY_PREFIX)}}}")
 
 
 def hash_key(key: str) -> bytes:

@@ -7,8 +7,8 @@ timers) is opened and closed in `cleanup_ctx`, so an app that started always cle
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -31,33 +31,30 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as SPEC's JSON with its X-Request-Id; nothing else (no trace) reaches the client."""
+    rid = {"X-Request-Id": request_id(request)}
     try:
         response = await handler(request)
-    except ApiError as error:
-        return error.to_response({"X-Request-Id": request_id(request)})
+    except ApiError as api_error:
+        return api_error.to_response(rid)
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
-        error: ApiError = MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}; use {allowed}.")
-        return error.to_response({"X-Request-Id": request_id(request), "Allow": allowed})
+        refused = MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}; use {allowed}.")
+        return refused.to_response({**rid, "Allow": allowed})
     except web.HTTPNotFound:
-        return NotFound(f"No such endpoint: {request.path}.").to_response({"X-Request-Id": request_id(request)})
+        return NotFound(f"No such endpoint: {request.path}.").to_response(rid)
     except web.HTTPRequestEntityTooLarge:
-        return RequestTooLarge("Request body exceeds the configured limit.").to_response(
-            {"X-Request-Id": request_id(request)}
-        )
+        return RequestTooLarge("Request body exceeds the configured limit.").to_response(rid)
     except web.HTTPException as exc:
         if exc.status >= 400:
-            error = ApiError(exc.reason)
-            error.status = exc.status  # type: ignore[misc]
-            return error.to_response({"X-Request-Id": request_id(request)})
+            other = ApiError(exc.reason)
+            other.status = exc.status  # type: ignore[misc]
+            return other.to_response(rid)
         raise
     except Exception:
-        log.exception("unhandled error, request_id=%s", request_id(request))
-        return InternalError("The gateway failed to handle this request.").to_response(
-            {"X-Request-Id": request_id(request)}
-        )
+        log.exception("unhandled error, request_id=%s", rid["X-Request-Id"])
+        return InternalError("The gateway failed to handle this request.").to_response(rid)
     if not response.prepared and "X-Request-Id" not in response.headers:
-        response.headers["X-Request-Id"] = request_id(request)
+        response.headers["X-Request-Id"] = rid["X-Request-Id"]
     return response
 
 

@@ -6,9 +6,10 @@ plus a TOML file, and `--demo` swaps every deployment for the bundled demo upstr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal
 
 ModelKind = Literal["chat", "embedding"]
 ProviderFormat = Literal["openai"]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from clexproxy.catalog import Catalog, Deployment, Model, Plan, Provider, default_catalog
 
@@ -61,7 +62,7 @@ class Settings:
 
 
 _SCALARS: dict[str, type] = {
-    f.name: f.type if isinstance(f.type, type) else eval(f.type, {}, {})  # noqa: S307 - our own annotations
+    f.name: f.type if isinstance(f.type, type) else eval(f.type, {}, {})
     for f in fields(Settings)
     if f.name != "catalog"
 }

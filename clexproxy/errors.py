@@ -7,10 +7,14 @@ provider URL, a credential or a stack trace.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
+
+
+MAX_RETRY_AFTER = 86_400.0
 
 
 class ApiError(Exception):
@@ -96,6 +100,7 @@ class RateLimited(ApiError):
     type = "rate_limit_error"
 
     def __init__(self, message: str, *, limit: str, retry_after: float, headers: Mapping[str, str] | None = None):
+        retry_after = min(retry_after, MAX_RETRY_AFTER)  # a bucket that never refills says "inf"
         seconds = max(1, int(retry_after + 0.999))
         retry = {"Retry-After": str(seconds), "retry-after-ms": str(max(1, int(retry_after * 1000 + 0.999)))}
         if limit == "daily_credits":

@@ -18,6 +18,7 @@ from clexproxy.store.sqlite import UsageDelta
 
 def openai_duration(seconds: float) -> str:
     """OpenAI's `x-ratelimit-reset-*` format: `20ms`, `1.5s`, `6m0s`."""
+    seconds = min(seconds, 86_400.0)  # a bucket that never refills reports infinity
     if seconds < 1.0:
         return f"{max(0, int(seconds * 1000))}ms"
     if seconds < 60.0:

@@ -113,7 +113,9 @@ async def stream(
                         read.cancel()
             if not chunk:
                 break
+            aligned = parser.pending == 0  # the chunk starts on an event boundary
             out: list[bytes] = []
+            dropped = False
             for event in parser.feed(chunk):
                 data = event.data
                 if data is not None:
@@ -123,15 +125,18 @@ async def stream(
                         doc = orjson.loads(data)
                         _read_usage(doc.get("usage"), outcome)
                         if not wants_usage and not doc.get("choices"):
+                            dropped = True
                             continue
                     outcome.answer_started = True
                 out.append(event.raw)
-            if out:
+            if aligned and not dropped and parser.pending == 0:
+                await response.write(chunk)  # whole events only: the upstream's bytes as they came, no copy
+            elif out:
                 await response.write(out[0] if len(out) == 1 else b"".join(out))
         if not finished:
             failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
                                          error_type="upstream_error")
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
         failure = ServiceUnavailable("The upstream connection was lost mid-stream.", error_type="upstream_error")
     except orjson.JSONDecodeError:
         failure = InternalError("The upstream sent a malformed usage chunk.", error_type="upstream_error")
@@ -167,7 +172,7 @@ async def unary(
     upstream = reply.response
     try:
         raw = await upstream.read()
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
         upstream.close()
         raise ServiceUnavailable("The upstream connection was lost before the answer was complete.",
                                  error_type="upstream_error") from None

@@ -23,7 +23,7 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 def ensure_demo_key(settings: Settings) -> str:
-    """The demo account's key, created on first start and kept (demo mode only) so the printed curl line keeps working."""
+    """The demo account's key, created on first start and kept (demo mode only) so the curl line keeps working."""
     path = Path(settings.data_dir) / DEMO_KEY_FILE
     store = SQLiteStore.in_data_dir(settings.data_dir)
     try:
@@ -63,7 +63,8 @@ def banner(settings: Settings, demo_key: str | None) -> str:
             "",
             f"curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {demo_key}' "
             "-H 'Content-Type: application/json' "
-            "-d '{\"model\": \"meta/llama-3.3-70b-instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'",
+            "-d '{\"model\": \"meta/llama-3.3-70b-instruct\", "
+            "\"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'",
             "",
             f"OpenAI SDK: OpenAI(base_url='{base}/v1', api_key='{demo_key}')",
         ]

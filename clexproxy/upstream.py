@@ -163,7 +163,7 @@ class UpstreamPool:
                 response = await self._session(provider).post(
                     self._url(provider, endpoint), data=payload, headers=headers
                 )
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
                 log.warning("upstream %s unreachable for %s: %s", provider.name, deployment.model, type(exc).__name__)
                 failure, not_found_only = _Failure("unreachable", 0), False
                 continue
@@ -179,7 +179,7 @@ class UpstreamPool:
     async def _classify(self, response: aiohttp.ClientResponse, provider: Provider) -> _Failure:
         try:
             raw = await response.content.read(MAX_ERROR_BODY)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             raw = b""
         finally:
             response.release()

@@ -57,7 +57,7 @@ def _string_field(body: Any, name: str) -> str:
 def _plan(request: web.Request, body: Any, default: str | None = None) -> str:
     plans = request.app[GATEWAY].catalog.plans
     plan = body.get("plan", default) if isinstance(body, dict) else default
-    if plan not in plans:
+    if not isinstance(plan, str) or plan not in plans:
         raise InvalidRequest(f"'plan' must be one of: {', '.join(plans)}.", extra={"param": "plan"})
     return str(plan)
 
@@ -90,7 +90,8 @@ async def create_account(request: web.Request) -> web.Response:
 async def update_account(request: web.Request) -> web.Response:
     _check_token(request)
     body = await read_json(request, MAX_ADMIN_BODY)
-    row = await _store_call(request, request.app[GATEWAY].store.set_plan, request.match_info["name"], _plan(request, body))
+    store = request.app[GATEWAY].store
+    row = await _store_call(request, store.set_plan, request.match_info["name"], _plan(request, body))
     return _ok(_account(row), request)
 
 

@@ -48,10 +48,12 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     try:
         key, account = gateway.directory.authenticate(request.headers.get("Authorization"))
     except ApiError as error:
+        _log_rejection(gateway, rid, endpoint, error, None, None, "-")
         return error.to_response({"X-Request-Id": rid})
 
     wants_usage = False
     stream = False
+    model_id = "-"
     try:
         body = await read_json(request, gateway.settings.max_body_bytes)
         if endpoint == "/chat/completions":
@@ -63,6 +65,7 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         admission = gateway.meter.admit(account, gateway.catalog.cost(model.id))
     except ApiError as error:
         headers = error.headers if "X-Clex-Credits-Limit" in error.headers else gateway.meter.peek_headers(account)
+        _log_rejection(gateway, rid, endpoint, error, account.id, key.key_id, model_id)
         return error.to_response({**headers, "X-Request-Id": rid})
 
     headers = admission.headers
@@ -127,6 +130,20 @@ def _settle(
             rid, account_id, key_id, endpoint, model.id, outcome.provider or "-", outcome.status,
             0 if admission.refunded else admission.cost, outcome.prompt_tokens, outcome.completion_tokens,
             overhead * 1000, outcome.upstream_seconds * 1000,
+        )
+
+
+def _log_rejection(
+    gateway: Any, rid: str, endpoint: str, error: ApiError, account_id: int | None, key_id: int | None, model_id: str
+) -> None:
+    """One access-log line and one count for a call refused before it reached an upstream."""
+    known = model_id if model_id in gateway.catalog.models else "-"  # bounded label set: catalog ids only
+    gateway.metrics.requests.labels(endpoint, known, f"{error.status // 100}xx").inc()
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "request_id=%s account=%s key=%s endpoint=%s model=%s status=%d code=%s credits=0",
+            rid, "-" if account_id is None else account_id, "-" if key_id is None else key_id, endpoint,
+            known, error.status, getattr(error, "limit", error.code),
         )
 
 

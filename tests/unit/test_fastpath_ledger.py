@@ -80,17 +80,18 @@ def test_negative_amounts_are_rejected(fp: ModuleType) -> None:
 
 def test_unknown_account_raises_key_error(fp: ModuleType) -> None:
     ledger = ledger_with(fp)
-    for call in (
-        lambda: ledger.reserve(2, 1, DAY),
-        lambda: ledger.refund(2, 1, DAY),
-        lambda: ledger.remaining(2, DAY),
-        lambda: ledger.limit(2),
-        lambda: ledger.spent(2),
-        lambda: ledger.grant(2, 1),
-        lambda: ledger.take_back(2),
-    ):
+    calls: list[tuple[str, tuple[int, ...]]] = [
+        ("reserve", (2, 1, DAY)),
+        ("refund", (2, 1, DAY)),
+        ("remaining", (2, DAY)),
+        ("limit", (2,)),
+        ("spent", (2,)),
+        ("grant", (2, 1)),
+        ("take_back", (2,)),
+    ]
+    for name, args in calls:
         with pytest.raises(KeyError):
-            call()
+            getattr(ledger, name)(*args)
     assert 2 not in ledger and 1 in ledger
     assert len(ledger) == 1
 

@@ -6,7 +6,9 @@ checks that the raws plus the closing tail reproduce the input exactly.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -233,12 +235,12 @@ def test_accepts_bytes_like_and_rejects_str(fp: ModuleType) -> None:
     assert parser.feed(bytearray(b"data: a\n")) == []
     assert fields(parser.feed(memoryview(b"\n"))) == [(None, b"a", None, False)]
     with pytest.raises(TypeError):
-        parser.feed("data: a\n\n")  # type: ignore[arg-type]
+        parser.feed("data: a\n\n")
     assert parser.pending == 0
 
 
 def test_byte_at_a_time_equals_whole(fp: ModuleType) -> None:
-    stream = b": c\r\n\r\nevent: e\rid: 9\rdata: {\"a\": 1}\r\r\n\ndata\ndata: x\r\n\r\ndata: tail"
+    stream = b': c\r\n\r\nevent: e\rid: 9\rdata: {"a": 1}\r\r\n\ndata\ndata: x\r\n\r\ndata: tail'
     whole, whole_tail = feed_all(fp, [stream])
     bytewise, bytewise_tail = feed_all(fp, [stream[i : i + 1] for i in range(len(stream))])
     assert fields(whole) == fields(bytewise)
@@ -281,16 +283,22 @@ def test_event_attributes_are_read_only(fp: ModuleType) -> None:
 
 def test_event_constructor_and_repr(fp: ModuleType) -> None:
     event = fp.SSEEvent(b"data: a\n\n", b"a", None, None, False)
-    assert (event.raw, event.data, event.event, event.id, event.comment_only) == (b"data: a\n\n", b"a", None, None, False)
+    assert (event.raw, event.data, event.event, event.id, event.comment_only) == (
+        b"data: a\n\n",
+        b"a",
+        None,
+        None,
+        False,
+    )
     assert "data=b'a'" in repr(event)
 
 
 # --- property: arbitrary splits -----------------------------------------------------------------
 
 EOLS = [b"\r\n", b"\n", b"\r"]
-TEXT = st.text(
-    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n\x00"), max_size=20
-).map(lambda s: s.encode("utf-8"))
+TEXT = st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n\x00"), max_size=20).map(
+    lambda s: s.encode("utf-8")
+)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
@@ -353,7 +361,7 @@ def sse_streams(draw: st.DrawFn) -> tuple[bytes, list[Fields], bytes]:
         lines.append(Line(content, draw(st.sampled_from(EOLS))))
     partial = draw(st.sampled_from([b"", b"da", b"data: par", b": c"]))
     # A CR followed by a blank line ended by LF would read as one CRLF: not what was drawn.
-    for prev, line in zip(lines, lines[1:], strict=False):
+    for prev, line in itertools.pairwise(lines):
         if prev.eol == b"\r" and line.content == b"" and line.eol == b"\n":
             line.eol = b"\r\n"
     stream = b"".join(line.content + line.eol for line in lines) + partial
@@ -453,3 +461,15 @@ def test_has_usage_finds_the_key_after_any_prefix(fp: ModuleType, prefix: bytes,
     doc = prefix + b'"usage"' + ws1.encode() + b":" + ws2.encode() + b'{"total_tokens": 1}'
     assert fp.has_usage(doc) is True
     assert fp.has_usage(doc.replace(b"{", b"[")) is False
+
+
+USAGE_PIECES = [b'"usage"', b'"usage', b'usage"', b'"', b"u", b"e", b":", b"{", b" ", b"\n", b"\t", b"x", b"null", b"}"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts=st.lists(st.sampled_from(USAGE_PIECES), max_size=24))
+def test_has_usage_matches_its_definition(fp: ModuleType, parts: list[bytes]) -> None:
+    """Overlapping and near-miss needles: the compiled skip search must not jump past a match."""
+    doc = b"".join(parts)
+    expected = re.search(rb'"usage"[ \t\r\n]*:[ \t\r\n]*\{', doc) is not None
+    assert fp.has_usage(doc) is expected

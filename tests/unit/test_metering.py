@@ -1,0 +1,276 @@
+"""The Meter on a manual clock: admission headers, both 429s, idempotent refunds, drained usage, UTC rollover."""
+
+from __future__ import annotations
+
+import pytest
+
+from clexproxy.auth import Account
+from clexproxy.catalog import DEFAULT_PLANS
+from clexproxy.clock import SECONDS_PER_DAY, ManualClock, seconds_to_utc_midnight, utc_day
+from clexproxy.errors import RateLimited
+from clexproxy.metering import Meter, openai_duration
+from clexproxy.store.sqlite import UsageDelta
+
+# 2026-11-25 12:00:00 UTC.
+NOON = 1_795_608_000.0
+DAY = utc_day(NOON)
+METERING = (
+    "X-Clex-Credits-Remaining",
+    "X-Clex-Credits-Limit",
+    "X-Clex-Credits-Reset",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+)
+
+
+def account(plan: str = "free", account_id: int = 1) -> Account:
+    return Account(account_id, f"acct-{account_id}", DEFAULT_PLANS[plan])
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(NOON)
+
+
+@pytest.fixture
+def meter(clock: ManualClock) -> Meter:
+    return Meter(clock)
+
+
+# openai_duration ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0, "0ms"),
+        (0.02, "20ms"),
+        (0.3, "300ms"),
+        (0.999, "999ms"),
+        (1.0, "1s"),
+        (1.5, "1.5s"),
+        (59.25, "59.25s"),
+        (60.0, "1m0s"),
+        (61.0, "1m1s"),
+        (360.0, "6m0s"),
+        (3599.0, "59m59s"),
+        (3600.0, "1h0m0s"),
+        (3661.0, "1h1m1s"),
+        (-1.0, "0ms"),
+    ],
+)
+def test_openai_duration(seconds: float, text: str) -> None:
+    assert openai_duration(seconds) == text
+
+
+# clock helpers ------------------------------------------------------------------------------------
+
+
+def test_utc_day_edges() -> None:
+    assert utc_day(0.0) == 0
+    assert utc_day(SECONDS_PER_DAY - 0.001) == 0
+    assert utc_day(SECONDS_PER_DAY) == 1
+    assert utc_day(NOON) == utc_day(NOON + 12 * 3600 - 0.001) == utc_day(NOON - 12 * 3600)
+    assert utc_day(NOON + 12 * 3600) == DAY + 1
+
+
+def test_seconds_to_utc_midnight_edges() -> None:
+    assert seconds_to_utc_midnight(0.0) == SECONDS_PER_DAY
+    assert seconds_to_utc_midnight(NOON) == 12 * 3600
+    assert seconds_to_utc_midnight(NOON + 0.5) == 12 * 3600  # whole seconds, rounded up
+    assert seconds_to_utc_midnight(NOON + 12 * 3600 - 1) == 1
+    # Never 0: a reset "now" would invite a retry storm.
+    assert seconds_to_utc_midnight(NOON + 12 * 3600 - 0.0001) == 1
+    assert seconds_to_utc_midnight(NOON + 12 * 3600) == SECONDS_PER_DAY
+
+
+def test_manual_clock_moves_both_readings() -> None:
+    clock = ManualClock(NOON, mono=5.0)
+    clock.advance(2.5)
+    assert (clock.time(), clock.monotonic()) == (NOON + 2.5, 7.5)
+
+
+# admit --------------------------------------------------------------------------------------------
+
+
+def test_admit_headers(meter: Meter) -> None:
+    admission = meter.admit(account("free"), 3)
+    assert set(METERING) <= set(admission.headers)
+    h = admission.headers
+    assert h["X-Clex-Credits-Remaining"] == "97"
+    assert h["X-Clex-Credits-Limit"] == "100"
+    assert h["X-Clex-Credits-Reset"] == str(12 * 3600)
+    assert h["x-ratelimit-limit-requests"] == "40"
+    assert h["x-ratelimit-remaining-requests"] == "39"
+    # One request out of a 40/min bucket refills in 60/40 = 1.5 s.
+    assert h["x-ratelimit-reset-requests"] == "1.5s"
+    assert (admission.account_id, admission.cost, admission.day, admission.refunded) == (1, 3, DAY, False)
+
+
+def test_accounts_are_metered_separately(meter: Meter) -> None:
+    meter.admit(account("free", 1), 5)
+    other = meter.admit(account("pro", 2), 5)
+    assert other.headers["X-Clex-Credits-Remaining"] == "1995"
+    assert other.headers["x-ratelimit-remaining-requests"] == "199"
+
+
+def test_rpm_refusal(meter: Meter, clock: ManualClock) -> None:
+    acct = account("free")
+    for i in range(40):
+        assert meter.admit(acct, 1).headers["x-ratelimit-remaining-requests"] == str(39 - i)
+    with pytest.raises(RateLimited) as info:
+        meter.admit(acct, 1)
+    error = info.value
+    assert error.status == 429 and error.limit == "requests_per_minute"
+    assert error.body()["error"]["limit"] == "requests_per_minute"
+    assert error.headers["Retry-After"] == "2"  # 1.5 s to the next token, in whole seconds rounded up
+    assert error.headers["retry-after-ms"] == "1500"
+    assert "x-should-retry" not in error.headers
+    assert error.headers["x-ratelimit-remaining-requests"] == "0"
+    # The refused request reserved nothing.
+    assert error.headers["X-Clex-Credits-Remaining"] == "60"
+    assert meter.peek_headers(acct)["X-Clex-Credits-Remaining"] == "60"
+    clock.advance(1.5)
+    assert meter.admit(acct, 1).headers["X-Clex-Credits-Remaining"] == "59"
+
+
+def test_credit_refusal(meter: Meter) -> None:
+    acct = account("free")
+    for _ in range(20):
+        meter.admit(acct, 5)
+    with pytest.raises(RateLimited) as info:
+        meter.admit(acct, 1)
+    error = info.value
+    assert error.limit == "daily_credits"
+    assert error.body()["error"]["limit"] == "daily_credits"
+    assert error.body()["error"]["code"] == "rate_limit_exceeded"
+    assert error.headers["x-should-retry"] == "false"
+    assert error.headers["Retry-After"] == str(12 * 3600)
+    assert error.headers["retry-after-ms"] == str(12 * 3600 * 1000)
+    assert error.headers["X-Clex-Credits-Remaining"] == "0"
+    assert error.headers["X-Clex-Credits-Limit"] == "100"
+
+
+def test_credit_refusal_leaves_a_cheaper_call_possible(meter: Meter) -> None:
+    acct = account("free")
+    for _ in range(9):
+        meter.admit(acct, 10)
+    meter.admit(acct, 8)  # 98 spent, 10 requests (well under the per-minute limit)
+    with pytest.raises(RateLimited):
+        meter.admit(acct, 3)
+    assert meter.admit(acct, 2).headers["X-Clex-Credits-Remaining"] == "0"
+
+
+def test_peek_reserves_nothing(meter: Meter) -> None:
+    acct = account("starter")
+    for _ in range(3):
+        h = meter.peek_headers(acct)
+    assert h["X-Clex-Credits-Remaining"] == "500"
+    assert h["x-ratelimit-remaining-requests"] == "80"
+    assert h["x-ratelimit-reset-requests"] == "0ms"
+    assert meter.drain() == []
+
+
+# refund and drain ---------------------------------------------------------------------------------
+
+
+def test_refund_restores_and_is_idempotent(meter: Meter) -> None:
+    acct = account("free")
+    admission = meter.admit(acct, 5)
+    assert admission.headers["X-Clex-Credits-Remaining"] == "95"
+    meter.refund(admission)
+    assert admission.refunded
+    assert admission.headers["X-Clex-Credits-Remaining"] == "100"
+    meter.refund(admission)
+    assert meter.peek_headers(acct)["X-Clex-Credits-Remaining"] == "100"
+    assert meter.admit(acct, 1).headers["X-Clex-Credits-Remaining"] == "99"
+
+
+def test_drain(meter: Meter) -> None:
+    acct = account("pro", 7)
+    first = meter.admit(acct, 3)
+    second = meter.admit(acct, 3)
+    refunded = meter.admit(acct, 3)
+    meter.refund(refunded)
+    meter.refund(refunded)
+    meter.record_tokens(first, 10, 8)
+    meter.record_tokens(second, 5, 2)
+    assert meter.drain() == [UsageDelta(7, DAY, 6, 2, 15, 10)]
+    assert meter.drain() == []
+
+
+def test_drain_tokens_without_new_credits(meter: Meter) -> None:
+    """Tokens recorded after the admission was already drained still reach the store."""
+    acct = account("pro", 7)
+    admission = meter.admit(acct, 1)
+    assert meter.drain() == [UsageDelta(7, DAY, 1, 1, 0, 0)]
+    meter.record_tokens(admission, 4, 3)
+    assert meter.drain() == [UsageDelta(7, DAY, 0, 0, 4, 3)]
+
+
+def test_refund_after_drain_is_a_negative_delta(meter: Meter) -> None:
+    acct = account("pro", 7)
+    admission = meter.admit(acct, 5)
+    assert meter.drain() == [UsageDelta(7, DAY, 5, 1, 0, 0)]
+    meter.refund(admission)
+    assert meter.drain() == [UsageDelta(7, DAY, -5, -1, 0, 0)]
+
+
+def test_track_with_stored_usage(meter: Meter) -> None:
+    """At start the meter is seeded with what the store says was spent today."""
+    acct = account("starter")
+    meter.track(acct, spent_today=490)
+    assert meter.admit(acct, 3).headers["X-Clex-Credits-Remaining"] == "7"
+
+
+def test_plan_change_takes_effect(meter: Meter) -> None:
+    acct = account("free")
+    meter.admit(acct, 5)
+    acct.plan = DEFAULT_PLANS["pro"]
+    meter.track(acct)
+    h = meter.admit(acct, 5).headers
+    assert h["X-Clex-Credits-Remaining"] == "1990"
+    assert h["X-Clex-Credits-Limit"] == "2000"
+    assert h["x-ratelimit-limit-requests"] == "200"
+
+
+# rollover -----------------------------------------------------------------------------------------
+
+
+def test_rollover_at_utc_midnight(clock: ManualClock) -> None:
+    clock.advance(12 * 3600 - 2)  # 23:59:58
+    meter = Meter(clock)
+    acct = account("free")
+    for _ in range(20):
+        last = meter.admit(acct, 5)
+    assert last.headers["X-Clex-Credits-Reset"] == "2"
+    with pytest.raises(RateLimited) as info:
+        meter.admit(acct, 1)
+    assert info.value.headers["Retry-After"] == "2"
+    clock.advance(1.5)  # 23:59:59.5: still yesterday
+    with pytest.raises(RateLimited):
+        meter.admit(acct, 1)
+    clock.advance(0.5)  # 00:00:00
+    admission = meter.admit(acct, 1)
+    assert admission.day == DAY + 1
+    assert admission.headers["X-Clex-Credits-Remaining"] == "99"
+    assert admission.headers["X-Clex-Credits-Reset"] == str(SECONDS_PER_DAY)
+    drained = sorted(meter.drain(), key=lambda d: d.day)
+    assert drained == [UsageDelta(1, DAY, 100, 20, 0, 0), UsageDelta(1, DAY + 1, 1, 1, 0, 0)]
+
+
+def test_refund_of_yesterdays_call_does_not_add_to_today(clock: ManualClock) -> None:
+    """A call admitted before midnight and refunded after it corrects yesterday's usage, not today's budget."""
+    clock.advance(12 * 3600 - 1)
+    meter = Meter(clock)
+    acct = account("free")
+    late = meter.admit(acct, 5)
+    assert meter.drain() == [UsageDelta(1, DAY, 5, 1, 0, 0)]
+    clock.advance(2)
+    meter.admit(acct, 3)
+    meter.refund(late)
+    assert meter.peek_headers(acct)["X-Clex-Credits-Remaining"] == "97"
+    assert late.headers["X-Clex-Credits-Remaining"] == "97"
+    drained = sorted(meter.drain(), key=lambda d: d.day)
+    assert drained == [UsageDelta(1, DAY, -5, -1, 0, 0), UsageDelta(1, DAY + 1, 3, 1, 0, 0)]
