@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml setup.py clexproxy/_fastpath.pyx
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check 'Cython>=3.0' 'setuptools>=77' wheel
 	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e '.[test,dev]'
+	@# A new file, not an overwrite: a running gateway has the old one mapped and would crash.
+	rm -f clexproxy/_fastpath*.so
 	$(PY) setup.py -q build_ext --inplace
 	@touch $(STAMP)
 

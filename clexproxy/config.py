@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -102,58 +103,91 @@ def _flatten(doc: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+@contextmanager
+def _entry(where: str) -> Iterator[None]:
+    """Turn a malformed catalog table into a ConfigError that names it."""
+    try:
+        yield
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"{where} is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def _int(table: Mapping[str, Any], key: str, default: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+def _plan(name: str, p: Mapping[str, Any], old: Plan | None) -> Plan:
+    return Plan(
+        name,
+        _int(p, "credits_per_day", old.credits_per_day if old else 0),
+        _int(p, "requests_per_minute", old.requests_per_minute if old else 0),
+        _int(p, "max_keys", old.max_keys if old else 1),
+    )
+
+
+def _provider(name: str, p: Mapping[str, Any]) -> Provider:
+    if "base_url" not in p:
+        raise ConfigError(f"[providers.{name}] needs base_url")
+    return Provider(
+        name,
+        str(p["base_url"]).rstrip("/"),
+        api_key_env=p.get("api_key_env"),
+        format=p.get("format", "openai"),
+        pass_headers=tuple(str(h).lower() for h in p.get("pass_headers", ())),
+    )
+
+
+def _model(mid: str, m: Mapping[str, Any], old: Model | None) -> Model:
+    deployments: tuple[Deployment, ...]
+    if "deployments" in m:
+        deployments = tuple(Deployment(str(d["provider"]), str(d.get("model", mid))) for d in m["deployments"])
+    elif old is not None:
+        deployments = old.deployments
+    else:
+        raise ConfigError(f'[models."{mid}"] needs deployments')
+    return Model(
+        mid,
+        str(m.get("tier", old.tier if old else "cheap")),
+        _int(m, "context_length", old.context_length if old else 8_192),
+        _int(m, "max_output_tokens", old.max_output_tokens if old else 4_096),
+        deployments,
+        m.get("kind", old.kind if old else "chat"),
+    )
+
+
 def _build_catalog(doc: Mapping[str, Any], base: Catalog) -> Catalog:
-    tiers = {**base.tiers, **{str(k): int(v) for k, v in doc.get("tiers", {}).items()}}
+    tiers = dict(base.tiers)
+    with _entry("[tiers]"):
+        table = doc.get("tiers", {})
+        tiers.update({str(k): _int(table, k, 0) for k in table})
     plans = dict(base.plans)
     for name, p in doc.get("plans", {}).items():
-        old = plans.get(name)
-        try:
-            plans[name] = Plan(
-                name,
-                int(p.get("credits_per_day", old.credits_per_day if old else 0)),
-                int(p.get("requests_per_minute", old.requests_per_minute if old else 0)),
-                int(p.get("max_keys", old.max_keys if old else 1)),
-            )
-        except (TypeError, ValueError, AttributeError):
-            raise ConfigError(f"[plans.{name}] needs integer credits_per_day, requests_per_minute, max_keys") from None
+        with _entry(f"[plans.{name}]"):
+            plans[name] = _plan(name, p, plans.get(name))
     providers = dict(base.providers)
     for name, p in doc.get("providers", {}).items():
-        if "base_url" not in p:
-            raise ConfigError(f"[providers.{name}] needs base_url")
-        providers[name] = Provider(
-            name,
-            str(p["base_url"]).rstrip("/"),
-            api_key_env=p.get("api_key_env"),
-            format=p.get("format", "openai"),
-            pass_headers=tuple(h.lower() for h in p.get("pass_headers", ())),
-        )
+        with _entry(f"[providers.{name}]"):
+            providers[name] = _provider(name, p)
     models = dict(base.models)
     for mid, m in doc.get("models", {}).items():
-        old_model = models.get(mid)
-        deployments: tuple[Deployment, ...]
-        if "deployments" in m:
-            deployments = tuple(Deployment(str(d["provider"]), str(d.get("model", mid))) for d in m["deployments"])
-        elif old_model is not None:
-            deployments = old_model.deployments
-        else:
-            raise ConfigError(f'[models."{mid}"] needs deployments')
-        models[mid] = Model(
-            mid,
-            str(m.get("tier", old_model.tier if old_model else "cheap")),
-            int(m.get("context_length", old_model.context_length if old_model else 8_192)),
-            int(m.get("max_output_tokens", old_model.max_output_tokens if old_model else 4_096)),
-            deployments,
-            m.get("kind", old_model.kind if old_model else "chat"),
+        with _entry(f'[models."{mid}"]'):
+            models[mid] = _model(mid, m, models.get(mid))
+    with _entry("[catalog]"):
+        extra = doc.get("catalog", {})
+        catalog = Catalog(
+            tiers=tiers,
+            plans=plans,
+            providers=providers,
+            models=models,
+            default_credits=_int(extra, "default_credits", base.default_credits),
+            fallback_model=extra.get("fallback_model", base.fallback_model) or None,
         )
-    extra = doc.get("catalog", {})
-    catalog = Catalog(
-        tiers=tiers,
-        plans=plans,
-        providers=providers,
-        models=models,
-        default_credits=int(extra.get("default_credits", base.default_credits)),
-        fallback_model=extra.get("fallback_model", base.fallback_model) or None,
-    )
     _check_catalog(catalog)
     return catalog
 

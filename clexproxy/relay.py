@@ -94,55 +94,37 @@ async def stream(
             send_task.add_done_callback(_close_orphan)
     outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
     upstream = reply.response
-    parser = SSEParser()
     content = upstream.content
-    finished = False
+    frames = _Frames(wants_usage, outcome)
     failure: ApiError | None = None
     try:
         if not response.prepared:
             await response.prepare(request)
-        while True:
-            if outcome.answer_started:
-                chunk = await content.readany()
-            else:
-                read = asyncio.ensure_future(content.readany())
-                try:
-                    chunk = await _with_keepalive(read, response, request, keepalive)
-                finally:
-                    if not read.done():
-                        read.cancel()
+        while failure is None:
+            try:
+                if outcome.answer_started:
+                    chunk = await content.readany()
+                else:
+                    chunk = await _first_read(content, response, request, keepalive)
+            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+                chunk = _salvage(content)
+                failure = ServiceUnavailable("The upstream connection was lost mid-stream.",
+                                             error_type="upstream_error")
             if not chunk:
                 break
-            aligned = parser.pending == 0  # the chunk starts on an event boundary
-            out: list[bytes] = []
-            dropped = False
-            for event in parser.feed(chunk):
-                data = event.data
-                if data is not None:
-                    if data == DONE:
-                        finished = True
-                    elif has_usage(data):
-                        doc = orjson.loads(data)
-                        _read_usage(doc.get("usage"), outcome)
-                        if not wants_usage and not doc.get("choices"):
-                            dropped = True
-                            continue
-                    outcome.answer_started = True
-                out.append(event.raw)
-            if aligned and not dropped and parser.pending == 0:
-                await response.write(chunk)  # whole events only: the upstream's bytes as they came, no copy
-            elif out:
-                await response.write(out[0] if len(out) == 1 else b"".join(out))
-        if not finished:
+            try:
+                out = frames.feed(chunk)
+            except orjson.JSONDecodeError:
+                failure = InternalError("The upstream sent a malformed usage chunk.", error_type="upstream_error")
+                break
+            if out:
+                await response.write(out)
+        if failure is None and not frames.finished:
             failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
                                          error_type="upstream_error")
-    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-        failure = ServiceUnavailable("The upstream connection was lost mid-stream.", error_type="upstream_error")
-    except orjson.JSONDecodeError:
-        failure = InternalError("The upstream sent a malformed usage chunk.", error_type="upstream_error")
     finally:
         outcome.upstream_seconds = time.monotonic() - started
-        if finished:
+        if frames.finished:
             upstream.release()
         else:
             upstream.close()
@@ -152,6 +134,66 @@ async def stream(
         await response.write(error_event(failure))
     await response.write_eof()
     return response
+
+
+class _Frames:
+    """Decides, event by event, what of an upstream chunk goes to the client."""
+
+    __slots__ = ("finished", "outcome", "parser", "wants_usage")
+
+    def __init__(self, wants_usage: bool, outcome: CallOutcome) -> None:
+        self.parser = SSEParser()
+        self.wants_usage = wants_usage
+        self.outcome = outcome
+        self.finished = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to relay for `chunk`: the chunk itself when it holds whole events only and none is dropped."""
+        parser = self.parser
+        aligned = parser.pending == 0
+        out: list[bytes] = []
+        dropped = False
+        for event in parser.feed(chunk):
+            data = event.data
+            if data is not None:
+                if data == DONE:
+                    self.finished = True
+                elif has_usage(data):
+                    doc = orjson.loads(data)
+                    _read_usage(doc.get("usage"), self.outcome)
+                    if not self.wants_usage and not doc.get("choices"):
+                        dropped = True  # the usage-only chunk the client did not ask for
+                        continue
+                self.outcome.answer_started = True
+            out.append(event.raw)
+        if aligned and not dropped and parser.pending == 0:
+            return chunk
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
+async def _first_read(
+    content: aiohttp.StreamReader, response: web.StreamResponse, request: web.Request, keepalive: float
+) -> bytes:
+    """Read while the first token is slow, keeping the client's connection alive meanwhile."""
+    read = asyncio.ensure_future(content.readany())
+    try:
+        chunk: bytes = await _with_keepalive(read, response, request, keepalive)
+        return chunk
+    finally:
+        if not read.done():
+            read.cancel()
+
+
+def _salvage(content: aiohttp.StreamReader) -> bytes:
+    """What aiohttp had buffered when the upstream connection broke.
+
+    `readany` raises as soon as the payload error is set, even with data still buffered; the
+    events the upstream did send before the drop belong to the client.
+    """
+    try:
+        return content._read_nowait(-1)  # no public way to drain past a set exception
+    except Exception:
+        return b""
 
 
 def _close_orphan(task: asyncio.Future[UpstreamReply]) -> None:

@@ -113,8 +113,13 @@ async def stream_events(gw: RunningGateway, key: str, **knobs: str) -> tuple[byt
         return await resp.read(), dict(resp.headers)
 
 
-async def test_stream_cut_short_ends_with_error_event_and_is_charged(gw: RunningGateway, key: str) -> None:
-    body, _ = await stream_events(gw, key, **{"x-demo-drop-after": "3", "x-demo-tokens": "10", "x-demo-delay-ms": "30"})
+@pytest.mark.parametrize("delay_ms", ["30", "0"])
+async def test_stream_cut_short_ends_with_error_event_and_is_charged(
+    gw: RunningGateway, key: str, delay_ms: str
+) -> None:
+    """What the upstream sent before the drop reaches the client, even when it came in the same read as the drop."""
+    knobs = {"x-demo-drop-after": "3", "x-demo-tokens": "10", "x-demo-delay-ms": delay_ms}
+    body, _ = await stream_events(gw, key, **knobs)
     events = [e for e in body.split(b"\n\n") if e]
     assert len(events) == 1 + 3 + 2  # the role chunk, three tokens, the error, [DONE]
     assert events[-1] == b"data: [DONE]"
@@ -123,10 +128,36 @@ async def test_stream_cut_short_ends_with_error_event_and_is_charged(gw: Running
     assert await remaining(gw, key) == 1997  # the answer had started: charged
 
 
-async def test_stream_cut_before_first_token_is_refunded(gw: RunningGateway, key: str) -> None:
+async def test_stream_cut_before_any_event_is_refunded(make_gateway: GatewayFactory) -> None:
+    """An upstream that answers 200 with SSE headers and then hangs up: no answer started, nothing charged."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        gw = await make_gateway(demo_upstream_url=f"http://127.0.0.1:{port}/v1")
+        key = await gw.add_key("cut", "pro")
+        body, headers = await stream_events(gw, key)
+        assert headers["Content-Type"] == "text/event-stream"
+        events = [e for e in body.split(b"\n\n") if e]
+        assert events[-1] == b"data: [DONE]" and b'"error"' in events[-2]
+        assert await remaining(gw, key) == 2000
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_stream_cut_after_the_role_chunk_is_charged(gw: RunningGateway, key: str) -> None:
+    """The role chunk is the first byte of the answer: from there on the call is charged."""
     body, _ = await stream_events(gw, key, **{"x-demo-drop-after": "0"})
-    assert b'"error"' in body and body.endswith(b"data: [DONE]\n\n")
-    assert await remaining(gw, key) == 2000
+    events = [e for e in body.split(b"\n\n") if e]
+    assert len(events) == 3 and b'"role":"assistant"' in events[0]
+    assert await remaining(gw, key) == 1997
 
 
 async def test_openai_client_sees_a_cut_stream_as_an_error(gw: RunningGateway, key: str) -> None:

@@ -291,8 +291,19 @@ def test_demo_plan_and_body_limit_checked() -> None:
         ('[models."meta/llama-3.3-70b-instruct"]\ncontext_length = "big"\n', "context_length"),
         ('[tiers]\ncheap = "one"\n', "cheap"),
         ('[catalog]\ndefault_credits = "free"\n', "default_credits"),
+        ('[models."x/y"]\ndeployments = [{ model = "y" }]\n', "provider"),
+        ("[providers]\np = 3\n", "providers.p"),
     ],
 )
 def test_bad_catalog_value_is_a_config_error(tmp_path: Path, toml: str, name: str) -> None:
     """A non-numeric catalog value must be a ConfigError naming it (the CLI prints only ConfigErrors cleanly)."""
     expect_error(name, path=write(tmp_path, toml))
+
+
+def test_new_plan_needs_every_number(tmp_path: Path) -> None:
+    """A new plan that omits requests_per_minute must not silently get 0 rpm (every call on it would be a 429)."""
+    path = write(tmp_path, "[plans.gold]\ncredits_per_day = 5000\nmax_keys = 3\n")
+    expect_error("requests_per_minute", path=path)
+    path = write(tmp_path, "[plans.gold]\ncredits_per_day = 5000\nrequests_per_minute = 300\nmax_keys = 3\n", "b.toml")
+    gold = load_settings(path, env={}).catalog.plans["gold"]
+    assert (gold.credits_per_day, gold.requests_per_minute, gold.max_keys) == (5000, 300, 3)

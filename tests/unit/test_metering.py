@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clexproxy.auth import Account
-from clexproxy.catalog import DEFAULT_PLANS
+from clexproxy.catalog import DEFAULT_PLANS, Plan
 from clexproxy.clock import SECONDS_PER_DAY, ManualClock, seconds_to_utc_midnight, utc_day
 from clexproxy.errors import RateLimited
 from clexproxy.metering import Meter, openai_duration
@@ -51,6 +51,7 @@ def meter(clock: ManualClock) -> Meter:
         (1.0, "1s"),
         (1.5, "1.5s"),
         (59.25, "59.25s"),
+        (59.9996, "1m0s"),  # rounds up into the next unit: OpenAI's format never says "60s"
         (60.0, "1m0s"),
         (61.0, "1m1s"),
         (360.0, "6m0s"),
@@ -162,6 +163,19 @@ def test_credit_refusal_leaves_a_cheaper_call_possible(meter: Meter) -> None:
     assert meter.admit(acct, 2).headers["X-Clex-Credits-Remaining"] == "0"
 
 
+def test_plan_with_zero_rpm_is_refused_cleanly(meter: Meter) -> None:
+    """A bucket that never refills must still give a finite Retry-After and a readable message."""
+    acct = Account(3, "suspended", Plan("suspended", credits_per_day=100, requests_per_minute=0, max_keys=1))
+    with pytest.raises(RateLimited) as info:
+        meter.admit(acct, 1)
+    error = info.value
+    assert error.limit == "requests_per_minute"
+    assert 1 <= int(error.headers["Retry-After"]) <= SECONDS_PER_DAY
+    assert int(error.headers["retry-after-ms"]) >= 1000
+    assert "inf" not in error.message
+    assert meter.peek_headers(acct)["X-Clex-Credits-Remaining"] == "100"
+
+
 def test_peek_reserves_nothing(meter: Meter) -> None:
     acct = account("starter")
     for _ in range(3):
@@ -252,6 +266,7 @@ def test_rollover_at_utc_midnight(clock: ManualClock) -> None:
     with pytest.raises(RateLimited):
         meter.admit(acct, 1)
     clock.advance(0.5)  # 00:00:00
+    assert meter.peek_headers(acct)["X-Clex-Credits-Remaining"] == "100"  # before any call of the new day
     admission = meter.admit(acct, 1)
     assert admission.day == DAY + 1
     assert admission.headers["X-Clex-Credits-Remaining"] == "99"
