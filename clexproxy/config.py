@@ -123,11 +123,17 @@ def _int(table: Mapping[str, Any], key: str, default: int) -> int:
 
 
 def _plan(name: str, p: Mapping[str, Any], old: Plan | None) -> Plan:
+    """A plan; a new one must state every number (a silent 0 would refuse every call on it)."""
+    numbers = ("credits_per_day", "requests_per_minute", "max_keys")
+    if old is None:
+        missing = [n for n in numbers if n not in p]
+        if missing:
+            raise ConfigError(f"[plans.{name}] needs {', '.join(missing)}")
     return Plan(
         name,
         _int(p, "credits_per_day", old.credits_per_day if old else 0),
         _int(p, "requests_per_minute", old.requests_per_minute if old else 0),
-        _int(p, "max_keys", old.max_keys if old else 1),
+        _int(p, "max_keys", old.max_keys if old else 0),
     )
 
 

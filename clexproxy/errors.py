@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-
 MAX_RETRY_AFTER = 86_400.0
 
 

@@ -18,11 +18,11 @@ from clexproxy.store.sqlite import UsageDelta
 
 def openai_duration(seconds: float) -> str:
     """OpenAI's `x-ratelimit-reset-*` format: `20ms`, `1.5s`, `6m0s`."""
-    seconds = min(seconds, 86_400.0)  # a bucket that never refills reports infinity
+    seconds = round(min(seconds, 86_400.0), 3)  # a bucket that never refills reports infinity
     if seconds < 1.0:
         return f"{max(0, int(seconds * 1000))}ms"
     if seconds < 60.0:
-        return f"{round(seconds, 3):g}s"
+        return f"{seconds:g}s"
     minutes, rest = divmod(int(seconds + 0.5), 60)
     if minutes < 60:
         return f"{minutes}m{rest}s"
@@ -86,9 +86,9 @@ class Meter:
             self.track(account)
         if not bucket.allowed:
             headers = self._headers(account, self.ledger.remaining(account.id, day), bucket, wall)
+            when = f"Retry in {bucket.retry_after:.1f}s." if bucket.retry_after < 86_400 else "It admits no requests."
             raise RateLimited(
-                f"Rate limit reached: your {account.plan.name} plan allows {rpm} requests per minute. "
-                f"Retry in {bucket.retry_after:.1f}s.",
+                f"Rate limit reached: your {account.plan.name} plan allows {rpm} requests per minute. {when}",
                 limit="requests_per_minute",
                 retry_after=bucket.retry_after,
                 headers=headers,
