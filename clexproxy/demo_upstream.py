@@ -48,7 +48,6 @@ import contextlib
 import http
 import itertools
 import math
-import signal
 import struct
 import time
 import zlib
@@ -59,6 +58,8 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+
+from clexproxy.signals import wait_for_stop_signal
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
@@ -989,14 +990,9 @@ async def start_demo_upstream(
 async def _serve_forever(host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM, then close cleanly."""
     server = await start_demo_upstream(host, port, DemoRecorder(_CLI_MAX_RECORDED))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
     print(server.url, flush=True)
     try:
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         await server.close()
 

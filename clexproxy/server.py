@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from aiohttp import web
 from clexproxy.app import build_app
 from clexproxy.config import Settings
 from clexproxy.fastpath import USING_EXTENSION, hash_key, key_format_ok
+from clexproxy.signals import wait_for_stop_signal
 from clexproxy.store.sqlite import SQLiteStore, StoreError
 
 log = logging.getLogger("clexproxy.server")
@@ -84,13 +83,8 @@ async def serve(settings: Settings) -> None:
         await runner.cleanup()
         raise SystemExit(f"clexproxy: cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
     print(banner(settings, demo_key), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         log.info("shutting down")
         await runner.cleanup()

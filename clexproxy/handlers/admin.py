@@ -95,12 +95,19 @@ async def update_account(request: web.Request) -> web.Response:
     return _ok(_account(row), request)
 
 
-async def create_key(request: web.Request) -> web.Response:
-    _check_token(request)
+async def _existing_account(request: web.Request) -> str:
+    """The account named in the path; 404 when there is none (the admin API never creates one implicitly)."""
     gateway = request.app[GATEWAY]
     name = request.match_info["name"]
     if await gateway.run_store(gateway.store.get_account, name) is None:
         raise NotFound(f"no account named {name!r}")
+    return name
+
+
+async def create_key(request: web.Request) -> web.Response:
+    _check_token(request)
+    gateway = request.app[GATEWAY]
+    name = await _existing_account(request)
     limits = {p.name: p.max_keys for p in gateway.catalog.plans.values()}
     row, key = await _store_call(request, gateway.store.create_key, name, "free", limits)
     return _ok({**_key(row), "key": key}, request, status=201)
@@ -126,9 +133,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def account_usage(request: web.Request) -> web.Response:
     _check_token(request)
     gateway = request.app[GATEWAY]
-    name = request.match_info["name"]
-    if await gateway.run_store(gateway.store.get_account, name) is None:
-        raise NotFound(f"no account named {name!r}")
+    name = await _existing_account(request)
     await gateway.flush_usage()
     rows = await gateway.run_store(gateway.store.usage, name)
     usage = [

@@ -17,7 +17,7 @@ from aiohttp import web
 from clexproxy.app import build_app
 from clexproxy.clock import Clock, ManualClock
 from clexproxy.config import Settings, load_settings
-from clexproxy.demo_upstream import DemoRecorder, DemoServer, start_demo_upstream
+from clexproxy.demo_upstream import DemoRecorder, DemoServer
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY
 
@@ -55,15 +55,6 @@ class RunningGateway:
 
 
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[DemoServer]:
-    server = await start_demo_upstream("127.0.0.1", 0)
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 @pytest.fixture

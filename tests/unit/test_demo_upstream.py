@@ -45,13 +45,9 @@ PROMPT = "hello there world"
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture
-async def server() -> AsyncIterator[DemoServer]:
-    demo = await start_demo_upstream("127.0.0.1", 0)
-    try:
-        yield demo
-    finally:
-        await demo.close()
+@pytest.fixture
+def server(upstream: DemoServer) -> DemoServer:
+    return upstream
 
 
 @pytest_asyncio.fixture

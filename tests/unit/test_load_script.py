@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,19 +16,10 @@ from typing import Any
 import orjson
 import pytest
 
-from clexproxy.demo_upstream import DemoServer, start_demo_upstream
+from clexproxy.demo_upstream import DemoServer
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "load.py"
 MODEL = "meta/llama-3.1-8b-instruct"
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[DemoServer]:
-    server = await start_demo_upstream("127.0.0.1", 0)
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 async def run_load(url: str, *args: str) -> dict[str, Any]:
