@@ -12,7 +12,20 @@ from clexproxy.errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
-CHAT_DEFAULTS: tuple[tuple[str, Any], ...] = (("stream", True), ("temperature", 0.7), ("top_p", 0.9))
+CHAT_DEFAULTS: tuple[tuple[str, Any], ...] = (("temperature", 0.7), ("top_p", 0.9))
+
+
+def default_stream(accept: str | None) -> bool:
+    """SPEC's `stream: true` default, except for a client that said it accepts JSON only.
+
+    The OpenAI SDKs leave `stream` out of non-streaming calls and send `Accept: application/json`;
+    a stream would break them ("any OpenAI SDK must work unchanged"). curl, `requests` and browsers
+    send `*/*` (or nothing) and get the documented default.
+    """
+    if not accept:
+        return True
+    accept = accept.lower()
+    return "application/json" not in accept or "text/event-stream" in accept or "*/*" in accept
 
 
 def _is_number(value: Any) -> bool:
@@ -73,12 +86,14 @@ def _check_messages(messages: Any) -> None:
             )
 
 
-def validate_chat(body: Any) -> tuple[str, bool, bool]:
+def validate_chat(body: Any, stream_default: bool = True) -> tuple[str, bool, bool]:
     """Check a chat body and apply defaults in place; returns (model, stream, client_wants_usage)."""
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, got {_type_name(body)}.")
     model = _require_model(body)
     _check_messages(body.get("messages"))
+    if "stream" not in body:
+        body["stream"] = stream_default
     for name, default in CHAT_DEFAULTS:
         if name not in body:
             body[name] = default

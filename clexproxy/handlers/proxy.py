@@ -20,7 +20,7 @@ from clexproxy.errors import ApiError, InvalidRequest, ModelNotFound
 from clexproxy.handlers.common import GATEWAY, read_json, request_id
 from clexproxy.metering import Admission
 from clexproxy.relay import CallOutcome
-from clexproxy.validation import validate_chat, validate_embeddings
+from clexproxy.validation import default_stream, validate_chat, validate_embeddings
 
 access_log = logging.getLogger("clexproxy.access")
 
@@ -57,7 +57,7 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     try:
         body = await read_json(request, gateway.settings.max_body_bytes)
         if endpoint == "/chat/completions":
-            model_id, stream, wants_usage = validate_chat(body)
+            model_id, stream, wants_usage = validate_chat(body, default_stream(request.headers.get("Accept")))
             model = _route(gateway.catalog.models, model_id, "chat")
         else:
             model_id = validate_embeddings(body)

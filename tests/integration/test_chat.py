@@ -96,6 +96,27 @@ async def test_defaults_reach_the_upstream(gw: RunningGateway, key: str, recorde
     assert body["stream_options"] == {"include_usage": True}
 
 
+async def test_openai_sdk_without_stream_gets_a_completion(
+    gw: RunningGateway, key: str, recorder: DemoRecorder
+) -> None:
+    """The SDKs omit `stream` for plain calls and send `Accept: application/json`: they must get JSON, not SSE."""
+    completion = await gw.client(key).chat.completions.create(model=MODEL, messages=HELLO)
+    assert completion.object == "chat.completion" and completion.choices[0].message.content
+    assert recorder.requests[-1].body["stream"] is False
+
+
+@pytest.mark.parametrize(("accept", "streamed"), [("application/json", False), ("text/event-stream", True),
+                                                  ("*/*", True)])
+async def test_default_stream_by_accept_header(gw: RunningGateway, key: str, accept: str, streamed: bool) -> None:
+    async with aiohttp.ClientSession() as session, session.post(
+        gw.base_url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": HELLO},
+        headers={"Authorization": f"Bearer {key}", "Accept": accept},
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream" if streamed else "application/json")
+
+
 async def test_explicit_values_and_other_fields_pass_through(
     gw: RunningGateway, key: str, recorder: DemoRecorder
 ) -> None:

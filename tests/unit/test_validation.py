@@ -33,6 +33,28 @@ def rejected(body: Any, field: str, *, embeddings: bool = False) -> InvalidReque
 # defaults -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, True),
+        ("", True),
+        ("*/*", True),
+        ("text/event-stream", True),
+        ("application/json, text/event-stream", True),
+        ("application/json, */*;q=0.1", True),
+        ("application/json", False),  # what the OpenAI SDKs send
+        ("Application/JSON; charset=utf-8", False),
+    ],
+)
+def test_stream_default_follows_accept(accept: str | None, expected: bool) -> None:
+    from clexproxy.validation import default_stream
+
+    assert default_stream(accept) is expected
+    body = chat()
+    _, stream, _ = validate_chat(body, default_stream(accept))
+    assert stream is expected and body["stream"] is expected
+
+
 def test_defaults_applied_when_absent() -> None:
     body = chat()
     model, stream, wants_usage = validate_chat(body)
