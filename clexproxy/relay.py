@@ -76,6 +76,23 @@ async def stream(
 ) -> web.StreamResponse:
     """Relay an SSE answer. `on_error(error)` settles a failure and returns the headers to send with it."""
     response = web.StreamResponse(status=200, headers={**headers, **SSE_HEADERS})
+    try:
+        return await _relay_stream(request, response, send, wants_usage, keepalive, outcome, on_error)
+    except ConnectionResetError:
+        # The client left while we wrote to it (before its disconnect cancelled us): nothing more to send.
+        outcome.status = 499
+        return response
+
+
+async def _relay_stream(
+    request: web.Request,
+    response: web.StreamResponse,
+    send: Awaitable[UpstreamReply],
+    wants_usage: bool,
+    keepalive: float,
+    outcome: CallOutcome,
+    on_error: Any,
+) -> web.StreamResponse:
     started = time.monotonic()
     send_task = asyncio.ensure_future(send)
     try:
@@ -202,11 +219,7 @@ def _close_orphan(task: asyncio.Future[UpstreamReply]) -> None:
         task.result().response.close()
 
 
-async def unary(
-    send: Awaitable[UpstreamReply],
-    headers: dict[str, str],
-    outcome: CallOutcome,
-) -> tuple[bytes, dict[str, str]]:
+async def unary(send: Awaitable[UpstreamReply], outcome: CallOutcome) -> bytes:
     """Fetch a whole JSON answer; returns its exact bytes. Raises ApiError when there is no good answer."""
     started = time.monotonic()
     reply = await send
@@ -227,4 +240,4 @@ async def unary(
         raise InternalError("The upstream sent a malformed answer.", error_type="upstream_error") from None
     if isinstance(doc, dict):
         _read_usage(doc.get("usage"), outcome)
-    return raw, headers
+    return raw

@@ -17,6 +17,7 @@ from aiohttp import web
 from clexproxy import relay
 from clexproxy.catalog import Model
 from clexproxy.errors import ApiError, InvalidRequest, ModelNotFound
+from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY, read_json, request_id
 from clexproxy.metering import Admission
 from clexproxy.relay import CallOutcome
@@ -87,7 +88,7 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
                 request, send, headers, wants_usage, gateway.settings.sse_keepalive_seconds, outcome, settle_error
             )
         try:
-            raw, _ = await relay.unary(send, headers, outcome)
+            raw = await relay.unary(send, outcome)
         except ApiError as error:
             outcome.status, outcome.error_code = error.status, error.code
             return error.to_response(settle_error(error))
@@ -103,7 +104,7 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
 
 
 def _settle(
-    gateway: Any,
+    gateway: Gateway,
     admission: Admission,
     outcome: CallOutcome,
     endpoint: str,
@@ -134,7 +135,13 @@ def _settle(
 
 
 def _log_rejection(
-    gateway: Any, rid: str, endpoint: str, error: ApiError, account_id: int | None, key_id: int | None, model_id: str
+    gateway: Gateway,
+    rid: str,
+    endpoint: str,
+    error: ApiError,
+    account_id: int | None,
+    key_id: int | None,
+    model_id: str,
 ) -> None:
     """One access-log line and one count for a call refused before it reached an upstream."""
     known = model_id if model_id in gateway.catalog.models else "-"  # bounded label set: catalog ids only
