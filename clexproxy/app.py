@@ -7,11 +7,13 @@ timers) is opened and closed in `cleanup_ctx`, so an app that started always cle
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 from aiohttp import web
 
+from clexproxy.accesslog import log_request
 from clexproxy.catalog import Provider
 from clexproxy.clock import Clock, SystemClock
 from clexproxy.config import Settings
@@ -28,9 +30,21 @@ DEMO_PROVIDER = "demo"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+PROXIED = frozenset({"/v1/chat/completions", "/api/chat", "/v1/embeddings"})  # they log their own, richer line
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as SPEC's JSON with its X-Request-Id; nothing else (no trace) reaches the client."""
+    """Every error leaves as SPEC's JSON with its X-Request-Id, and every request leaves one access line."""
+    started = time.monotonic()
+    response = await _respond(request, handler)
+    if request.method != "POST" or request.path not in PROXIED:
+        log_request(request_id(request), request.method, request.path, response.status, started)
+    return response
+
+
+async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's response, or SPEC's JSON error for whatever it raised (never a trace)."""
     rid = {"X-Request-Id": request_id(request)}
     try:
         response = await handler(request)

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", default=None,
                        help="route every model to the bundled demo upstream; create a demo key")
     serve.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument("--log-format", dest="log_format", choices=("text", "json"), help="access/log line format")
+    serve.add_argument("--metrics-port", dest="metrics_port", type=int,
+                       help="also serve /metrics alone on this port (default: main port only)")
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     keys_sub = keys.add_subparsers(dest="action", required=True)
@@ -110,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "serve":
             from clexproxy.server import run
 
-            run(_settings(args, host=args.host, port=args.port, demo=args.demo, log_level=args.log_level))
+            run(_settings(args, host=args.host, port=args.port, demo=args.demo, log_level=args.log_level,
+                          log_format=args.log_format, metrics_port=args.metrics_port))
             return
         settings = _settings(args)
         store = SQLiteStore.in_data_dir(settings.data_dir)

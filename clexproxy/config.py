@@ -37,6 +37,13 @@ class Settings:
     # The body limit: long conversations and inline images are large.
     max_body_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one JSON object per line
+    metrics_enabled: bool = True
+    # A separate port for /metrics (0: only on the main port).
+    metrics_port: int = 0
+    # Where each worker writes its metrics snapshot so one scrape reports the whole host ("" = this process only).
+    metrics_dir: str = ""
+    metrics_flush_seconds: float = 0.5
     # The admin API is off unless a token is configured (CLEX_ADMIN_TOKEN).
     admin_token: str = ""
     upstream_connect_timeout: float = 10.0
@@ -240,6 +247,8 @@ def load_settings(
     settings = replace(Settings(), **coerced, catalog=_build_catalog(doc, default_catalog()))
     if settings.demo_plan not in settings.catalog.plans:
         raise ConfigError(f"demo_plan {settings.demo_plan!r} is not a plan")
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be 'text' or 'json', got {settings.log_format!r}")
     if settings.max_body_bytes < 1024:
         raise ConfigError("max_body_bytes must be at least 1024")
     return settings

@@ -19,12 +19,24 @@ from clexproxy.catalog import Catalog
 from clexproxy.clock import Clock
 from clexproxy.config import Settings
 from clexproxy.metering import Meter
-from clexproxy.metrics import Metrics
+from clexproxy.metrics import Metrics, NullMetrics
 from clexproxy.store.sqlite import SQLiteStore, UsageDelta
 from clexproxy.upstream import UpstreamPool
 
 log = logging.getLogger("clexproxy.gateway")
 T = TypeVar("T")
+
+
+def _metrics(settings: Settings) -> Metrics:
+    catalog = settings.catalog
+    info = {
+        "demo": str(settings.demo).lower(),
+        "models": str(len(catalog.models)),
+        "plans": ",".join(catalog.plans),
+        "providers": ",".join(sorted(catalog.providers)),
+    }
+    cls = Metrics if settings.metrics_enabled else NullMetrics
+    return cls(info=info, metrics_dir=settings.metrics_dir, flush_seconds=settings.metrics_flush_seconds)
 
 
 class Gateway:
@@ -36,7 +48,7 @@ class Gateway:
         self.directory = Directory(self.catalog)
         self.meter = Meter(clock)
         self.upstream = UpstreamPool(settings, self.catalog)
-        self.metrics = Metrics()
+        self.metrics = _metrics(settings)
         self.ready = False
         self._seq = 0
         self._data_version = -1
@@ -60,6 +72,7 @@ class Gateway:
         for account in self.directory.apply(accounts, keys):
             self.meter.track(account, spent.get(account.id, 0))
         self._data_version = await self._db(self.store.data_version)
+        self.metrics.start()
         self._tasks = [
             asyncio.create_task(self._poll_loop(), name="clexproxy-store-poll"),
             asyncio.create_task(self._flush_loop(), name="clexproxy-usage-flush"),
@@ -73,6 +86,7 @@ class Gateway:
         self._stopping.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.flush_usage()
+        await self.metrics.stop()
         await self.upstream.close()
         await self._db(self.store.close)
         self._db_thread.shutdown(wait=True)

@@ -1,37 +1,360 @@
-"""Prometheus collectors for the request path (the observability issue widens this set).
+"""Prometheus metrics: cheap on the request path, aggregated across a host's workers at scrape time.
 
-Label sets are bounded: endpoint, model (from the catalog, so finite), status class. Never
-an account or key id.
+The request path touches only plain dicts (a counter is `values[labels] += 1`); nothing takes a
+lock or formats a string until a scrape. prometheus-client renders the exposition from a custom
+collector. With a metrics directory configured, every process writes a snapshot of its values
+there every `flush_seconds` (and when it stops); a scrape served by any of them merges all
+snapshots, so one scrape reports the whole host. Counters and histograms of a process that has
+gone keep counting in the merge (its file stays), so totals never go backwards when a worker is
+replaced; gauges count only live processes.
+
+Label sets are bounded: endpoint, model and tier (from the catalog), plan, provider, status
+class, kind, limit, phase. Never an account or key id.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import secrets
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from clexproxy import __version__
+from clexproxy.fastpath import USING_EXTENSION
+from clexproxy.outcome import CallOutcome
+
+log = logging.getLogger("clexproxy.metrics")
+
+Labels = tuple[str, ...]
+SEP = "\x1f"  # joins label values in snapshot keys; cannot occur in our label values
+
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+RATE_BUCKETS = (1.0, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0)
+
+
+class _Family:
+    kind = ""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+
+
+class CounterVec(_Family):
+    kind = "counter"
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        super().__init__(name, documentation, labelnames)
+        self.values: dict[Labels, float] = {}
+
+    def inc(self, labels: Labels, amount: float = 1.0) -> None:
+        values = self.values
+        values[labels] = values.get(labels, 0.0) + amount
+
+
+class GaugeVec(CounterVec):
+    kind = "gauge"
+
+    def dec(self, labels: Labels, amount: float = 1.0) -> None:
+        values = self.values
+        values[labels] = values.get(labels, 0.0) - amount
+
+    def set(self, labels: Labels, value: float) -> None:
+        self.values[labels] = value
+
+
+class HistogramVec(_Family):
+    """Per label set: one non-cumulative count per bucket (the last is +Inf), then the sum."""
+
+    kind = "histogram"
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...], buckets: tuple[float, ...]) -> None:
+        super().__init__(name, documentation, labelnames)
+        self.bounds = buckets
+        self.values: dict[Labels, list[float]] = {}
+
+    def observe(self, labels: Labels, value: float) -> None:
+        slots = self.values.get(labels)
+        if slots is None:
+            slots = self.values[labels] = [0.0] * (len(self.bounds) + 2)
+        slots[bisect_left(self.bounds, value)] += 1.0
+        slots[-1] += value
+
+
+Family = CounterVec | HistogramVec
+
+
+def _merge_into(
+    target: dict[str, dict[str, Any]], snapshot: dict[str, dict[str, Any]], gauge_names: frozenset[str], gauges: bool
+) -> None:
+    """Add one process's snapshot to the host's totals; its gauges only when `gauges` (the process is alive)."""
+    for name, series in snapshot.items():
+        merged = target.setdefault(name, {})
+        for key, value in series.items():
+            if isinstance(value, list):
+                slots = merged.get(key)
+                if slots is None:
+                    merged[key] = list(value)
+                else:
+                    for i, v in enumerate(value):
+                        slots[i] += v
+            elif gauges or name not in gauge_names:
+                merged[key] = merged.get(key, 0.0) + value
+
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Metrics:
-    """One registry per app, so several gateways in one process (tests) do not collide."""
-
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "clexproxy_requests",
-            "Proxied API requests by endpoint, model and status class.",
-            ("endpoint", "model", "status_class"),
-            registry=self.registry,
+    def __init__(self, *, info: dict[str, str] | None = None, metrics_dir: str = "", flush_seconds: float = 0.5):
+        self.metrics_dir = Path(metrics_dir) if metrics_dir else None
+        self.flush_seconds = flush_seconds
+        # pid plus a random tag: unique even when a pid is reused, or when tests run several gateways in a process.
+        self.instance = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        fam: list[Family] = []
+        self._families = fam
+
+        def add(f: Any) -> Any:
+            fam.append(f)
+            return f
+
+        self.requests = add(CounterVec("clexproxy_requests", "Proxied API calls by endpoint, model, plan, status.",
+                                       ("endpoint", "model", "plan", "status_class")))
+        self.duration = add(HistogramVec("clexproxy_request_duration_seconds", "Total time of a proxied call.",
+                                         ("endpoint", "stream"), LATENCY_BUCKETS))
+        self.overhead = add(HistogramVec("clexproxy_gateway_overhead_seconds",
+                                         "Time spent in the gateway: total time minus the upstream's share.",
+                                         ("endpoint", "stream"), OVERHEAD_BUCKETS))
+        self.ttfb = add(HistogramVec("clexproxy_upstream_ttfb_seconds", "Time to the upstream's response headers.",
+                                     ("provider",), LATENCY_BUCKETS))
+        self.ttft = add(HistogramVec("clexproxy_stream_ttft_seconds",
+                                     "From the request to the first streamed data event sent to the client.",
+                                     ("model",), LATENCY_BUCKETS))
+        self.tokens_per_second = add(HistogramVec("clexproxy_stream_tokens_per_second",
+                                                  "Completion tokens per second of a stream after its first token.",
+                                                  ("model",), RATE_BUCKETS))
+        self.tokens = add(CounterVec("clexproxy_tokens", "Tokens reported by upstreams.", ("model", "kind")))
+        self.charged = add(CounterVec("clexproxy_credits_charged", "Credits charged.", ("plan", "tier")))
+        self.refunded = add(CounterVec("clexproxy_credits_refunded", "Credits reserved then refunded.",
+                                       ("plan", "tier")))
+        self.rate_limited = add(CounterVec("clexproxy_rate_limited", "Calls refused with 429, by the limit hit.",
+                                           ("plan", "limit")))
+        self.in_flight = add(GaugeVec("clexproxy_in_flight_requests", "Proxied calls in progress.", ("endpoint",)))
+        self.open_streams = add(GaugeVec("clexproxy_open_streams", "SSE answers being relayed.", ()))
+        self.upstream_errors = add(CounterVec("clexproxy_upstream_errors", "Failed upstream attempts by kind.",
+                                              ("provider", "kind")))
+        self.disconnects = add(CounterVec("clexproxy_client_disconnects", "Clients that left before the call ended.",
+                                          ("endpoint", "phase")))
+        self.retries = add(CounterVec("clexproxy_upstream_retries", "Upstream attempts beyond a call's first.",
+                                      ("provider",)))
+        self.fallbacks = add(CounterVec("clexproxy_fallbacks", "Calls answered by the fallback model.", ("model",)))
+        self.build_info = add(GaugeVec("clexproxy_build_info", "Build of the running gateway.",
+                                       ("version", "fastpath", "python", "aiohttp")))
+        self.config_info = add(GaugeVec("clexproxy_config_info", "Shape of the running configuration.",
+                                        tuple(sorted(info or {}))))
+        self.workers = add(GaugeVec("clexproxy_workers", "Worker processes reporting into this scrape.", ()))
+        self.build_info.set(
+            (__version__, "compiled" if USING_EXTENSION else "pure", platform.python_version(), aiohttp.__version__), 1
         )
-        self.overhead = Histogram(
-            "clexproxy_gateway_overhead_seconds",
-            "Time spent in the gateway: total request time minus the upstream's share.",
-            ("endpoint", "stream"),
-            buckets=OVERHEAD_BUCKETS,
-            registry=self.registry,
-        )
+        self.config_info.set(tuple(v for _, v in sorted((info or {}).items())), 1)
+        self.workers.set((), 1)
+        self._gauge_names = frozenset(f.name for f in fam if f.kind == "gauge")
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self)
+
+    # request path -----------------------------------------------------------------------------
+
+    def call_started(self, endpoint: str) -> None:
+        self.in_flight.inc((endpoint,))
+
+    def stream_opened(self) -> None:
+        self.open_streams.inc(())
+
+    def stream_closed(self) -> None:
+        self.open_streams.dec(())
+
+    def call_finished(self, call: CallOutcome) -> None:
+        """Everything a finished call contributes, in one pass."""
+        endpoint = call.endpoint
+        self.in_flight.dec((endpoint,))
+        status = call.status
+        self.requests.inc((endpoint, call.model, call.plan, f"{status // 100}xx"))
+        if call.limit:
+            self.rate_limited.inc((call.plan, call.limit))
+        if call.disconnected:
+            self.disconnects.inc((endpoint, "during_answer" if call.answer_started else "before_answer"))
+        if call.credits_charged:
+            self.charged.inc((call.plan, call.tier), call.credits_charged)
+        if call.credits_refunded:
+            self.refunded.inc((call.plan, call.tier), call.credits_refunded)
+        for provider, kind in call.upstream_failures:
+            self.upstream_errors.inc((provider, kind))
+        if call.retries:
+            self.retries.inc((call.provider or "-",), call.retries)
+        if call.fallback:
+            self.fallbacks.inc((call.model,))
+        for provider, seconds in call.upstream_ttfbs:
+            self.ttfb.observe((provider,), seconds)
+        if not call.provider:
+            return  # refused before any upstream: no timings worth a histogram
+        stream = "true" if call.stream else "false"
+        self.duration.observe((endpoint, stream), call.total_seconds)
+        self.overhead.observe((endpoint, stream), call.overhead_seconds)
+        if call.prompt_tokens:
+            self.tokens.inc((call.model, "prompt"), call.prompt_tokens)
+        if call.completion_tokens:
+            self.tokens.inc((call.model, "completion"), call.completion_tokens)
+        if call.stream:
+            ttft = call.ttft_seconds
+            if ttft is not None:
+                self.ttft.observe((call.model,), ttft)
+            rate = call.tokens_per_second
+            if rate is not None:
+                self.tokens_per_second.observe((call.model,), rate)
+
+    # snapshots and the host-wide merge --------------------------------------------------------
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {f.name: {SEP.join(k): v for k, v in f.values.items()} for f in self._families}
+
+    def write_snapshot(self, stopped: bool = False) -> None:
+        if self.metrics_dir is None:
+            return
+        self.metrics_dir.mkdir(parents=True, exist_ok=True)
+        path = self.metrics_dir / f"{self.instance}.json"
+        tmp = path.with_suffix(".tmp")
+        doc = {"pid": os.getpid(), "time": time.time(), "stopped": stopped, "metrics": self.snapshot()}
+        tmp.write_bytes(orjson.dumps(doc))
+        tmp.replace(path)  # atomic: a scrape never reads half a file
+
+    def _merged(self) -> dict[str, dict[str, Any]]:
+        merged: dict[str, dict[str, Any]] = {}
+        live_workers = 1
+        if self.metrics_dir is not None and self.metrics_dir.is_dir():
+            for path in self.metrics_dir.glob("*.json"):
+                if path.stem == self.instance:
+                    continue
+                try:
+                    doc = orjson.loads(path.read_bytes())
+                except (OSError, orjson.JSONDecodeError):
+                    continue
+                alive = _pid_alive(int(doc.get("pid", 0))) and not doc.get("stopped", False)
+                live_workers += alive
+                _merge_into(merged, doc.get("metrics", {}), self._gauge_names, gauges=alive)
+        _merge_into(merged, self.snapshot(), self._gauge_names, gauges=True)
+        info = merged.get("clexproxy_workers", {})
+        info[""] = float(live_workers)
+        for name in ("clexproxy_build_info", "clexproxy_config_info"):
+            merged[name] = {k: 1.0 for k in merged.get(name, {})}
+        return merged
+
+    def collect(self) -> Iterator[Metric]:
+        merged = self._merged()
+        for fam in self._families:
+            series = merged.get(fam.name, {})
+            yield from self._render(fam, series)
+
+    @staticmethod
+    def _render(fam: Family, series: dict[str, Any]) -> Iterable[Metric]:
+        def labels(key: str) -> list[str]:
+            return key.split(SEP) if fam.labelnames else []
+
+        if isinstance(fam, HistogramVec):
+            h = HistogramMetricFamily(fam.name, fam.documentation, labels=fam.labelnames)
+            for key, slots in series.items():
+                cumulative, buckets = 0.0, []
+                for bound, count in zip((*fam.bounds, float("inf")), slots[:-1], strict=False):
+                    cumulative += count
+                    buckets.append((_le(bound), cumulative))
+                h.add_metric(labels(key), buckets, slots[-1])
+            return [h]
+        cls = GaugeMetricFamily if fam.kind == "gauge" else CounterMetricFamily
+        m = cls(fam.name, fam.documentation, labels=fam.labelnames)
+        for key, value in series.items():
+            m.add_metric(labels(key), value)
+        return [m]
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._registry)
+
+    # lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.metrics_dir is not None and self._task is None:
+            self.write_snapshot()
+            self._task = asyncio.create_task(self._flush_loop(), name="clexproxy-metrics-flush")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        if self.metrics_dir is not None:
+            # The last word of this process: its counters stay in the host's totals, its gauges leave them.
+            self.write_snapshot(stopped=True)
+
+    async def _flush_loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.flush_seconds)
+            try:
+                self.write_snapshot()
+            except OSError:
+                log.exception("could not write the metrics snapshot")
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def reset_metrics_dir(metrics_dir: str) -> None:
+    """Start a host's run with no snapshots from an earlier run (the process that starts the host calls this)."""
+    if not metrics_dir:
+        return
+    path = Path(metrics_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    for old in (*path.glob("*.json"), *path.glob("*.tmp")):
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+
+
+class NullMetrics(Metrics):
+    """Metrics switched off: the request path calls cost one no-op method each (for A/B measurements)."""
+
+    def call_started(self, endpoint: str) -> None:
+        return None
+
+    def stream_opened(self) -> None:
+        return None
+
+    def stream_closed(self) -> None:
+        return None
+
+    def call_finished(self, call: CallOutcome) -> None:
+        return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -19,27 +18,13 @@ from aiohttp import web
 
 from clexproxy.errors import ApiError, InternalError, ServiceUnavailable
 from clexproxy.fastpath import SSEParser, has_usage
+from clexproxy.outcome import CallOutcome
 from clexproxy.upstream import UpstreamReply
 
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"[DONE]"
 DONE_EVENT = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-@dataclass(slots=True)
-class CallOutcome:
-    """What the relay learned, for settlement, metrics and the access log."""
-
-    status: int = 200
-    answer_started: bool = False
-    upstream_seconds: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    provider: str = ""
-    served_model: str = ""
-    error_code: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def error_event(error: ApiError) -> bytes:
@@ -80,7 +65,7 @@ async def stream(
         return await _relay_stream(request, response, send, wants_usage, keepalive, outcome, on_error)
     except ConnectionResetError:
         # The client left while we wrote to it (before its disconnect cancelled us): nothing more to send.
-        outcome.status = 499
+        outcome.disconnected = True
         return response
 
 
@@ -98,7 +83,6 @@ async def _relay_stream(
     try:
         reply: UpstreamReply = await _with_keepalive(send_task, response, request, keepalive)
     except ApiError as error:
-        outcome.status, outcome.error_code = error.status, error.code
         error_headers = on_error(error)
         if response.prepared:
             await response.write(error_event(error))
@@ -123,8 +107,10 @@ async def _relay_stream(
                     chunk = await content.readany()
                 else:
                     chunk = await _first_read(content, response, request, keepalive)
-            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                 chunk = _salvage(content)
+                kind = "timeout" if isinstance(exc, TimeoutError) else "midstream_drop"
+                outcome.upstream_failures.append((outcome.provider, kind))
                 failure = ServiceUnavailable("The upstream connection was lost mid-stream.",
                                              error_type="upstream_error")
             if not chunk:
@@ -136,7 +122,10 @@ async def _relay_stream(
                 break
             if out:
                 await response.write(out)
+                if outcome.first_token_at is None and outcome.answer_started:
+                    outcome.first_token_at = time.monotonic()
         if failure is None and not frames.finished:
+            outcome.upstream_failures.append((outcome.provider, "midstream_drop"))
             failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
                                          error_type="upstream_error")
     finally:
@@ -146,7 +135,6 @@ async def _relay_stream(
         else:
             upstream.close()
     if failure is not None:
-        outcome.status, outcome.error_code = failure.status, failure.code
         on_error(failure)
         await response.write(error_event(failure))
     await response.write_eof()
@@ -227,8 +215,10 @@ async def unary(send: Awaitable[UpstreamReply], outcome: CallOutcome) -> bytes:
     upstream = reply.response
     try:
         raw = await upstream.read()
-    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
         upstream.close()
+        kind = "timeout" if isinstance(exc, TimeoutError) else "midstream_drop"
+        outcome.upstream_failures.append((outcome.provider, kind))
         raise ServiceUnavailable("The upstream connection was lost before the answer was complete.",
                                  error_type="upstream_error") from None
     finally:

@@ -9,9 +9,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from clexproxy.accesslog import configure_logging
 from clexproxy.app import build_app
 from clexproxy.config import Settings
 from clexproxy.fastpath import USING_EXTENSION, hash_key, key_format_ok
+from clexproxy.handlers.common import GATEWAY
+from clexproxy.metrics import reset_metrics_dir
 from clexproxy.signals import wait_for_stop_signal
 from clexproxy.store.sqlite import SQLiteStore, StoreError
 
@@ -72,30 +75,51 @@ def banner(settings: Settings, demo_key: str | None) -> str:
 
 async def serve(settings: Settings) -> None:
     demo_key = ensure_demo_key(settings) if settings.demo else None
+    reset_metrics_dir(settings.metrics_dir)
     app = build_app(settings)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise SystemExit(f"clexproxy: cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+    await _listen(runner, settings.host, settings.port)
+    metrics_runner = await _start_metrics_port(app, settings) if settings.metrics_port else None
     print(banner(settings, demo_key), flush=True)
     try:
         await wait_for_stop_signal()
     finally:
         log.info("shutting down")
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
 
 
+async def _start_metrics_port(app: web.Application, settings: Settings) -> web.AppRunner:
+    """/metrics alone on its own port, so the scrape path can be firewalled apart from the API."""
+    gateway = app[GATEWAY]
+
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=gateway.metrics.render())
+        response.headers["Content-Type"] = gateway.metrics.content_type
+        return response
+
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(metrics_app, access_log=None)
+    await runner.setup()
+    await _listen(runner, settings.host, settings.metrics_port)
+    return runner
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
+    """Bind or exit with a message a person can act on (the port is taken, the address is not ours)."""
+    try:
+        await web.TCPSite(runner, host, port, backlog=2048, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SystemExit(f"clexproxy: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 def run(settings: Settings) -> None:
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stdout,
-    )
+    configure_logging(settings.log_level, "json" if settings.log_format == "json" else "text")
     try:
         import uvloop
     except ImportError:  # uvloop is a dependency everywhere but Windows

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from yarl import URL
 from clexproxy.catalog import Catalog, Deployment, Model, Provider
 from clexproxy.config import Settings
 from clexproxy.errors import ApiError, InternalError, InvalidRequest, ModelNotFound, ServiceUnavailable
+from clexproxy.outcome import CallOutcome
 
 log = logging.getLogger("clexproxy.upstream")
 
@@ -134,7 +136,7 @@ class UpstreamPool:
         endpoint: str,
         body: dict[str, Any],
         client_headers: Mapping[str, str],
-        request_id: str,
+        call: CallOutcome,
     ) -> UpstreamReply:
         """POST to the first deployment that answers 200; raise the mapped ApiError when none does."""
         payloads: dict[str, bytes] = {}
@@ -150,7 +152,9 @@ class UpstreamPool:
             if payload is None:
                 body["model"] = deployment.model
                 payload = payloads[deployment.model] = orjson.dumps(body)
-            headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", "X-Request-Id": request_id}
+            headers = {
+                "Content-Type": "application/json", "Accept-Encoding": "identity", "X-Request-Id": call.request_id
+            }
             auth = self._auth.get(provider.name)
             if auth:
                 headers["Authorization"] = auth
@@ -159,16 +163,23 @@ class UpstreamPool:
                     lname = name.lower()
                     if lname.startswith(provider.pass_headers):
                         headers[lname] = value
+            call.retries = attempt
+            sent = time.monotonic()
             try:
                 response = await self._session(provider).post(
                     self._url(provider, endpoint), data=payload, headers=headers
                 )
             except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
                 log.warning("upstream %s unreachable for %s: %s", provider.name, deployment.model, type(exc).__name__)
+                kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
+                call.upstream_failures.append((provider.name, kind))
                 failure, not_found_only = _Failure("unreachable", 0), False
                 continue
+            call.upstream_ttfbs.append((provider.name, time.monotonic() - sent))
             if response.status == 200:
+                call.provider, call.served_model, call.fallback = provider.name, target.id, is_fallback
                 return UpstreamReply(response, target, deployment, provider, is_fallback)
+            call.upstream_failures.append((provider.name, f"{response.status // 100}xx"))
             failure = await self._classify(response, provider)
             not_found_only = not_found_only and failure.kind == "not_found"
             if failure.kind == "invalid":

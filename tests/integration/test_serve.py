@@ -16,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +125,7 @@ class Served:
             self.proc.wait(timeout=STOP_TIMEOUT)
 
 
-def start(data_dir: Path) -> Served:
+def start(data_dir: Path, *extra: str) -> Served:
     """Start the server and wait (bounded) for the curl line; a lost race for the port gets another port."""
     for _ in range(3):
         port = free_port()
@@ -140,6 +142,7 @@ def start(data_dir: Path) -> Served:
                 str(port),
                 "--data-dir",
                 str(data_dir),
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -290,3 +293,36 @@ def test_help(args: list[str]) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "clexproxy" in done.stdout
+
+
+def test_json_logs_and_a_separate_metrics_port(tmp_path: Path) -> None:
+    """`--log-format json`: every log line on stdout is one JSON object; `--metrics-port` serves /metrics alone."""
+    metrics_port = free_port()
+    served = start(tmp_path / "data", "--log-format", "json", "--metrics-port", str(metrics_port))
+    try:
+        client = openai.OpenAI(base_url=served.base_url + "/v1", api_key=served.key, max_retries=0)
+        client.chat.completions.create(model=LARGE, messages=HELLO, stream=False, extra_headers={"X-Request-Id": "j-1"})
+        line = served.wait_line('{"ts"')
+        assert line.startswith("{")
+        access = None
+        for _ in range(100):  # bounded: the access line follows the answer
+            found = [ln for ln in served.lines if '"j-1"' in ln]
+            if found:
+                access = found[0]
+                break
+            time.sleep(0.05)
+        assert access is not None, served.output()
+        import json
+
+        doc = json.loads(access)
+        assert doc["status"] == 200 and doc["model"] == LARGE and doc["level"] == "info" and doc["credits"] == 3
+        log_lines = [ln for ln in served.lines if ln.startswith("{")]
+        assert all(json.loads(ln)["level"] for ln in log_lines)
+        assert not any(served.key in ln for ln in log_lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        assert 'clexproxy_requests_total{endpoint="/chat/completions"' in text
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/v1/models", timeout=10)
+    finally:
+        assert served.terminate() == 0
