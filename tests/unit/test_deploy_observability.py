@@ -33,7 +33,12 @@ def _exposed_names() -> frozenset[str]:
 
 # Scale-out (Redis) metrics arrive with the scale-out issue; the alerts and dashboard already watch them.
 FUTURE_METRICS = frozenset(
-    {"clexproxy_redis_up", "clexproxy_redis_sync_seconds", "clexproxy_redis_errors_total", "clexproxy_lease_grants_total"}
+    {
+        "clexproxy_redis_up",
+        "clexproxy_redis_sync_seconds",
+        "clexproxy_redis_errors_total",
+        "clexproxy_lease_grants_total",
+    }
 )
 KNOWN_METRICS = _exposed_names() | FUTURE_METRICS
 
