@@ -98,6 +98,23 @@ class HistogramVec(_Family):
 
 Family = CounterVec | HistogramVec
 
+# A per-call row: count, credits charged, prompt tokens, completion tokens, then the duration
+# histogram's slots (one per bucket, +Inf, sum) and the overhead histogram's.
+_DURATION = 4
+_DURATION_SUM = _DURATION + len(LATENCY_BUCKETS) + 1
+_OVERHEAD = _DURATION_SUM + 1
+_OVERHEAD_SUM = _OVERHEAD + len(OVERHEAD_BUCKETS) + 1
+_ROW_SIZE = _OVERHEAD_SUM + 1
+
+
+def _add_slots(histogram: HistogramVec, labels: Labels, slots: list[float]) -> None:
+    mine = histogram.values.get(labels)
+    if mine is None:
+        histogram.values[labels] = list(slots)
+    else:
+        for i, v in enumerate(slots):
+            mine[i] += v
+
 
 def _merge_into(
     target: dict[str, dict[str, Any]], snapshot: dict[str, dict[str, Any]], gauge_names: frozenset[str], gauges: bool
@@ -137,6 +154,7 @@ class Metrics:
         # pid plus a random tag: unique even when a pid is reused, or when tests run several gateways in a process.
         self.instance = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._task: asyncio.Task[None] | None = None
+        self._rows: dict[tuple[str, str, str, int, bool, str], list[float]] = {}
         self._stopping = asyncio.Event()
         fam: list[Family] = []
         self._families = fam
@@ -192,7 +210,9 @@ class Metrics:
     # request path -----------------------------------------------------------------------------
 
     def call_started(self, endpoint: str) -> None:
-        self.in_flight.inc((endpoint,))
+        in_flight = self.in_flight.values
+        key = (endpoint,)
+        in_flight[key] = in_flight.get(key, 0.0) + 1.0
 
     def stream_opened(self) -> None:
         self.open_streams.inc(())
@@ -201,17 +221,48 @@ class Metrics:
         self.open_streams.dec(())
 
     def call_finished(self, call: CallOutcome) -> None:
-        """Everything a finished call contributes, in one pass."""
+        """Everything a finished call contributes, in one pass.
+
+        The common facts (count, credits, tokens, duration and overhead) go into one row per
+        (endpoint, model, plan, status, stream, tier): one dict lookup and a few list additions.
+        `_fold` spreads the rows over the families at snapshot time, off the request path.
+        """
         endpoint = call.endpoint
-        self.in_flight.dec((endpoint,))
-        status = call.status
-        self.requests.inc((endpoint, call.model, call.plan, f"{status // 100}xx"))
+        in_flight = self.in_flight.values
+        in_flight[(endpoint,)] -= 1.0
+        key = (endpoint, call.model, call.plan, call.status // 100, call.stream, call.tier)
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = [0.0] * _ROW_SIZE
+        row[0] += 1.0
+        row[1] += call.credits_charged
+        row[2] += call.prompt_tokens
+        row[3] += call.completion_tokens
+        if call.provider:  # it reached an upstream: its timings mean something
+            total = call.finished_at - call.started
+            row[_DURATION + bisect_left(LATENCY_BUCKETS, total)] += 1.0
+            row[_DURATION_SUM] += total
+            overhead = total - call.upstream_seconds
+            if overhead < 0.0:
+                overhead = 0.0
+            row[_OVERHEAD + bisect_left(OVERHEAD_BUCKETS, overhead)] += 1.0
+            row[_OVERHEAD_SUM] += overhead
+            if call.stream and call.first_token_at is not None:
+                self.ttft.observe((call.model,), call.first_token_at - call.started)
+                rate = call.tokens_per_second
+                if rate is not None:
+                    self.tokens_per_second.observe((call.model,), rate)
+        for provider, seconds in call.upstream_ttfbs:
+            self.ttfb.observe((provider,), seconds)
+        if call.limit or call.disconnected or call.credits_refunded or call.upstream_failures or call.fallback:
+            self._unusual(call)
+
+    def _unusual(self, call: CallOutcome) -> None:
+        """The rarer facts of a call: limits, disconnects, refunds, upstream failures, retries, fallbacks."""
         if call.limit:
             self.rate_limited.inc((call.plan, call.limit))
         if call.disconnected:
-            self.disconnects.inc((endpoint, "during_answer" if call.answer_started else "before_answer"))
-        if call.credits_charged:
-            self.charged.inc((call.plan, call.tier), call.credits_charged)
+            self.disconnects.inc((call.endpoint, "during_answer" if call.answer_started else "before_answer"))
         if call.credits_refunded:
             self.refunded.inc((call.plan, call.tier), call.credits_refunded)
         for provider, kind in call.upstream_failures:
@@ -220,28 +271,27 @@ class Metrics:
             self.retries.inc((call.provider or "-",), call.retries)
         if call.fallback:
             self.fallbacks.inc((call.model,))
-        for provider, seconds in call.upstream_ttfbs:
-            self.ttfb.observe((provider,), seconds)
-        if not call.provider:
-            return  # refused before any upstream: no timings worth a histogram
-        stream = "true" if call.stream else "false"
-        self.duration.observe((endpoint, stream), call.total_seconds)
-        self.overhead.observe((endpoint, stream), call.overhead_seconds)
-        if call.prompt_tokens:
-            self.tokens.inc((call.model, "prompt"), call.prompt_tokens)
-        if call.completion_tokens:
-            self.tokens.inc((call.model, "completion"), call.completion_tokens)
-        if call.stream:
-            ttft = call.ttft_seconds
-            if ttft is not None:
-                self.ttft.observe((call.model,), ttft)
-            rate = call.tokens_per_second
-            if rate is not None:
-                self.tokens_per_second.observe((call.model,), rate)
+
+    def _fold(self) -> None:
+        """Spread the per-call rows over the exposed families (at snapshot time, not per request)."""
+        rows, self._rows = self._rows, {}
+        for (endpoint, model, plan, status, stream, tier), row in rows.items():
+            self.requests.inc((endpoint, model, plan, f"{status}xx"), row[0])
+            if row[1]:
+                self.charged.inc((plan, tier), row[1])
+            if row[2]:
+                self.tokens.inc((model, "prompt"), row[2])
+            if row[3]:
+                self.tokens.inc((model, "completion"), row[3])
+            if row[_DURATION_SUM] or any(row[_DURATION:_DURATION_SUM]):
+                labels = (endpoint, "true" if stream else "false")
+                _add_slots(self.duration, labels, row[_DURATION:_DURATION_SUM + 1])
+                _add_slots(self.overhead, labels, row[_OVERHEAD:_OVERHEAD_SUM + 1])
 
     # snapshots and the host-wide merge --------------------------------------------------------
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
+        self._fold()
         return {f.name: {SEP.join(k): v for k, v in f.values.items()} for f in self._families}
 
     def write_snapshot(self, stopped: bool = False) -> None:
