@@ -51,7 +51,8 @@ class Settings:
     upstream_read_timeout: float = 300.0
     # Shorter than common upstream idle timeouts so a pooled connection is never reused after the far end closed it.
     upstream_keepalive_timeout: float = 15.0
-    upstream_max_connections: int = 1000
+    # Per provider. Streams hold a connection for their whole length: 10,000 slow streams need 10,000.
+    upstream_max_connections: int = 16384
     upstream_retry_backoff: float = 0.05
     # Extra tries of the same deployment list before falling back; 0 means each deployment once.
     upstream_retries: int = 0

@@ -1,0 +1,593 @@
+"""`make bench`: clexproxy against the bare aiohttp floor and no gateway at all, in one run, interleaved.
+
+Layout on the 2-core machine: the proxy under test (clexproxy or the baseline) is pinned to core 0;
+the upstream (nginx with a static answer, or the demo upstream for slow streams) and the load
+generator (wrk, or benchmarks/load.py) share core 1. Every scenario measures its targets twice, in
+turns, and keeps the better round of each (the machine is shared and noisy; the better round is the
+one least disturbed). Writes benchmarks/RESULTS.md and benchmarks/results.png.
+
+    python benchmarks/bench.py [--quick] [--only a,b,c] [--peers litellm,portkey] [--out benchmarks]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+PY = sys.executable
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+MODEL = "meta/llama-3.1-8b-instruct"
+STREAM_CHUNKS = 50
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    url: str  # the OpenAI base URL clients use ("" for the upstream's own path layout)
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+
+
+@dataclass
+class Bench:
+    work: Path
+    quick: bool
+    servers: list[Server] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> int:
+        return 4 if self.quick else 10
+
+    def spawn(self, name: str, cmd: list[str], port: int, cpu: str, env: dict[str, str] | None = None,
+              url: str = "") -> Server:
+        log = self.work / f"{name}-{port}.log"
+        proc = subprocess.Popen(
+            ["taskset", "-c", cpu, *cmd], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})}, cwd=ROOT,
+        )
+        server = Server(name, proc, port, url, log)
+        self.servers.append(server)
+        try:
+            wait_port(port, proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{name}: {exc}\n{log.read_text(errors='replace')[-2000:]}") from None
+        return server
+
+    def stop_all(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+        self.servers.clear()
+
+    # the upstreams ------------------------------------------------------------------------------
+
+    def nginx(self) -> Server:
+        """A static OpenAI-compatible answer in microseconds: the upstream must never be the bottleneck."""
+        port = free_port()
+        conf = self.work / f"nginx-{port}.conf"
+        chunk = (
+            'data: {"id":"chatcmpl-static","object":"chat.completion.chunk","created":1700000000,'
+            f'"model":"{MODEL}","choices":[{{"index":0,"delta":{{"content":"word "}},"finish_reason":null}}],'
+            '"usage":null}\n\n'
+        )
+        usage = (
+            'data: {"id":"chatcmpl-static","object":"chat.completion.chunk","created":1700000000,'
+            f'"model":"{MODEL}","choices":[],"usage":{{"prompt_tokens":9,"completion_tokens":{STREAM_CHUNKS},'
+            f'"total_tokens":{STREAM_CHUNKS + 9}}}}}\n\n'
+        )
+        sse = chunk * STREAM_CHUNKS + usage + "data: [DONE]\n\n"
+        answer = json.dumps({
+            "id": "chatcmpl-static", "object": "chat.completion", "created": 1700000000, "model": MODEL,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there, how are you?"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16},
+        })
+        (self.work / "answer.json").write_text(answer)
+        (self.work / "answer.sse").write_text(sse)
+        conf.write_text(f"""
+daemon off;
+worker_processes 1;
+pid {self.work}/nginx-{port}.pid;
+error_log {self.work}/nginx-{port}.err warn;
+events {{ worker_connections 65536; }}
+http {{
+  access_log off;
+  client_body_temp_path {self.work};
+  proxy_temp_path {self.work};
+  fastcgi_temp_path {self.work};
+  uwsgi_temp_path {self.work};
+  scgi_temp_path {self.work};
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_buffer_size 64k;
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location = /json/v1/chat/completions {{
+      default_type application/json;
+      error_page 405 =200 $uri;
+      alias {self.work}/answer.json;
+    }}
+    location = /stream/v1/chat/completions {{
+      default_type text/event-stream;
+      error_page 405 =200 $uri;
+      alias {self.work}/answer.sse;
+    }}
+  }}
+}}
+""")
+        return self.spawn("nginx", ["nginx", "-c", str(conf), "-p", str(self.work)], port, LOAD_CPU)
+
+    def demo_upstream(self) -> Server:
+        port = free_port()
+        return self.spawn("demo-upstream", [PY, "-m", "clexproxy", "demo-upstream", "--port", str(port)], port,
+                          LOAD_CPU, url=f"http://127.0.0.1:{port}/v1")
+
+    # the proxies --------------------------------------------------------------------------------
+
+    def baseline(self, upstream_url: str) -> Server:
+        port = free_port()
+        return self.spawn("baseline", [PY, str(BENCH / "baseline_proxy.py"), "--upstream", upstream_url,
+                                       "--port", str(port)], port, PROXY_CPU, url=f"http://127.0.0.1:{port}/v1")
+
+    def clexproxy(self, upstream_url: str, data_dir: Path, config: Path | None = None,
+                  env: dict[str, str] | None = None) -> Server:
+        port = free_port()
+        cmd = [PY, "-m", "clexproxy", "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir),
+               "--config", str(config or BENCH / "bench.toml")]
+        settings = {"CLEX_DEMO_UPSTREAM_URL": upstream_url, **(env or {})}
+        return self.spawn("clexproxy", cmd, port, PROXY_CPU, env=settings, url=f"http://127.0.0.1:{port}/v1")
+
+    # load ---------------------------------------------------------------------------------------
+
+    def wrk(self, url: str, connections: int, *, stream: bool = False, env: dict[str, str] | None = None,
+            seconds: int | None = None) -> dict[str, float]:
+        """One wrk run against `url` (an OpenAI base URL ending in /v1); requests/s and latency percentiles."""
+        parts = urlsplit(url)
+        base = f"{parts.scheme}://{parts.netloc}"
+        extra = {"WRK_STREAM": "1" if stream else "0", "WRK_PATH": parts.path.rstrip("/") + "/chat/completions",
+                 **(env or {})}
+        cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds or self.seconds}s",
+               "--timeout", "30s", "-s", str(BENCH / "wrk" / "chat.lua"), base]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **extra}, timeout=600,
+                             cwd=ROOT).stdout
+        match = re.search(r"WRK_JSON (\{.*\})", out)
+        if not match:
+            raise RuntimeError(f"wrk printed no result:\n{out}")
+        doc = json.loads(match.group(1))
+        seconds_run = doc["duration_us"] / 1e6
+        return {
+            "rps": doc["requests"] / seconds_run,
+            "p50_ms": doc["p50_us"] / 1000,
+            "p99_ms": doc["p99_us"] / 1000,
+            "requests": doc["requests"],
+            "non2xx": doc["non2xx"],
+            "errors": doc["errors"],
+        }
+
+    def measure(self, server: Server | None, url: str, connections: int, **kw: Any) -> dict[str, float]:
+        """A wrk run plus the proxy's CPU time per request and its RSS afterwards."""
+        pid = server.proc.pid if server else None
+        before = cpu_seconds(pid) if pid else 0.0
+        result = self.wrk(url, connections, **kw)
+        if pid:
+            result["cpu_us"] = (cpu_seconds(pid) - before) / max(1, result["requests"]) * 1e6
+            result["rss_mb"] = rss_mb(pid)
+        return result
+
+
+# ------------------------------------------------------------------------------------------------
+# keys for clexproxy
+# ------------------------------------------------------------------------------------------------
+
+
+def demo_key(data_dir: Path) -> str:
+    return (data_dir / "demo_key").read_text().strip()
+
+
+def seed_keys(data_dir: Path, accounts: int, keys_per_account: int, plan: str) -> list[str]:
+    """Accounts and keys written straight into a fresh store (100,000 keys through the CLI would take minutes)."""
+    from clexproxy.store.sqlite import SQLiteStore, key_hint, new_key
+
+    store = SQLiteStore.in_data_dir(data_dir)
+    store.close()
+    db = sqlite3.connect(data_dir / "clexproxy.sqlite3")
+    now = time.time()
+    keys: list[str] = []
+    with db:
+        seq = db.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()[0]
+        account_rows, key_rows = [], []
+        first = (db.execute("SELECT COALESCE(MAX(id), 0) FROM accounts").fetchone()[0] or 0) + 1
+        for i in range(accounts):
+            seq += 1
+            account_rows.append((first + i, f"bench-{secrets.token_hex(4)}-{i}", plan, now, seq))
+            for _ in range(keys_per_account):
+                key = new_key()
+                keys.append(key)
+                seq += 1
+                key_rows.append((first + i, hashlib.sha256(key.encode()).digest(), key_hint(key), now, seq))
+        db.executemany("INSERT INTO accounts (id, name, plan, created_at, seq) VALUES (?, ?, ?, ?, ?)", account_rows)
+        db.executemany("INSERT INTO keys (account_id, key_hash, hint, created_at, seq) VALUES (?, ?, ?, ?, ?)",
+                       key_rows)
+        db.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
+    db.close()
+    return keys
+
+
+# ------------------------------------------------------------------------------------------------
+# scenarios
+# ------------------------------------------------------------------------------------------------
+
+Row = dict[str, Any]
+
+
+def interleaved(bench: Bench, targets: list[tuple[str, Server | None, str, dict[str, str]]], connections: int,
+                stream: bool, rounds: int = 2) -> list[Row]:
+    """Each target measured `rounds` times in turns; the better round of each is kept."""
+    best: dict[str, Row] = {}
+    for _ in range(rounds):
+        for name, server, url, env in targets:
+            result = bench.measure(server, url, connections, stream=stream, env=env)
+            if name not in best or result["rps"] > best[name]["rps"]:
+                best[name] = {"target": name, **result}
+    return [best[name] for name, *_ in targets]
+
+
+def scenario_throughput(bench: Bench, stream: bool, peers: list[str]) -> list[Row]:
+    """(a) small non-streaming answers / (b) streams of 50 chunks, 64 connections."""
+    nginx = bench.nginx()
+    upstream = f"http://127.0.0.1:{nginx.port}/{'stream' if stream else 'json'}/v1"
+    base = bench.baseline(upstream)
+    data = bench.work / f"data-{'b' if stream else 'a'}"
+    clex = bench.clexproxy(upstream, data)
+    key = {"CLEX_KEY": demo_key(data)}
+    targets: list[tuple[str, Server | None, str, dict[str, str]]] = [
+        ("direct", None, upstream, {}), ("baseline", base, base.url, {}), ("clexproxy", clex, clex.url, key),
+    ]
+    targets += peer_targets(bench, peers, upstream)
+    rows = interleaved(bench, targets, 64, stream)
+    bench.stop_all()
+    return rows
+
+
+def peer_targets(bench: Bench, peers: list[str], upstream: str) -> list[tuple[str, Server | None, str, dict[str, str]]]:
+    if not peers:
+        return []
+    sys.path.insert(0, str(BENCH / "peers"))
+    import peers as peer_api  # type: ignore[import-not-found]
+
+    out: list[tuple[str, Server | None, str, dict[str, str]]] = []
+    for name in peers:
+        port = free_port()
+        proc = peer_api.start(name, port, upstream, MODEL)
+        server = Server(name, proc, port, peer_api.base_url(name, port), bench.work / f"{name}.log")
+        bench.servers.append(server)
+        wait_port(port, proc, timeout=180)
+        headers = peer_api.headers(name, upstream)
+        env = {"CLEX_KEY": "x", "WRK_HEADERS": "\n".join(f"{k}: {v}" for k, v in headers.items())}
+        out.append((name, server, server.url, env))
+    return out
+
+
+def scenario_latency(bench: Bench) -> list[Row]:
+    """(c) one connection: what each hop adds to a request's latency."""
+    nginx = bench.nginx()
+    upstream = f"http://127.0.0.1:{nginx.port}/json/v1"
+    base = bench.baseline(upstream)
+    data = bench.work / "data-c"
+    clex = bench.clexproxy(upstream, data)
+    targets: list[tuple[str, Server | None, str, dict[str, str]]] = [
+        ("direct", None, upstream, {}), ("baseline", base, base.url, {}),
+        ("clexproxy", clex, clex.url, {"CLEX_KEY": demo_key(data)}),
+    ]
+    rows = interleaved(bench, targets, 1, False)
+    direct = rows[0]["p50_ms"]
+    for row in rows:
+        row["added_p50_ms"] = row["p50_ms"] - direct
+    bench.stop_all()
+    return rows
+
+
+def scenario_many_keys(bench: Bench) -> list[Row]:
+    """(d) 100,000 keys over 10,000 accounts, each request from a random one."""
+    nginx = bench.nginx()
+    upstream = f"http://127.0.0.1:{nginx.port}/json/v1"
+    data = bench.work / "data-d"
+    data.mkdir(parents=True, exist_ok=True)
+    keys = seed_keys(data, 1_000 if bench.quick else 10_000, 10, "pro")
+    keys_file = bench.work / "keys-d.txt"
+    keys_file.write_text("\n".join(keys) + "\n")
+    clex = bench.clexproxy(upstream, data)
+    row = {"target": "clexproxy", "keys": len(keys),
+           **bench.measure(clex, clex.url, 64, env={"CLEX_KEYS_FILE": str(keys_file)})}
+    row2 = bench.measure(clex, clex.url, 64, env={"CLEX_KEYS_FILE": str(keys_file)})
+    if row2["rps"] > row["rps"]:
+        row.update(row2)
+    bench.stop_all()
+    return [row]
+
+
+def scenario_flood(bench: Bench) -> list[Row]:
+    """(f) a flood in which 9 requests in 10 come from keys whose per-minute limit is spent (429 path)."""
+    nginx = bench.nginx()
+    upstream = f"http://127.0.0.1:{nginx.port}/json/v1"
+    data = bench.work / "data-f"
+    data.mkdir(parents=True, exist_ok=True)
+    config = bench.work / "flood.toml"
+    config.write_text((BENCH / "bench.toml").read_text() + "\n[plans.flood]\ncredits_per_day = 1000000000\n"
+                      "requests_per_minute = 1\nmax_keys = 1\n")
+    limited = seed_keys(data, 9, 1, "flood")
+    clex = bench.clexproxy(upstream, data, config=config)
+    keys_file = bench.work / "keys-f.txt"
+    keys_file.write_text("\n".join([*limited, demo_key(data)]) + "\n")
+    best: Row = {}
+    for _ in range(2):
+        result = bench.measure(clex, clex.url, 64, env={"CLEX_KEYS_FILE": str(keys_file)})
+        if not best or result["rps"] > best["rps"]:
+            best = result
+    best["target"] = "clexproxy"
+    best["rejected_share"] = best["non2xx"] / max(1, best["requests"])
+    bench.stop_all()
+    return [best]
+
+
+def scenario_slow_streams(bench: Bench) -> list[Row]:
+    """(e) 10,000 concurrent streams, one chunk a second for 30 s, on one worker: all complete; RSS."""
+    streams = 1_000 if bench.quick else 10_000
+    seconds = 5 if bench.quick else 30
+    upstream = bench.demo_upstream()
+    data = bench.work / "data-e"
+    clex = bench.clexproxy(upstream.url, data)
+    peak = 0.0
+    cmd = ["taskset", "-c", LOAD_CPU, PY, str(BENCH / "load.py"), "--url", clex.url, "--key", demo_key(data),
+           "--model", MODEL, "--stream", "--requests", str(streams), "--concurrency", str(streams),
+           "--tokens", str(seconds), "--header", "x-demo-delay-ms:1000", "--timeout", str(seconds * 4),
+           "--json", "--quiet"]
+    load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    started = time.monotonic()
+    while load.poll() is None and time.monotonic() - started < seconds * 6:
+        peak = max(peak, rss_mb(clex.proc.pid))
+        time.sleep(0.5)
+    out, err = load.communicate(timeout=60)
+    doc = json.loads(out) if out.strip() else {"ok": 0, "requests": 0, "errors": streams}
+    row = {"target": "clexproxy", "streams": streams, "completed": doc.get("ok", 0), "errors": doc.get("errors"),
+           "seconds": seconds, "rss_peak_mb": peak, "elapsed_s": doc.get("elapsed_s")}
+    bench.stop_all()
+    return [row]
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def report(results: dict[str, list[Row]], quick: bool, started: float) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+        f"({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}); "
+        f"the run took {time.monotonic() - started:.0f} s. The proxy under test is pinned to core 0; the upstream "
+        "and the load generator share core 1. Each target ran twice, in turns; the better round is shown. "
+        "CPU µs/request is the proxy's own CPU time divided by the requests it served.",
+        "",
+    ]
+    titles = {
+        "a": "(a) small non-streaming chat completion, 64 connections (wrk)",
+        "b": f"(b) streaming, {STREAM_CHUNKS} SSE chunks per answer, 64 connections (wrk)",
+        "c": "(c) one connection: latency added over direct",
+        "d": "(d) 100,000 keys over 10,000 accounts, a random key per request, 64 connections",
+        "e": "(e) 10,000 concurrent slow streams (1 chunk/s for 30 s) on one worker",
+        "f": "(f) flood: 9 requests in 10 refused by the per-minute limit, 64 connections",
+    }
+    for name, rows in results.items():
+        lines += [f"## {titles[name]}", ""]
+        if name in "abcdf":
+            baseline = next((r["rps"] for r in rows if r["target"] == "baseline"), None)
+            head = "| target | requests/s | p50 ms | p99 ms | × baseline | CPU µs/request | RSS MB | non-2xx |"
+            if name == "c":
+                head = head.replace("| non-2xx |", "| p50 added ms | non-2xx |")
+            lines += [head, "|" + "---|" * (head.count("|") - 1)]
+            for r in rows:
+                ratio = f"{r['rps'] / baseline:.2f}" if baseline else "-"
+                cells = [r["target"], fmt(r["rps"], 0), fmt(r["p50_ms"], 3), fmt(r["p99_ms"], 3), ratio,
+                         fmt(r.get("cpu_us", "-"), 0), fmt(r.get("rss_mb", "-"), 0)]
+                if name == "c":
+                    cells.append(fmt(r["added_p50_ms"], 3))
+                cells.append(fmt(r["non2xx"]))
+                lines.append("| " + " | ".join(cells) + " |")
+            if name == "f":
+                lines.append(f"\nRefused share: {rows[0]['rejected_share']:.1%}.")
+        else:
+            r = rows[0]
+            lines += ["| streams | completed | errors | peak RSS MB | elapsed s |", "|---|---|---|---|---|",
+                      f"| {r['streams']:,} | {r['completed']:,} | {r['errors']} | {r['rss_peak_mb']:.0f} | "
+                      f"{r['elapsed_s']} |"]
+        lines.append("")
+    lines += targets_section(results)
+    micro = BENCH / "micro_fastpath.py"
+    if micro.exists():
+        done = subprocess.run([PY, str(micro), "--markdown", *(["--quick"] if quick else [])],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        if done.returncode == 0:
+            lines += ["## `_fastpath` compiled vs its pure-Python twin", "", done.stdout.strip(), ""]
+    text = "\n".join(lines) + "\n"
+    return text
+
+
+def targets_section(results: dict[str, list[Row]]) -> list[str]:
+    def rps(name: str, target: str) -> float | None:
+        return next((r["rps"] for r in results.get(name, []) if r["target"] == target), None)
+
+    lines = ["## Targets", ""]
+    for name in ("a", "b"):
+        clex, base = rps(name, "clexproxy"), rps(name, "baseline")
+        if clex and base:
+            lines.append(f"- ({name}) clexproxy ≥ 0.9 × baseline: {clex / base:.2f} × — "
+                         f"{'met' if clex >= 0.9 * base else 'not met'}")
+    if "c" in results:
+        rows = {r["target"]: r for r in results["c"]}
+        added, floor = rows["clexproxy"]["added_p50_ms"], rows["baseline"]["added_p50_ms"]
+        lines.append(f"- (c) p50 added ≤ baseline's + 0.05 ms: {added:.3f} ms vs {floor:.3f} ms — "
+                     f"{'met' if added <= floor + 0.05 else 'not met'}")
+    if "d" in results and rps("a", "clexproxy"):
+        d, a = results["d"][0]["rps"], rps("a", "clexproxy") or 1.0
+        lines.append(f"- (d) no more than 5 % below (a): {d / a - 1:+.1%} — {'met' if d >= 0.95 * a else 'not met'}")
+    if "e" in results:
+        r = results["e"][0]
+        ok = r["completed"] == r["streams"] and r["rss_peak_mb"] <= 400
+        lines.append(f"- (e) every stream completes, RSS ≤ 400 MB: {r['completed']:,}/{r['streams']:,}, "
+                     f"{r['rss_peak_mb']:.0f} MB — {'met' if ok else 'not met'}")
+    if "f" in results and rps("a", "clexproxy"):
+        f, a = results["f"][0]["rps"], rps("a", "clexproxy") or 1.0
+        lines.append(f"- (f) requests/s ≥ 3 × (a): {f / a:.2f} × — {'met' if f >= 3 * a else 'not met'}")
+    return [*lines, ""]
+
+
+def chart(results: dict[str, list[Row]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart", file=sys.stderr)
+        return
+    panels = [(k, t) for k, t in (("a", "non-streaming"), ("b", "streaming, 50 chunks")) if k in results]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels, strict=False):
+        rows = results[key]
+        names = [r["target"] for r in rows]
+        values = [r["rps"] for r in rows]
+        colors = ["#888888" if n == "direct" else "#4c72b0" if n == "baseline" else
+                  "#dd8452" if n == "clexproxy" else "#55a868" for n in names]
+        bars = ax.bar(names, values, color=colors)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+        ax.set_title(f"({key}) {title}, 64 connections")
+        ax.set_ylabel("requests/s (higher is better)")
+    fig.suptitle("clexproxy vs the bare aiohttp floor, one core")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+SCENARIOS = {
+    "a": lambda b, peers: scenario_throughput(b, False, peers),
+    "b": lambda b, peers: scenario_throughput(b, True, peers),
+    "c": lambda b, peers: scenario_latency(b),
+    "d": lambda b, peers: scenario_many_keys(b),
+    "e": lambda b, peers: scenario_slow_streams(b),
+    "f": lambda b, peers: scenario_flood(b),
+}
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="clexproxy-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="clexproxy benchmarks (see benchmarks/README.md)")
+    parser.add_argument("--quick", action="store_true", help="short runs and smaller scenarios (a smoke test)")
+    parser.add_argument("--only", default="abcdef", help="scenarios to run, e.g. 'ab' (default: all)")
+    parser.add_argument("--peers", default="", help="also measure peer gateways in (a) and (b): litellm,portkey")
+    parser.add_argument("--out", default=str(BENCH), help="where RESULTS.md and results.png go")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: {tool} is not installed (make bench installs it)")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    peers = [p for p in args.peers.split(",") if p]
+    started = time.monotonic()
+    results: dict[str, list[Row]] = {}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with workdir() as work:
+        bench = Bench(work, args.quick)
+        try:
+            for name in args.only.replace(",", ""):
+                print(f"scenario ({name}) ...", file=sys.stderr, flush=True)
+                results[name] = SCENARIOS[name](bench, peers if name in "ab" else [])
+                print(json.dumps(results[name], default=str), file=sys.stderr, flush=True)
+        finally:
+            bench.stop_all()
+    suffix = "-peers" if peers else ""
+    text = report(results, args.quick, started)
+    (out / f"RESULTS{suffix}.md").write_text(text)
+    chart(results, out / f"results{suffix}.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
