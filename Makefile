@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA   ?= .clexproxy-data
 
-.PHONY: run test build test-pure lint clean
+.PHONY: run test build test-pure lint clean bench bench-quick bench-peers bench-tools
 
 # The venv is rebuilt whenever the package definition or the compiled source changes.
 $(STAMP): pyproject.toml setup.py clexproxy/_fastpath.pyx
@@ -29,6 +29,23 @@ test: build
 # The same suite on the pure-Python twin of _fastpath.
 test-pure: build
 	CLEXPROXY_NO_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider tests
+
+# Benchmarks: wrk, nginx (the static upstream) and valgrind from Debian; matplotlib for the chart.
+bench-tools: build
+	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v taskset >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq wrk nginx-light util-linux >/dev/null)
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check matplotlib
+
+bench: bench-tools
+	$(PY) benchmarks/bench.py
+
+bench-quick: bench-tools
+	$(PY) benchmarks/bench.py --quick --out benchmarks/out
+
+# The same harness against LiteLLM's proxy and Portkey's gateway, installed on demand in their own folders.
+bench-peers: bench-tools
+	$(PY) benchmarks/peers/peers.py install litellm portkey
+	$(PY) benchmarks/bench.py --only abc --peers litellm,portkey
 
 lint: build
 	$(VENV)/bin/ruff check clexproxy tests benchmarks

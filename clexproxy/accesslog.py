@@ -3,14 +3,21 @@
 The access line carries ids and numbers only: the request id, account and key ids (never a
 key), model, provider, status, credits, tokens and durations — never a prompt, a key or a
 provider credential.
+
+Access lines skip the `logging` machinery (a record, handlers, a lock and a flush per line cost
+more than the rest of the line): `AccessLog` formats each line in place and a timer writes the
+batch every `FLUSH_SECONDS`, and at shutdown. Other log records go through `logging` with the
+same formats.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 import time
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import orjson
 
@@ -55,26 +62,82 @@ def call_fields(call: CallOutcome) -> dict[str, Any]:
     return fields
 
 
-def log_call(call: CallOutcome) -> None:
-    if ACCESS.isEnabledFor(logging.INFO):
-        ACCESS.info("access", extra={"access": call_fields(call)})
-
-
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: DEBUG, not INFO
+FLUSH_SECONDS = 0.2
+MAX_BUFFERED = 512  # lines; a burst beyond this is written at once
 
 
-def log_request(request_id: str, method: str, path: str, status: int, started: float) -> None:
-    """The access line of a request that is not a proxied call (models, pricing, admin, probes, errors)."""
-    level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
-    if ACCESS.isEnabledFor(level):
-        fields = {
-            "request_id": request_id,
-            "method": method,
-            "path": path[:200],
-            "status": status,
-            "duration_ms": round((time.monotonic() - started) * 1000, 3),
-        }
-        ACCESS.log(level, "access", extra={"access": fields})
+class AccessLog:
+    """Buffered access lines for one process; `flush` runs on a timer and at shutdown."""
+
+    def __init__(self, stream: BinaryIO | None = None, fmt: str = "text") -> None:
+        self._stream = stream
+        self._json = fmt == "json"
+        self._lines: list[bytes] = []
+        self._stamp_second = -1
+        self._stamp = ""
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    def _out(self) -> BinaryIO:
+        return self._stream if self._stream is not None else sys.stdout.buffer
+
+    def _line(self, level: str, fields: dict[str, Any]) -> bytes:
+        now = time.time()
+        if self._json:
+            doc = {"ts": round(now, 6), "level": level.lower(), "logger": ACCESS.name, **fields}
+            return orjson.dumps(doc) + b"\n"
+        second = int(now)
+        if second != self._stamp_second:  # one strftime a second, not one a line
+            self._stamp_second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        pairs = " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items())
+        return f"{self._stamp},{int(now % 1 * 1000):03d} {level} {ACCESS.name} {pairs}\n".encode()
+
+    def call(self, call: CallOutcome) -> None:
+        if ACCESS.isEnabledFor(logging.INFO):
+            self._append(self._line("INFO", call_fields(call)))
+
+    def request(self, request_id: str, method: str, path: str, status: int, started: float) -> None:
+        """The access line of a request that is not a proxied call (models, pricing, admin, probes, errors)."""
+        level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
+        if ACCESS.isEnabledFor(level):
+            fields = {
+                "request_id": request_id,
+                "method": method,
+                "path": path[:200],
+                "status": status,
+                "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            }
+            self._append(self._line(logging.getLevelName(level), fields))
+
+    def _append(self, line: bytes) -> None:
+        self._lines.append(line)
+        if len(self._lines) >= MAX_BUFFERED:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            lines, self._lines = self._lines, []
+            out = self._out()
+            out.write(b"".join(lines))
+            out.flush()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush_loop(), name="clexproxy-access-log")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        self.flush()
+
+    async def _flush_loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), FLUSH_SECONDS)
+            self.flush()
 
 
 class JsonFormatter(logging.Formatter):

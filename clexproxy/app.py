@@ -10,10 +10,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from typing import BinaryIO
 
 from aiohttp import web
 
-from clexproxy.accesslog import log_request
 from clexproxy.catalog import Provider
 from clexproxy.clock import Clock, SystemClock
 from clexproxy.config import Settings
@@ -39,7 +39,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     started = time.monotonic()
     response = await _respond(request, handler)
     if request.method != "POST" or request.path not in PROXIED:
-        log_request(request_id(request), request.method, request.path, response.status, started)
+        request.app[GATEWAY].access_log.request(request_id(request), request.method, request.path, response.status,
+                                                started)
     return response
 
 
@@ -80,7 +81,9 @@ async def chat_get(request: web.Request) -> web.Response:
     )
 
 
-def _gateway_context(settings: Settings, clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
+def _gateway_context(
+    settings: Settings, clock: Clock, access_stream: BinaryIO | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         demo_server = None
         effective = settings
@@ -94,7 +97,7 @@ def _gateway_context(settings: Settings, clock: Clock) -> Callable[[web.Applicat
             provider = Provider(DEMO_PROVIDER, url.rstrip("/"), pass_headers=("x-demo-",))
             effective = replace(settings, catalog=settings.catalog.with_all_models_on(provider))
         store = SQLiteStore.in_data_dir(settings.data_dir)
-        gateway = Gateway(effective, clock, store)
+        gateway = Gateway(effective, clock, store, access_stream)
         app[GATEWAY] = gateway
         try:
             await gateway.start()
@@ -107,9 +110,10 @@ def _gateway_context(settings: Settings, clock: Clock) -> Callable[[web.Applicat
     return context
 
 
-def build_app(settings: Settings, clock: Clock | None = None) -> web.Application:
+def build_app(settings: Settings, clock: Clock | None = None, access_stream: BinaryIO | None = None) -> web.Application:
+    """The gateway app; `access_stream` receives the access lines (stdout unless given: tests pass a buffer)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
-    app.cleanup_ctx.append(_gateway_context(settings, clock or SystemClock()))
+    app.cleanup_ctx.append(_gateway_context(settings, clock or SystemClock(), access_stream))
     router = app.router
     chat = make_handler("/chat/completions")
     router.add_post("/v1/chat/completions", chat)

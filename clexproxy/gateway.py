@@ -12,8 +12,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
+from clexproxy.accesslog import AccessLog
 from clexproxy.auth import Directory
 from clexproxy.catalog import Catalog
 from clexproxy.clock import Clock
@@ -40,7 +41,9 @@ def _metrics(settings: Settings) -> Metrics:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, clock: Clock, store: SQLiteStore) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock, store: SQLiteStore, access_stream: BinaryIO | None = None
+    ) -> None:
         self.settings = settings
         self.catalog: Catalog = settings.catalog
         self.clock = clock
@@ -49,6 +52,7 @@ class Gateway:
         self.meter = Meter(clock)
         self.upstream = UpstreamPool(settings, self.catalog)
         self.metrics = _metrics(settings)
+        self.access_log = AccessLog(access_stream, settings.log_format)
         self.ready = False
         self._seq = 0
         self._data_version = -1
@@ -73,6 +77,7 @@ class Gateway:
             self.meter.track(account, spent.get(account.id, 0))
         self._data_version = await self._db(self.store.data_version)
         self.metrics.start()
+        self.access_log.start()
         self._tasks = [
             asyncio.create_task(self._poll_loop(), name="clexproxy-store-poll"),
             asyncio.create_task(self._flush_loop(), name="clexproxy-usage-flush"),
@@ -87,6 +92,7 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.flush_usage()
         await self.metrics.stop()
+        await self.access_log.stop()
         await self.upstream.close()
         await self._db(self.store.close)
         self._db_thread.shutdown(wait=True)

@@ -16,7 +16,6 @@ from typing import Any
 from aiohttp import web
 
 from clexproxy import relay
-from clexproxy.accesslog import log_call
 from clexproxy.catalog import Model
 from clexproxy.errors import ApiError, InvalidRequest, ModelNotFound, RateLimited
 from clexproxy.gateway import Gateway
@@ -48,7 +47,7 @@ def _refused(gateway: Gateway, call: CallOutcome, error: ApiError, headers: dict
         call.limit = error.limit
     call.finished_at = time.monotonic()
     gateway.metrics.call_finished(call)
-    log_call(call)
+    gateway.access_log.call(call)
     return error.to_response(headers)
 
 
@@ -79,7 +78,7 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     except BaseException:
         call.status, call.disconnected, call.finished_at = 499, True, time.monotonic()
         gateway.metrics.call_finished(call)
-        log_call(call)
+        gateway.access_log.call(call)
         raise
 
     headers = admission.headers
@@ -135,7 +134,7 @@ def _settle(gateway: Gateway, admission: Admission, call: CallOutcome) -> None:
         gateway.meter.record_tokens(admission, call.prompt_tokens, call.completion_tokens)
     call.finished_at = time.monotonic()
     gateway.metrics.call_finished(call)
-    log_call(call)
+    gateway.access_log.call(call)
 
 
 def make_handler(endpoint: str) -> Callable[[web.Request], Any]:

@@ -5,10 +5,11 @@ Every server binds 127.0.0.1 on a free port and is stopped by the fixture that s
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import openai
 import pytest
@@ -67,8 +68,10 @@ def clock() -> ManualClock:
     return ManualClock(NOON)
 
 
-async def start_gateway(settings: Settings, clock: Clock | None = None) -> RunningGateway:
-    runner = web.AppRunner(build_app(settings, clock), handler_cancellation=True, access_log=None)
+async def start_gateway(
+    settings: Settings, clock: Clock | None = None, access_stream: BinaryIO | None = None
+) -> RunningGateway:
+    runner = web.AppRunner(build_app(settings, clock, access_stream), handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -80,7 +83,10 @@ async def start_gateway(settings: Settings, clock: Clock | None = None) -> Runni
 async def make_gateway(tmp_path: Path, upstream: DemoServer) -> AsyncIterator[GatewayFactory]:
     started: list[RunningGateway] = []
 
-    async def factory(clock: Clock | None = None, data_dir: Path | None = None, **overrides: Any) -> RunningGateway:
+    async def factory(
+        clock: Clock | None = None, data_dir: Path | None = None, access_stream: BinaryIO | None = None,
+        **overrides: Any,
+    ) -> RunningGateway:
         values = {
             "demo": True,
             "demo_upstream_url": upstream.url,
@@ -90,7 +96,7 @@ async def make_gateway(tmp_path: Path, upstream: DemoServer) -> AsyncIterator[Ga
             "store_flush_seconds": 0.05,
             **overrides,
         }
-        running = await start_gateway(load_settings(env={}, overrides=values), clock)
+        running = await start_gateway(load_settings(env={}, overrides=values), clock, access_stream or io.BytesIO())
         started.append(running)
         return running
 

@@ -6,6 +6,7 @@ The exposition is parsed with prometheus-client's own text parser, as Prometheus
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 from pathlib import Path
@@ -245,18 +246,27 @@ async def test_metrics_can_be_switched_off(make_gateway: GatewayFactory) -> None
     assert value(samples, "clexproxy_build_info") == 1
 
 
-async def test_access_log_lines(gw: RunningGateway, key: str, caplog: pytest.LogCaptureFixture) -> None:
-    from clexproxy.accesslog import JsonFormatter
-
-    caplog.set_level(logging.INFO, logger="clexproxy.access")
+@pytest.mark.parametrize("fmt", ["json", "text"])
+async def test_access_log_lines(make_gateway: GatewayFactory, fmt: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="clexproxy.access")  # the level `serve` sets by default
+    sink = io.BytesIO()
+    gw = await make_gateway(access_stream=sink, log_format=fmt)
+    key = await gw.add_key("logged", "pro")
     await gw.client(key).chat.completions.create(
         model=LARGE, messages=HELLO, stream=False, extra_headers={"X-Request-Id": "log-me"}
     )
     await post(gw, key, {"model": LARGE, "messages": HELLO, "temperature": 9}, **{"X-Request-Id": "bad-one"})
     async with aiohttp.ClientSession() as session, session.get(gw.base_url + "/v1/models") as resp:
         await resp.read()
-    records = [r for r in caplog.records if r.name == "clexproxy.access"]
-    lines = [json.loads(JsonFormatter().format(r)) for r in records]
+    gw.gateway.access_log.flush()
+    text = sink.getvalue().decode()
+    assert text.count("\n") == 3
+    assert key not in text and "penguins" not in text
+    if fmt == "text":
+        line = next(ln for ln in text.splitlines() if "request_id=log-me" in ln)
+        assert " INFO clexproxy.access " in line and "status=200" in line and "credits=3" in line
+        return
+    lines = [json.loads(ln) for ln in text.splitlines()]
     ok = next(line for line in lines if line.get("request_id") == "log-me")
     assert ok["status"] == 200 and ok["credits"] == 3 and ok["model"] == LARGE and ok["provider"] == "demo"
     assert ok["account_id"] and ok["key_id"] and ok["completion_tokens"] == 8
@@ -264,5 +274,3 @@ async def test_access_log_lines(gw: RunningGateway, key: str, caplog: pytest.Log
     bad = next(line for line in lines if line.get("request_id") == "bad-one")
     assert bad["status"] == 400 and bad["credits"] == 0 and bad["error"] == "invalid_request_error"
     assert any(line.get("path") == "/v1/models" and line["status"] == 200 for line in lines)
-    everything = caplog.text + " ".join(json.dumps(line) for line in lines)
-    assert key not in everything and "penguins" not in everything
