@@ -91,7 +91,7 @@ class AccessLog:
         if second != self._stamp_second:  # one strftime a second, not one a line
             self._stamp_second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-        pairs = " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items())
+        pairs = " ".join([f"{k}={v}" if v is not None else f"{k}=-" for k, v in fields.items()])
         return f"{self._stamp},{int(now % 1 * 1000):03d} {level} {ACCESS.name} {pairs}\n".encode()
 
     def call(self, call: CallOutcome) -> None:

@@ -89,6 +89,7 @@ class UpstreamPool:
         self._catalog = catalog
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._urls: dict[tuple[str, str], URL] = {}
+        self._plans: dict[str, list[tuple[Model, Deployment, bool]]] = {}
         self._auth: dict[str, str | None] = {}
         for provider in catalog.providers.values():
             key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
@@ -123,6 +124,13 @@ class UpstreamPool:
             await session.close()
 
     def _candidates(self, model: Model) -> list[tuple[Model, Deployment, bool]]:
+        """Where to try a model, in order (computed once per model: the catalog is immutable)."""
+        out = self._plans.get(model.id)
+        if out is None:
+            out = self._plans[model.id] = self._plan(model)
+        return out
+
+    def _plan(self, model: Model) -> list[tuple[Model, Deployment, bool]]:
         out = [(model, d, False) for d in model.deployments] * (1 + self._settings.upstream_retries)
         fallback_id = self._catalog.fallback_model
         fallback = self._catalog.models.get(fallback_id) if fallback_id else None

@@ -293,6 +293,61 @@ def test_event_constructor_and_repr(fp: ModuleType) -> None:
     assert "data=b'a'" in repr(event)
 
 
+# --- chunk boundaries: whole events, tails, mutable buffers -------------------------------------
+# The compiled parser reads a bytes chunk in place when nothing is buffered and copies only the
+# unfinished tail; these pin down the seams of that path (the twin must agree, as everywhere).
+
+
+def test_chunk_per_event_gives_the_chunk_as_raw(fp: ModuleType) -> None:
+    parser = fp.SSEParser()
+    for chunk in [b'data: {"a":1}\n\n', b": ping\n\n", b"event: e\r\ndata: x\r\n\r\n", b"data: [DONE]\n\n"]:
+        events = parser.feed(chunk)
+        assert [e.raw for e in events] == [chunk]
+        assert parser.pending == 0
+    assert parser.close() == b""
+
+
+def test_chunk_with_events_and_a_tail(fp: ModuleType) -> None:
+    parser = fp.SSEParser()
+    events = parser.feed(b"data: a\n\n: c\n\ndata: b")
+    assert [e.raw for e in events] == [b"data: a\n\n", b": c\n\n"]
+    assert parser.pending == len(b"data: b")
+    events = parser.feed(b"\n\n")
+    assert fields(events) == [(None, b"b", None, False)]
+    assert events[0].raw == b"data: b\n\n"
+
+
+def test_lines_parsed_before_the_tail_was_kept_still_count(fp: ModuleType) -> None:
+    parser = fp.SSEParser()
+    assert parser.feed(b"event: e\nid: 1\ndata: 1\ndata: 2\n") == []
+    assert parser.pending == len(b"event: e\nid: 1\ndata: 1\ndata: 2\n")
+    events = parser.feed(b"data: 3\n\n")
+    assert fields(events) == [(b"e", b"1\n2\n3", b"1", False)]
+    assert events[0].raw == b"event: e\nid: 1\ndata: 1\ndata: 2\ndata: 3\n\n"
+
+
+def test_mutable_chunks_are_copied(fp: ModuleType) -> None:
+    parser = fp.SSEParser()
+    chunk = bytearray(b"data: a\n\ndata: b")
+    events = parser.feed(chunk)
+    chunk[:] = b"X" * len(chunk)  # the caller reuses its read buffer
+    more = parser.feed(memoryview(bytearray(b"c\n\n")))
+    assert events[0].raw == b"data: a\n\n"
+    assert fields(more) == [(None, b"bc", None, False)]
+    assert more[0].raw == b"data: bc\n\n"
+
+
+def test_bytes_and_bytes_like_chunks_mix(fp: ModuleType) -> None:
+    stream = b"data: 1\n\ndata: 2\r\n\r\n: x\n\ndata: 3\n\n"
+    kinds = [bytes, bytearray, memoryview]
+    for cut in range(len(stream) + 1):
+        for first, second in itertools.product(kinds, kinds):
+            parser = fp.SSEParser()
+            events = parser.feed(first(stream[:cut])) + parser.feed(second(stream[cut:]))
+            assert [e.data for e in events] == [b"1", b"2", None, b"3"], (cut, first, second)
+            assert_lossless(events, parser.close(), stream)
+
+
 # --- property: arbitrary splits -----------------------------------------------------------------
 
 EOLS = [b"\r\n", b"\n", b"\r"]
@@ -416,6 +471,8 @@ def test_two_implementations_agree_on_raw(
         # Not a parser: a nested "usage" object matches too (it only costs one needless parse).
         b'{"meta":{"usage":{}},"usage":null}',
         b'"usage":{',
+        b'{"u":"uu","usage":{}}',
+        b'u"usage":{}',
     ],
 )
 def test_has_usage_true(fp: ModuleType, doc: bytes) -> None:
@@ -440,6 +497,13 @@ def test_has_usage_true(fp: ModuleType, doc: bytes) -> None:
         b'{"usage"\v:{}}',  # \v is not JSON whitespace
         # Inside a string value every quote is escaped, so the pattern cannot occur there.
         b'{"content":"\\"usage\\":{"}',
+        # The needle cut short at either end of the buffer.
+        b'usage":{}',
+        b"u",
+        b'"u',
+        b'"usag',
+        b'{}"usage"',
+        b'{}"usage',
     ],
 )
 def test_has_usage_false(fp: ModuleType, doc: bytes) -> None:
@@ -469,7 +533,7 @@ USAGE_PIECES = [b'"usage"', b'"usage', b'usage"', b'"', b"u", b"e", b":", b"{", 
 @settings(max_examples=400, deadline=None)
 @given(parts=st.lists(st.sampled_from(USAGE_PIECES), max_size=24))
 def test_has_usage_matches_its_definition(fp: ModuleType, parts: list[bytes]) -> None:
-    """Overlapping and near-miss needles: the compiled skip search must not jump past a match."""
+    """Overlapping and near-miss needles: the compiled search must not skip a match or read past either end."""
     doc = b"".join(parts)
     expected = re.search(rb'"usage"[ \t\r\n]*:[ \t\r\n]*\{', doc) is not None
     assert fp.has_usage(doc) is expected
