@@ -248,7 +248,7 @@ cdef class SSEParser:
                 events.append(self._dispatch(raw))
                 self._start = end
             self._line_start = scan = end
-        # Keep only the undispatched event, moved to the front of the buffer.
+        # Keep only the undispatched event: copied in from the chunk, or moved to the buffer's front.
         start = self._start
         if chunk is not None:
             self._append(buf + start, n - start)
