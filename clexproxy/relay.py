@@ -38,18 +38,6 @@ def _read_usage(usage: Any, outcome: CallOutcome) -> None:
         outcome.completion_tokens = c if isinstance(c, int) else 0
 
 
-async def _with_keepalive(task: asyncio.Future[Any], response: web.StreamResponse, request: web.Request,
-                          interval: float) -> Any:
-    """Await `task`, sending a keep-alive comment every `interval` seconds meanwhile (preparing the response)."""
-    while True:
-        done, _ = await asyncio.wait((task,), timeout=interval)
-        if done:
-            return task.result()
-        if not response.prepared:
-            await response.prepare(request)
-        await response.write(KEEPALIVE)
-
-
 async def stream(
     request: web.Request,
     send: Awaitable[UpstreamReply],
@@ -79,66 +67,115 @@ async def _relay_stream(
     on_error: Any,
 ) -> web.StreamResponse:
     started = time.monotonic()
-    send_task = asyncio.ensure_future(send)
+    keep = _KeepAlive(request, response, keepalive)
     try:
-        reply: UpstreamReply = await _with_keepalive(send_task, response, request, keepalive)
-    except ApiError as error:
-        error_headers = on_error(error)
-        if response.prepared:
-            await response.write(error_event(error))
-            await response.write_eof()
-            return response
-        return error.to_response(error_headers)
-    finally:
-        if not send_task.done():
-            send_task.cancel()
-            send_task.add_done_callback(_close_orphan)
-    outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
-    upstream = reply.response
-    content = upstream.content
-    frames = _Frames(wants_usage, outcome)
-    failure: ApiError | None = None
-    try:
-        if not response.prepared:
-            await response.prepare(request)
-        while failure is None:
-            try:
-                if outcome.answer_started:
+        try:
+            reply = await send
+        except ApiError as error:
+            await keep.stop()
+            error_headers = on_error(error)
+            if response.prepared:
+                await response.write(error_event(error))
+                await response.write_eof()
+                return response
+            return error.to_response(error_headers)
+        outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
+        upstream = reply.response
+        content = upstream.content
+        frames = _Frames(wants_usage, outcome)
+        failure: ApiError | None = None
+        try:
+            while failure is None:
+                try:
                     chunk = await content.readany()
-                else:
-                    chunk = await _first_read(content, response, request, keepalive)
-            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                chunk = _salvage(content)
-                kind = "timeout" if isinstance(exc, TimeoutError) else "midstream_drop"
-                outcome.upstream_failures.append((outcome.provider, kind))
-                failure = ServiceUnavailable("The upstream connection was lost mid-stream.",
+                except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                    chunk = _salvage(content)
+                    kind = "timeout" if isinstance(exc, TimeoutError) else "midstream_drop"
+                    outcome.upstream_failures.append((outcome.provider, kind))
+                    failure = ServiceUnavailable("The upstream connection was lost mid-stream.",
+                                                 error_type="upstream_error")
+                if keep.running:
+                    await keep.stop()  # the upstream has spoken: from here on, only its bytes go out
+                if not response.prepared:
+                    await response.prepare(request)
+                if not chunk:
+                    break
+                try:
+                    out = frames.feed(chunk)
+                except orjson.JSONDecodeError:
+                    failure = InternalError("The upstream sent a malformed usage chunk.", error_type="upstream_error")
+                    break
+                if out:
+                    await response.write(out)
+                    if outcome.first_token_at is None and outcome.answer_started:
+                        outcome.first_token_at = time.monotonic()
+            if failure is None and not frames.finished:
+                outcome.upstream_failures.append((outcome.provider, "midstream_drop"))
+                failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
                                              error_type="upstream_error")
-            if not chunk:
-                break
-            try:
-                out = frames.feed(chunk)
-            except orjson.JSONDecodeError:
-                failure = InternalError("The upstream sent a malformed usage chunk.", error_type="upstream_error")
-                break
-            if out:
-                await response.write(out)
-                if outcome.first_token_at is None and outcome.answer_started:
-                    outcome.first_token_at = time.monotonic()
-        if failure is None and not frames.finished:
-            outcome.upstream_failures.append((outcome.provider, "midstream_drop"))
-            failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
-                                         error_type="upstream_error")
+        finally:
+            outcome.upstream_seconds = time.monotonic() - started
+            if frames.finished:
+                upstream.release()
+            else:
+                upstream.close()
     finally:
-        outcome.upstream_seconds = time.monotonic() - started
-        if frames.finished:
-            upstream.release()
-        else:
-            upstream.close()
+        keep.cancel()
     if failure is not None:
         on_error(failure)
         await response.write(error_event(failure))
     await response.write_eof()
     return response
+
+
+class _KeepAlive:
+    """`: keep-alive` comments while the upstream is slow to start, at no cost when it is not.
+
+    Nothing runs unless `interval` passes before the upstream's first bytes: a timer then starts
+    a task that prepares the response and writes a comment every `interval`. The relay stops it
+    before writing anything itself, so the two never interleave.
+    """
+
+    __slots__ = ("_handle", "_interval", "_request", "_response", "_task")
+
+    def __init__(self, request: web.Request, response: web.StreamResponse, interval: float) -> None:
+        self._request = request
+        self._response = response
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(interval, self._fire)
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None or self._task is not None
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            if not self._response.prepared:
+                await self._response.prepare(self._request)
+            await self._response.write(KEEPALIVE)
+            await asyncio.sleep(self._interval)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def stop(self) -> None:
+        """Cancel and wait, so no comment is half-written when the relay writes."""
+        task = self._task
+        self.cancel()
+        if task is not None:
+            await asyncio.wait((task,))  # unlike `await task`, never swallows our own cancellation
+            if not task.cancelled():
+                task.exception()  # retrieved: a client that left shows up again on the relay's next write
 
 
 class _Frames:
@@ -176,19 +213,6 @@ class _Frames:
         return out[0] if len(out) == 1 else b"".join(out)
 
 
-async def _first_read(
-    content: aiohttp.StreamReader, response: web.StreamResponse, request: web.Request, keepalive: float
-) -> bytes:
-    """Read while the first token is slow, keeping the client's connection alive meanwhile."""
-    read = asyncio.ensure_future(content.readany())
-    try:
-        chunk: bytes = await _with_keepalive(read, response, request, keepalive)
-        return chunk
-    finally:
-        if not read.done():
-            read.cancel()
-
-
 def _salvage(content: aiohttp.StreamReader) -> bytes:
     """What aiohttp had buffered when the upstream connection broke.
 
@@ -199,12 +223,6 @@ def _salvage(content: aiohttp.StreamReader) -> bytes:
         return content._read_nowait(-1)  # no public way to drain past a set exception
     except Exception:
         return b""
-
-
-def _close_orphan(task: asyncio.Future[UpstreamReply]) -> None:
-    """An upstream reply that arrived after the client left: close it so the connection is not leaked."""
-    if not task.cancelled() and task.exception() is None:
-        task.result().response.close()
 
 
 async def unary(send: Awaitable[UpstreamReply], outcome: CallOutcome) -> bytes:
