@@ -44,7 +44,8 @@ bench-quick: bench-tools
 
 # The same harness against LiteLLM's proxy and Portkey's gateway, installed on demand in their own folders.
 bench-peers: bench-tools
-	$(PY) benchmarks/peers/peers.py install litellm portkey
+	$(PY) benchmarks/peers/peers.py install litellm
+	$(PY) benchmarks/peers/peers.py install portkey
 	$(PY) benchmarks/bench.py --only abc --peers litellm,portkey
 
 lint: build

@@ -112,7 +112,7 @@ async def _start_metrics_port(app: web.Application, settings: Settings) -> web.A
 async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
     """Bind or exit with a message a person can act on (the port is taken, the address is not ours)."""
     try:
-        await web.TCPSite(runner, host, port, backlog=2048, reuse_address=True).start()
+        await web.TCPSite(runner, host, port, backlog=16384, reuse_address=True).start()  # kernel caps it at somaxconn
     except OSError as exc:
         await runner.cleanup()
         raise SystemExit(f"clexproxy: cannot listen on {host}:{port}: {exc.strerror}") from None
