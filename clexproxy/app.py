@@ -30,18 +30,46 @@ DEMO_PROVIDER = "demo"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-PROXIED = frozenset({"/v1/chat/completions", "/api/chat", "/v1/embeddings"})  # they log their own, richer line
+def guarded(handler: Handler) -> Handler:
+    """SPEC's JSON errors and one access line, around every handler but the proxied calls.
+
+    No app-wide middleware: the proxied calls (the traffic) answer their own errors and log
+    their own, richer line, and should not pay for a wrapper on every request.
+    """
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        response = await _respond(request, handler)
+        request.app[GATEWAY].access_log.request(
+            request_id(request), request.method, request.path, response.status, started
+        )
+        return response
+
+    wrapped.__name__ = getattr(handler, "__name__", "handler")
+    return wrapped
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as SPEC's JSON with its X-Request-Id, and every request leaves one access line."""
-    started = time.monotonic()
-    response = await _respond(request, handler)
-    if request.method != "POST" or request.path not in PROXIED:
-        request.app[GATEWAY].access_log.request(request_id(request), request.method, request.path, response.status,
-                                                started)
-    return response
+async def _not_found(request: web.Request) -> web.Response:
+    raise NotFound(f"No such endpoint: {request.path}.")
+
+
+def _method_not_allowed(allowed: str) -> Handler:
+    async def refuse(request: web.Request) -> web.Response:
+        raise MethodNotAllowed(
+            f"Method {request.method} is not allowed on {request.path}; use {allowed}.", headers={"Allow": allowed}
+        )
+
+    return refuse
+
+
+def _json_for_unrouted(router: web.UrlDispatcher) -> None:
+    """405s and 404s as SPEC's JSON: a catch-all method on every resource, then a catch-all path."""
+    for resource in list(router.resources()):
+        if not isinstance(resource, web.Resource):
+            continue
+        methods = sorted({route.method for route in resource} - {"HEAD"})
+        resource.add_route("*", guarded(_method_not_allowed(", ".join(methods))))
+    router.add_route("*", "/{path:.*}", guarded(_not_found))
 
 
 async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -112,19 +140,21 @@ def _gateway_context(
 
 def build_app(settings: Settings, clock: Clock | None = None, access_stream: BinaryIO | None = None) -> web.Application:
     """The gateway app; `access_stream` receives the access lines (stdout unless given: tests pass a buffer)."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app.cleanup_ctx.append(_gateway_context(settings, clock or SystemClock(), access_stream))
     router = app.router
     chat = make_handler("/chat/completions")
     router.add_post("/v1/chat/completions", chat)
-    router.add_get("/v1/chat/completions", chat_get)
+    router.add_get("/v1/chat/completions", guarded(chat_get))
     router.add_post("/api/chat", chat)
     router.add_post("/v1/embeddings", make_handler("/embeddings"))
-    router.add_get("/v1/models", models.list_models)
-    router.add_get("/v1/models/{model_id:.+}", models.get_model)
-    router.add_get("/api/credits/pricing", models.pricing)
-    router.add_get("/healthz", health.healthz)
-    router.add_get("/readyz", health.readyz)
-    router.add_get("/metrics", health.metrics)
-    admin.add_routes(app)
+    router.add_get("/v1/models", guarded(models.list_models))
+    router.add_get("/v1/models/{model_id:.+}", guarded(models.get_model))
+    router.add_get("/api/credits/pricing", guarded(models.pricing))
+    router.add_get("/healthz", guarded(health.healthz))
+    router.add_get("/readyz", guarded(health.readyz))
+    router.add_get("/metrics", guarded(health.metrics))
+    for method, path, handler in admin.ROUTES:
+        router.add_route(method, path, guarded(handler))
+    _json_for_unrouted(router)
     return app

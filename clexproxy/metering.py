@@ -76,16 +76,19 @@ class Meter:
         bucket = self.buckets.peek(account.id, rpm, rpm / 60.0, self.clock.monotonic())
         return self._headers(account, self.ledger.remaining(account.id, day), bucket, wall)
 
-    def admit(self, account: Account, cost: int) -> Admission:
-        """Take one request from the bucket and reserve `cost` credits, or raise the 429 that says which failed."""
-        wall = self.clock.time()
-        day = utc_day(wall)
+    def take_request(self, account: Account) -> BucketResult:
+        """Count one request against the per-minute limit, or raise its 429.
+
+        Called before the body is read: a refused request costs no parsing, and every request,
+        well-formed or not, counts (as OpenAI counts them).
+        """
         rpm = account.plan.requests_per_minute
         bucket = self.buckets.acquire(account.id, rpm, rpm / 60.0, self.clock.monotonic())
-        if account.id not in self.ledger:
-            self.track(account)
         if not bucket.allowed:
-            headers = self._headers(account, self.ledger.remaining(account.id, day), bucket, wall)
+            wall = self.clock.time()
+            if account.id not in self.ledger:
+                self.track(account)
+            headers = self._headers(account, self.ledger.remaining(account.id, utc_day(wall)), bucket, wall)
             when = f"Retry in {bucket.retry_after:.1f}s." if bucket.retry_after < 86_400 else "It admits no requests."
             raise RateLimited(
                 f"Rate limit reached: your {account.plan.name} plan allows {rpm} requests per minute. {when}",
@@ -93,6 +96,14 @@ class Meter:
                 retry_after=bucket.retry_after,
                 headers=headers,
             )
+        return bucket
+
+    def reserve(self, account: Account, cost: int, bucket: BucketResult) -> Admission:
+        """Reserve `cost` credits for a request already counted by `take_request`, or raise the credits 429."""
+        wall = self.clock.time()
+        day = utc_day(wall)
+        if account.id not in self.ledger:
+            self.track(account)
         remaining = self.ledger.reserve(account.id, cost, day)
         if remaining < 0:
             left = self.ledger.remaining(account.id, day)
@@ -106,6 +117,10 @@ class Meter:
                 headers=self._headers(account, left, bucket, wall),
             )
         return Admission(account.id, cost, day, self._headers(account, remaining, bucket, wall))
+
+    def admit(self, account: Account, cost: int) -> Admission:
+        """Both steps at once: one request from the bucket, then `cost` credits."""
+        return self.reserve(account, cost, self.take_request(account))
 
     def refund(self, admission: Admission) -> None:
         """Give a reservation back; synchronous so a cancelled handler cannot interrupt it half-way."""

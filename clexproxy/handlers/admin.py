@@ -144,14 +144,14 @@ async def account_usage(request: web.Request) -> web.Response:
     return _ok({"account": name, "usage": usage}, request)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/admin/accounts", list_accounts)
-    app.router.add_post("/admin/accounts", create_account)
-    app.router.add_patch("/admin/accounts/{name}", update_account)
-    app.router.add_post("/admin/accounts/{name}/keys", create_key)
-    app.router.add_get("/admin/accounts/{name}/usage", account_usage)
-    app.router.add_get("/admin/keys", list_keys)
-    app.router.add_delete("/admin/keys/{key_id}", revoke_key)
+ROUTES = (
+    ("GET", "/admin/accounts", list_accounts),
+    ("POST", "/admin/accounts", create_account),
+    ("PATCH", "/admin/accounts/{name}", update_account),
+    ("POST", "/admin/accounts/{name}/keys", create_key),
+    ("GET", "/admin/accounts/{name}/usage", account_usage),
+    ("GET", "/admin/keys", list_keys),
+    ("DELETE", "/admin/keys/{key_id}", revoke_key),
+)
 
-
-__all__ = ["add_routes"]
+__all__ = ["ROUTES"]

@@ -9,6 +9,7 @@ the metrics and the access log in one pass.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,12 +18,14 @@ from aiohttp import web
 
 from clexproxy import relay
 from clexproxy.catalog import Model
-from clexproxy.errors import ApiError, InvalidRequest, ModelNotFound, RateLimited
+from clexproxy.errors import ApiError, InternalError, InvalidRequest, ModelNotFound, RateLimited
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY, read_json, request_id
 from clexproxy.metering import Admission
 from clexproxy.outcome import CallOutcome
 from clexproxy.validation import default_stream, validate_chat, validate_embeddings
+
+log = logging.getLogger("clexproxy.proxy")
 
 
 def _route(models: Mapping[str, Model], model_id: str, kind: str) -> Model:
@@ -64,6 +67,7 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
 
     wants_usage = False
     try:
+        bucket = gateway.meter.take_request(account)
         body = await read_json(request, gateway.settings.max_body_bytes)
         if endpoint == "/chat/completions":
             model_id, call.stream, wants_usage = validate_chat(body, default_stream(request.headers.get("Accept")))
@@ -71,7 +75,7 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         else:
             model = _route(gateway.catalog.models, validate_embeddings(body), "embedding")
         call.model, call.tier = model.id, model.tier
-        admission = gateway.meter.admit(account, gateway.catalog.cost(model.id))
+        admission = gateway.meter.reserve(account, gateway.catalog.cost(model.id), bucket)
     except ApiError as error:
         headers = error.headers if "X-Clex-Credits-Limit" in error.headers else gateway.meter.peek_headers(account)
         return _refused(gateway, call, error, {**headers, "X-Request-Id": call.request_id})
@@ -139,7 +143,12 @@ def _settle(gateway: Gateway, admission: Admission, call: CallOutcome) -> None:
 
 def make_handler(endpoint: str) -> Callable[[web.Request], Any]:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await handle(request, endpoint)
+        try:
+            return await handle(request, endpoint)
+        except Exception:  # a bug, not a refusal: SPEC's 500, never a trace
+            log.exception("unhandled error, request_id=%s", request_id(request))
+            error = InternalError("The gateway failed to handle this request.")
+            return error.to_response({"X-Request-Id": request_id(request)})
 
     handler.__name__ = "handle_" + endpoint.strip("/").replace("/", "_")
     return handler
