@@ -92,7 +92,7 @@ _CACHED_TOKENS_MAX: Final = 2048  # answer-cache bounds keep worst-case cache me
 _CACHED_DIMENSIONS_MAX: Final = 256
 _MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 _SHUTDOWN_TIMEOUT_S: Final = 1.0
-_BACKLOG: Final = 2048
+_BACKLOG: Final = 16384  # the kernel caps it at net.core.somaxconn; slow-stream floods open thousands at once
 _CLI_MAX_RECORDED: Final = 1000
 _MODELS_CREATED: Final = 1_700_000_000
 
