@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from clexproxy.errors import ApiError, InternalError, ServiceUnavailable
-from clexproxy.fastpath import SSEParser, has_usage
+from clexproxy.fastpath import SSEEvent, SSEParser, has_usage
 from clexproxy.outcome import CallOutcome
 from clexproxy.upstream import UpstreamReply
 
@@ -193,9 +193,11 @@ class _Frames:
         """The bytes to relay for `chunk`: the chunk itself when it holds whole events only and none is dropped."""
         parser = self.parser
         aligned = parser.pending == 0
+        events = parser.feed(chunk)
+        if aligned and parser.pending == 0:
+            return self._whole(chunk, events)
         out: list[bytes] = []
-        dropped = False
-        for event in parser.feed(chunk):
+        for event in events:
             data = event.data
             if data is not None:
                 if data == DONE:
@@ -204,13 +206,40 @@ class _Frames:
                     doc = orjson.loads(data)
                     _read_usage(doc.get("usage"), self.outcome)
                     if not self.wants_usage and not doc.get("choices"):
-                        dropped = True  # the usage-only chunk the client did not ask for
-                        continue
+                        continue  # the usage-only chunk the client did not ask for
                 self.outcome.answer_started = True
             out.append(event.raw)
-        if aligned and not dropped and parser.pending == 0:
-            return chunk
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _whole(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
+        """A chunk of whole events: visit only the few that matter instead of all of them.
+
+        A whole answer can arrive in one read (dozens of events); the usage event and `[DONE]`
+        sit at its end, and one C-level scan of the chunk says whether usage is there at all.
+        """
+        if not events:
+            return chunk
+        strip: SSEEvent | None = None
+        if has_usage(chunk):
+            for event in reversed(events):
+                data = event.data
+                if data is not None and data != DONE and has_usage(data):
+                    doc = orjson.loads(data)
+                    _read_usage(doc.get("usage"), self.outcome)
+                    if not self.wants_usage and not doc.get("choices"):
+                        strip = event  # the usage-only chunk the client did not ask for
+                    break
+        if not self.outcome.answer_started:
+            for event in events:
+                if event.data is not None and event is not strip:
+                    self.outcome.answer_started = True
+                    break
+        if not self.finished and DONE in chunk:
+            for event in reversed(events):
+                if event.data == DONE:
+                    self.finished = True
+                    break
+        return chunk if strip is None else chunk.replace(strip.raw, b"", 1)
 
 
 def _salvage(content: aiohttp.StreamReader) -> bytes:
