@@ -178,7 +178,8 @@ class UpstreamPool:
                     self._url(provider, endpoint), data=payload, headers=headers
                 )
             except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
-                log.warning("upstream %s unreachable for %s: %s", provider.name, deployment.model, type(exc).__name__)
+                reason = getattr(getattr(exc, "os_error", exc), "strerror", None) or type(exc).__name__
+                log.warning("upstream %s unreachable for %s: %s", provider.name, deployment.model, reason)
                 kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
                 call.upstream_failures.append((provider.name, kind))
                 failure, not_found_only = _Failure("unreachable", 0), False
