@@ -141,40 +141,26 @@ class AccessLog:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; access records put their fields at the top level."""
+    """The other log records, one JSON object per line, shaped like the access lines."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "ts": round(record.created, 6),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "message": record.getMessage(),
         }
-        access = getattr(record, "access", None)
-        if access is not None:
-            doc.update(access)
-        else:
-            doc["message"] = record.getMessage()
-            if record.exc_info:
-                doc["exception"] = self.formatException(record.exc_info)
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(doc).decode()
 
 
-class TextFormatter(logging.Formatter):
-    """Human-readable lines; access records as `key=value` pairs."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        access = getattr(record, "access", None)
-        if access is not None:
-            record.message = " ".join(f"{k}={'-' if v is None else v}" for k, v in access.items())
-        return super().formatMessage(record)
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def configure_logging(level: str, fmt: LogFormat) -> None:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -79,12 +79,6 @@ async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse
         response = await handler(request)
     except ApiError as api_error:
         return api_error.to_response(rid)
-    except web.HTTPMethodNotAllowed as exc:
-        allowed = ", ".join(sorted(exc.allowed_methods))
-        refused = MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}; use {allowed}.")
-        return refused.to_response({**rid, "Allow": allowed})
-    except web.HTTPNotFound:
-        return NotFound(f"No such endpoint: {request.path}.").to_response(rid)
     except web.HTTPRequestEntityTooLarge:
         return RequestTooLarge("Request body exceeds the configured limit.").to_response(rid)
     except web.HTTPException as exc:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,7 @@ class Settings:
 
 
 _SCALARS: dict[str, type] = {
-    f.name: f.type if isinstance(f.type, type) else eval(f.type, {}, {})
-    for f in fields(Settings)
-    if f.name != "catalog"
+    name: kind for name, kind in typing.get_type_hints(Settings).items() if name != "catalog"
 }
 
 

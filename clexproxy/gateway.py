@@ -63,19 +63,16 @@ class Gateway:
         self._unflushed: list[UsageDelta] = []
 
     async def run_store(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a store call on the store's own thread (the admin API uses this too)."""
-        return await self._db(fn, *args)
-
-    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store call on the store's own thread, off the event loop (the admin API uses this too)."""
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
 
     async def start(self) -> None:
         """Load accounts, keys and today's usage, then start the sync timers."""
-        accounts, keys, self._seq = await self._db(self.store.changes_since, 0)
-        spent = await self._db(self.store.credits_spent, self.meter.today())
+        accounts, keys, self._seq = await self.run_store(self.store.changes_since, 0)
+        spent = await self.run_store(self.store.credits_spent, self.meter.today())
         for account in self.directory.apply(accounts, keys):
             self.meter.track(account, spent.get(account.id, 0))
-        self._data_version = await self._db(self.store.data_version)
+        self._data_version = await self.run_store(self.store.data_version)
         self.metrics.start()
         self.access_log.start()
         self._tasks = [
@@ -94,7 +91,7 @@ class Gateway:
         await self.metrics.stop()
         await self.access_log.stop()
         await self.upstream.close()
-        await self._db(self.store.close)
+        await self.run_store(self.store.close)
         self._db_thread.shutdown(wait=True)
 
     async def sync_store(self, force: bool = False) -> None:
@@ -102,11 +99,11 @@ class Gateway:
 
         `data_version` only moves for other connections' commits, so our own writes (admin API) pass `force`.
         """
-        version = await self._db(self.store.data_version)
+        version = await self.run_store(self.store.data_version)
         if version == self._data_version and not force:
             return
         self._data_version = version
-        accounts, keys, self._seq = await self._db(self.store.changes_since, self._seq)
+        accounts, keys, self._seq = await self.run_store(self.store.changes_since, self._seq)
         for account in self.directory.apply(accounts, keys):
             self.meter.track(account)
 
@@ -116,7 +113,7 @@ class Gateway:
         if not deltas:
             return
         try:
-            await self._db(self.store.add_usage, deltas)
+            await self.run_store(self.store.add_usage, deltas)
         except BaseException:
             self._unflushed = deltas + self._unflushed
             raise

@@ -13,6 +13,7 @@ from clexproxy.accesslog import configure_logging
 from clexproxy.app import build_app
 from clexproxy.config import Settings
 from clexproxy.fastpath import USING_EXTENSION, hash_key, key_format_ok
+from clexproxy.handlers import health
 from clexproxy.handlers.common import GATEWAY
 from clexproxy.metrics import reset_metrics_dir
 from clexproxy.signals import wait_for_stop_signal
@@ -94,15 +95,9 @@ async def serve(settings: Settings) -> None:
 
 async def _start_metrics_port(app: web.Application, settings: Settings) -> web.AppRunner:
     """/metrics alone on its own port, so the scrape path can be firewalled apart from the API."""
-    gateway = app[GATEWAY]
-
-    async def metrics(request: web.Request) -> web.Response:
-        response = web.Response(body=gateway.metrics.render())
-        response.headers["Content-Type"] = gateway.metrics.content_type
-        return response
-
     metrics_app = web.Application()
-    metrics_app.router.add_get("/metrics", metrics)
+    metrics_app[GATEWAY] = app[GATEWAY]  # the same handler as the main port's /metrics, reading the same state
+    metrics_app.router.add_get("/metrics", health.metrics)
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()
     await _listen(runner, settings.host, settings.metrics_port)
