@@ -1,4 +1,4 @@
-"""Provider clients: one pooled ClientSession per provider, retries, fallback, error mapping.
+"""Provider calls: a connection pool per provider origin, retries, fallback, error mapping.
 
 Before the first byte of an answer a failed or overloaded deployment is retried, with
 backoff, on the model's next deployment and then on the configured fallback model. Errors
@@ -19,12 +19,14 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from clexproxy.catalog import Catalog, Deployment, Model, Provider
 from clexproxy.config import Settings
 from clexproxy.errors import ApiError, InternalError, InvalidRequest, ModelNotFound, ServiceUnavailable
 from clexproxy.outcome import CallOutcome
+from clexproxy.upstream_http import Origin, UpstreamResponse
 
 log = logging.getLogger("clexproxy.upstream")
 
@@ -36,7 +38,7 @@ _URL_RE = re.compile(r"https?://\S+")
 
 @dataclass(slots=True)
 class UpstreamReply:
-    response: aiohttp.ClientResponse
+    response: UpstreamResponse
     model: Model
     deployment: Deployment
     provider: Provider
@@ -81,14 +83,24 @@ def _retry_after(headers: Mapping[str, str]) -> float:
         return 1.0
 
 
+def _passed(client_headers: Mapping[str, str], prefixes: tuple[str, ...]) -> bytes:
+    """The client's headers a provider takes through (the demo upstream's `x-demo-*` knobs), as header lines."""
+    out = b""
+    for name, value in client_headers.items():
+        lname = name.lower()
+        if lname.startswith(prefixes) and "\r" not in value and "\n" not in value:
+            out += f"{lname}: {value}\r\n".encode("utf-8", "surrogateescape")
+    return out
+
+
 class UpstreamPool:
-    """Owns the provider sessions; closed in the app's cleanup."""
+    """Owns the provider connections; closed in the app's cleanup."""
 
     def __init__(self, settings: Settings, catalog: Catalog) -> None:
         self._settings = settings
         self._catalog = catalog
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
-        self._urls: dict[tuple[str, str], URL] = {}
+        self._origins: dict[str, Origin] = {}
+        self._heads: dict[tuple[str, str], tuple[Origin, bytes]] = {}
         self._plans: dict[str, list[tuple[Model, Deployment, bool]]] = {}
         self._auth: dict[str, str | None] = {}
         for provider in catalog.providers.values():
@@ -96,32 +108,30 @@ class UpstreamPool:
             self._auth[provider.name] = f"Bearer {key}" if key else None
         self._secrets = tuple(v[7:] for v in self._auth.values() if v)
 
-    def _session(self, provider: Provider) -> aiohttp.ClientSession:
-        session = self._sessions.get(provider.name)
-        if session is None:
-            s = self._settings
-            connector = aiohttp.TCPConnector(
-                limit=s.upstream_max_connections,
-                keepalive_timeout=s.upstream_keepalive_timeout,
-                ttl_dns_cache=300,
-            )
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.upstream_connect_timeout,
-                                            sock_read=s.upstream_read_timeout)
-            session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                            skip_auto_headers=("User-Agent",))
-            self._sessions[provider.name] = session
-        return session
-
-    def _url(self, provider: Provider, endpoint: str) -> URL:
-        url = self._urls.get((provider.name, endpoint))
-        if url is None:
-            url = self._urls[(provider.name, endpoint)] = URL(provider.base_url + endpoint)
-        return url
+    def _target(self, provider: Provider, endpoint: str) -> tuple[Origin, bytes]:
+        """The origin to POST to and the prebuilt request head (line, Host, fixed headers, credential)."""
+        target = self._heads.get((provider.name, endpoint))
+        if target is None:
+            url = URL(provider.base_url + endpoint)
+            origin_key = str(url.origin())
+            origin = self._origins.get(origin_key)
+            if origin is None:
+                s = self._settings
+                origin = self._origins[origin_key] = Origin(
+                    url.origin(), limit=s.upstream_max_connections, keepalive_timeout=s.upstream_keepalive_timeout,
+                    connect_timeout=s.upstream_connect_timeout, read_timeout=s.upstream_read_timeout,
+                )
+            fixed = {"Content-Type": "application/json", "Accept": "*/*", "Accept-Encoding": "identity"}
+            auth = self._auth.get(provider.name)
+            if auth:
+                fixed["Authorization"] = auth
+            target = self._heads[(provider.name, endpoint)] = (origin, origin.request_head(url.raw_path_qs, fixed))
+        return target
 
     async def close(self) -> None:
-        sessions, self._sessions = self._sessions, {}
-        for session in sessions.values():
-            await session.close()
+        origins, self._origins, self._heads = self._origins, {}, {}
+        for origin in origins.values():
+            await origin.close()
 
     def _candidates(self, model: Model) -> list[tuple[Model, Deployment, bool]]:
         """Where to try a model, in order (computed once per model: the catalog is immutable)."""
@@ -160,24 +170,15 @@ class UpstreamPool:
             if payload is None:
                 body["model"] = deployment.model
                 payload = payloads[deployment.model] = orjson.dumps(body)
-            headers = {
-                "Content-Type": "application/json", "Accept-Encoding": "identity", "X-Request-Id": call.request_id
-            }
-            auth = self._auth.get(provider.name)
-            if auth:
-                headers["Authorization"] = auth
+            origin, head = self._target(provider, endpoint)
+            tail = b"X-Request-Id: %s\r\n" % call.request_id.encode()
             if provider.pass_headers:
-                for name, value in client_headers.items():
-                    lname = name.lower()
-                    if lname.startswith(provider.pass_headers):
-                        headers[lname] = value
+                tail += _passed(client_headers, provider.pass_headers)
             call.retries = attempt
             sent = time.monotonic()
             try:
-                response = await self._session(provider).post(
-                    self._url(provider, endpoint), data=payload, headers=headers
-                )
-            except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
+                response = await origin.post(head, tail, payload)
+            except (TimeoutError, aiohttp.ClientError, HttpProcessingError, OSError) as exc:
                 reason = getattr(getattr(exc, "os_error", exc), "strerror", None) or type(exc).__name__
                 log.warning("upstream %s unreachable for %s: %s", provider.name, deployment.model, reason)
                 kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
@@ -196,7 +197,7 @@ class UpstreamPool:
                 raise InvalidRequest(f"The provider rejected the request{detail}", error_type="upstream_error")
         raise self._final_error(model, failure)
 
-    async def _classify(self, response: aiohttp.ClientResponse, provider: Provider) -> _Failure:
+    async def _classify(self, response: UpstreamResponse, provider: Provider) -> _Failure:
         try:
             raw = await response.content.read(MAX_ERROR_BODY)
         except (TimeoutError, aiohttp.ClientError):

@@ -1,0 +1,239 @@
+"""Keep-alive HTTP/1.1 connections to one provider origin, on aiohttp's client protocol.
+
+Why not `aiohttp.ClientSession`: per call it builds a ClientRequest and a ClientResponse,
+runs tracing hooks, the cookie jar, timeout contexts and header defaults, and looks the
+connection up through the connector — about half of a bare pass-through's CPU per request on
+the benchmark machine (benchmarks/RESULTS.md). clexproxy needs none of it: it POSTs JSON to a
+handful of fixed URLs. This module keeps aiohttp's `ResponseHandler` (its C response parser,
+flow control and `StreamReader` payload, so a body is read exactly as a ClientResponse's
+`content` would be) and replaces only the per-call wrapping: the request head is prebuilt per
+URL, and a connection is taken from and returned to a LIFO list of idle ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import ssl
+import time
+from typing import Any
+
+from aiohttp.client_exceptions import ClientConnectionError, ClientOSError, ServerDisconnectedError
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+READ_BUFSIZE = 2**16
+DNS_TTL = 300.0
+_Idle = tuple[ResponseHandler, float]
+
+
+class UpstreamResponse:
+    """The status, headers and body stream of one answer; `release()` or `close()` ends it."""
+
+    __slots__ = ("_conn", "_origin", "content", "headers", "status")
+
+    def __init__(self, origin: Origin, conn: ResponseHandler, status: int,
+                 headers: CIMultiDictProxy[str], content: StreamReader) -> None:
+        self._origin = origin
+        self._conn: ResponseHandler | None = conn
+        self.status = status
+        self.headers = headers
+        self.content = content
+
+    async def read(self) -> bytes:
+        """The whole body (the connection is released by the caller)."""
+        return await self.content.read()
+
+    def release(self) -> None:
+        """Done reading: a fully read answer on a keep-alive connection returns it to the pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._origin.release(conn)
+
+    def close(self) -> None:
+        """Done early (an error, a client that left): the connection is dropped, never reused."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._origin.discard(conn)
+
+
+class Origin:
+    """Connections to one `scheme://host:port`, at most `limit` open at once.
+
+    A connection idle longer than `keepalive_timeout` is closed rather than reused (servers
+    drop idle keep-alive connections, and a request written into one that is closing is lost).
+    A request whose reused connection turns out to be closed before any answer is sent again,
+    once, on a new connection: the server never read it.
+    """
+
+    def __init__(self, url: URL, *, limit: int, keepalive_timeout: float, connect_timeout: float,
+                 read_timeout: float) -> None:
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"not an http(s) URL: {url}")
+        self.url = url
+        self._host = url.host
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if url.scheme == "https" else None
+        self._limit = limit
+        self._keepalive = keepalive_timeout
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._idle: collections.deque[_Idle] = collections.deque()
+        self._open = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._addresses: list[tuple[Any, ...]] = []
+        self._resolved_at = -DNS_TTL
+        self._closed = False
+        default_port = url.port is None or url.is_default_port()
+        self.host_header = self._host if default_port else f"{self._host}:{self._port}"
+
+    def request_head(self, path: str, headers: dict[str, str]) -> bytes:
+        """The fixed part of a POST to `path`: request line, Host and `headers` (prebuilt once per URL)."""
+        lines = [f"POST {path} HTTP/1.1", f"Host: {self.host_header}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+
+    async def post(self, head: bytes, tail: bytes, body: bytes) -> UpstreamResponse:
+        """Send `head` + `tail` (the per-call headers, each ending in CRLF) + Content-Length + `body`.
+
+        Raises aiohttp's client errors (ClientConnectionError, ClientOSError, ServerDisconnectedError),
+        TimeoutError, or `HttpProcessingError` for an answer that is not HTTP.
+        """
+        request = b"%s%sContent-Length: %d\r\n\r\n" % (head, tail, len(body))
+        for attempt in (0, 1):
+            conn, reused = await self._acquire()
+            try:
+                conn.set_response_params(auto_decompress=False, read_timeout=self._read_timeout,
+                                         read_bufsize=READ_BUFSIZE)
+                transport = conn.transport
+                if transport is None:
+                    raise ServerDisconnectedError()
+                if len(body) > 16384:
+                    transport.writelines((request, body))
+                else:
+                    transport.write(request + body)
+                conn.start_timeout()
+                while True:
+                    message, payload = await conn.read()
+                    if not 100 <= message.code < 200:
+                        break
+            except (ServerDisconnectedError, ClientOSError):
+                self.discard(conn)
+                if reused and attempt == 0:
+                    continue
+                raise
+            except BaseException:
+                self.discard(conn)
+                raise
+            return UpstreamResponse(self, conn, message.code, message.headers, payload)
+        raise AssertionError("unreachable")
+
+    def release(self, conn: ResponseHandler) -> None:
+        if self._closed or conn.should_close or not conn.is_connected():
+            self.discard(conn)
+            return
+        now = time.monotonic()
+        self._expire(now)
+        self._idle.append((conn, now))
+        self._wake()
+
+    def discard(self, conn: ResponseHandler) -> None:
+        conn.close()
+        self._open -= 1
+        self._wake()
+
+    async def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            self.discard(self._idle.pop()[0])
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    # connections ---------------------------------------------------------------------------------
+
+    async def _acquire(self) -> tuple[ResponseHandler, bool]:
+        idle = self._idle
+        if idle:
+            now = time.monotonic()
+            self._expire(now)
+            while idle:
+                conn, _ = idle.pop()
+                if conn.is_connected() and not conn.should_close:
+                    return conn, True
+                self.discard(conn)
+        while self._open >= self._limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # pass the wake-up on: this caller no longer needs it
+                raise
+            if idle:
+                conn, _ = idle.pop()
+                if conn.is_connected() and not conn.should_close:
+                    return conn, True
+                self.discard(conn)
+        self._open += 1
+        try:
+            return await self._connect(), False
+        except BaseException:
+            self._open -= 1
+            self._wake()
+            raise
+
+    def _expire(self, now: float) -> None:
+        idle = self._idle
+        while idle and now - idle[0][1] > self._keepalive:
+            self.discard(idle.popleft()[0])
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _connect(self) -> ResponseHandler:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                last: OSError | None = None
+                for family, kind, proto, _, address in await self._resolve(loop):
+                    try:
+                        _, conn = await loop.create_connection(
+                            lambda: ResponseHandler(loop), address[0], address[1], family=family, proto=proto,
+                            ssl=self._ssl, server_hostname=self._host if self._ssl else None,
+                        )
+                        return conn
+                    except OSError as exc:
+                        last = exc
+                raise last or OSError(f"no address for {self._host}")
+        except TimeoutError:
+            raise
+        except ssl.SSLError as exc:
+            raise ClientConnectionError(f"TLS handshake failed: {exc.reason or exc}") from exc
+        except OSError as exc:
+            raise ClientOSError(exc.errno, exc.strerror or str(exc)) from exc
+
+    async def _resolve(self, loop: asyncio.AbstractEventLoop) -> list[tuple[Any, ...]]:
+        """Addresses for the host, cached for DNS_TTL (a connect storm resolves once, not once per connect)."""
+        now = time.monotonic()
+        if self._addresses and now - self._resolved_at < DNS_TTL:
+            return self._addresses
+        infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"no address for {self._host}")
+        self._addresses, self._resolved_at = infos, now
+        return infos
