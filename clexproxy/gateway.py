@@ -21,6 +21,7 @@ from clexproxy.clock import Clock
 from clexproxy.config import Settings
 from clexproxy.metering import Meter
 from clexproxy.metrics import Metrics, NullMetrics
+from clexproxy.relay import KeepAlives
 from clexproxy.store.sqlite import SQLiteStore, UsageDelta
 from clexproxy.upstream import UpstreamPool
 
@@ -53,6 +54,7 @@ class Gateway:
         self.upstream = UpstreamPool(settings, self.catalog)
         self.metrics = _metrics(settings)
         self.access_log = AccessLog(access_stream, settings.log_format)
+        self.keepalives = KeepAlives(settings.sse_keepalive_seconds)
         self.ready = False
         self._seq = 0
         self._data_version = -1
@@ -90,6 +92,7 @@ class Gateway:
         await self.flush_usage()
         await self.metrics.stop()
         await self.access_log.stop()
+        self.keepalives.close()
         await self.upstream.close()
         await self.run_store(self.store.close)
         self._db_thread.shutdown(wait=True)

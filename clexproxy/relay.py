@@ -38,19 +38,30 @@ def _read_usage(usage: Any, outcome: CallOutcome) -> None:
         outcome.completion_tokens = c if isinstance(c, int) else 0
 
 
+class SSEResponse(web.StreamResponse):
+    """A stream whose headers leave with its first bytes: one write, not two, per short answer.
+
+    aiohttp's StreamResponse sends its headers the moment it is prepared; a whole answer that
+    arrives in one upstream read then costs three writes to the client (headers, events, the
+    chunked terminator). Held headers make it one.
+    """
+
+    _send_headers_immediately = False
+
+
 async def stream(
     request: web.Request,
     send: Awaitable[UpstreamReply],
     headers: dict[str, str],
     wants_usage: bool,
-    keepalive: float,
+    keepalives: KeepAlives,
     outcome: CallOutcome,
     on_error: Any,
 ) -> web.StreamResponse:
     """Relay an SSE answer. `on_error(error)` settles a failure and returns the headers to send with it."""
-    response = web.StreamResponse(status=200, headers={**headers, **SSE_HEADERS})
+    response = SSEResponse(status=200, headers={**headers, **SSE_HEADERS})
     try:
-        return await _relay_stream(request, response, send, wants_usage, keepalive, outcome, on_error)
+        return await _relay_stream(request, response, send, wants_usage, keepalives, outcome, on_error)
     except ConnectionResetError:
         # The client left while we wrote to it (before its disconnect cancelled us): nothing more to send.
         outcome.disconnected = True
@@ -62,12 +73,12 @@ async def _relay_stream(
     response: web.StreamResponse,
     send: Awaitable[UpstreamReply],
     wants_usage: bool,
-    keepalive: float,
+    keepalives: KeepAlives,
     outcome: CallOutcome,
     on_error: Any,
 ) -> web.StreamResponse:
     started = time.monotonic()
-    keep = _KeepAlive(request, response, keepalive)
+    keep = keepalives.watch(request, response)
     try:
         try:
             reply = await send
@@ -75,8 +86,7 @@ async def _relay_stream(
             await keep.stop()
             error_headers = on_error(error)
             if response.prepared:
-                await response.write(error_event(error))
-                await response.write_eof()
+                await response.write_eof(error_event(error))
                 return response
             return error.to_response(error_headers)
         outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
@@ -105,52 +115,114 @@ async def _relay_stream(
                 except orjson.JSONDecodeError:
                     failure = InternalError("The upstream sent a malformed usage chunk.", error_type="upstream_error")
                     break
+                if frames.finished:
+                    # `[DONE]`: the answer is whole. Its last bytes and the end of the response go out
+                    # in one write; the upstream's own end is awaited after the client has it.
+                    await response.write_eof(out)
+                    if outcome.first_token_at is None and outcome.answer_started:
+                        outcome.first_token_at = time.monotonic()
+                    await _drain(content)
+                    return response
                 if out:
                     await response.write(out)
                     if outcome.first_token_at is None and outcome.answer_started:
                         outcome.first_token_at = time.monotonic()
-            if failure is None and not frames.finished:
+            if failure is None:
                 outcome.upstream_failures.append((outcome.provider, "midstream_drop"))
                 failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
                                              error_type="upstream_error")
         finally:
             outcome.upstream_seconds = time.monotonic() - started
-            if frames.finished:
+            if frames.finished and content.is_eof():
                 upstream.release()
             else:
                 upstream.close()
     finally:
         keep.cancel()
-    if failure is not None:
-        on_error(failure)
-        await response.write(error_event(failure))
-    await response.write_eof()
+    assert failure is not None
+    on_error(failure)
+    await response.write_eof(error_event(failure))
     return response
 
 
-class _KeepAlive:
-    """`: keep-alive` comments while the upstream is slow to start, at no cost when it is not.
+async def _drain(content: aiohttp.StreamReader) -> None:
+    """Read what the upstream sends after `[DONE]` (normally just the end of its chunked body).
 
-    Nothing runs unless `interval` passes before the upstream's first bytes: a timer then starts
-    a task that prepares the response and writes a comment every `interval`. The relay stops it
-    before writing anything itself, so the two never interleave.
+    The connection can carry another call only once the upstream's answer has ended; bytes
+    after `[DONE]` carry nothing for a client and are not relayed.
+    """
+    try:
+        while not content.is_eof() and await content.readany():
+            pass
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        pass
+
+
+class KeepAlives:
+    """`: keep-alive` comments for streams whose upstream is slow to start, from one shared timer.
+
+    A stream costs one dict entry while it waits for its first upstream bytes, not a timer of
+    its own (a per-stream `call_later` and its cancel were ~3% of a streamed call's CPU). One
+    tick every quarter interval starts a writer for each stream that has waited a whole
+    interval, so the first comment goes out between 1 and 1.25 intervals after the request.
     """
 
-    __slots__ = ("_handle", "_interval", "_request", "_response", "_task")
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._tick = interval / 4
+        self._waiting: dict[_KeepAlive, float] = {}
+        self._handle: asyncio.TimerHandle | None = None
 
-    def __init__(self, request: web.Request, response: web.StreamResponse, interval: float) -> None:
+    def watch(self, request: web.Request, response: web.StreamResponse) -> _KeepAlive:
+        keep = _KeepAlive(self, request, response)
+        loop = asyncio.get_running_loop()
+        self._waiting[keep] = loop.time() + self.interval
+        if self._handle is None:
+            self._handle = loop.call_later(self._tick, self._on_tick)
+        return keep
+
+    def forget(self, keep: _KeepAlive) -> None:
+        self._waiting.pop(keep, None)
+
+    def _on_tick(self) -> None:
+        self._handle = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = [keep for keep, at in self._waiting.items() if at <= now]
+        for keep in due:
+            del self._waiting[keep]
+            keep.start()
+        if self._waiting:
+            self._handle = loop.call_later(self._tick, self._on_tick)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._waiting.clear()
+
+
+class _KeepAlive:
+    """One stream's keep-alive comments: a writer task that runs only once the stream has waited an interval.
+
+    The relay stops it before writing anything itself, so the two never interleave.
+    """
+
+    __slots__ = ("_owner", "_request", "_response", "_task", "_waiting")
+
+    def __init__(self, owner: KeepAlives, request: web.Request, response: web.StreamResponse) -> None:
+        self._owner = owner
         self._request = request
         self._response = response
-        self._interval = interval
         self._task: asyncio.Task[None] | None = None
-        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(interval, self._fire)
+        self._waiting = True
 
     @property
     def running(self) -> bool:
-        return self._handle is not None or self._task is not None
+        return self._waiting or self._task is not None
 
-    def _fire(self) -> None:
-        self._handle = None
+    def start(self) -> None:
+        self._waiting = False
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -158,12 +230,12 @@ class _KeepAlive:
             if not self._response.prepared:
                 await self._response.prepare(self._request)
             await self._response.write(KEEPALIVE)
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(self._owner.interval)
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._waiting:
+            self._waiting = False
+            self._owner.forget(self)
         if self._task is not None:
             self._task.cancel()
             self._task = None

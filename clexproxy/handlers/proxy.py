@@ -103,7 +103,7 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
             gateway.metrics.stream_opened()
             try:
                 return await relay.stream(
-                    request, send, headers, wants_usage, gateway.settings.sse_keepalive_seconds, call, settle_error
+                    request, send, headers, wants_usage, gateway.keepalives, call, settle_error
                 )
             finally:
                 gateway.metrics.stream_closed()
