@@ -18,9 +18,10 @@ from clexproxy.store.sqlite import UsageDelta
 
 def openai_duration(seconds: float) -> str:
     """OpenAI's `x-ratelimit-reset-*` format: `20ms`, `1.5s`, `6m0s`."""
-    seconds = round(min(seconds, 86_400.0), 3)  # a bucket that never refills reports infinity
-    if seconds < 1.0:
-        return f"{max(0, int(seconds * 1000))}ms"
+    if seconds < 0.9995:  # the common case, answered without rounding to the millisecond first
+        ms = int(seconds * 1000 + 0.5)  # ms-rounding as `round(seconds, 3)` does, for the values seen here
+        return f"{ms if ms > 0 else 0}ms"
+    seconds = round(seconds if seconds < 86_400.0 else 86_400.0, 3)  # a bucket that never refills says inf
     if seconds < 60.0:
         return f"{seconds:g}s"
     minutes, rest = divmod(int(seconds + 0.5), 60)
@@ -85,18 +86,32 @@ class Meter:
         rpm = account.plan.requests_per_minute
         bucket = self.buckets.acquire(account.id, rpm, rpm / 60.0, self.clock.monotonic())
         if not bucket.allowed:
-            wall = self.clock.time()
-            if account.id not in self.ledger:
-                self.track(account)
-            headers = self._headers(account, self.ledger.remaining(account.id, utc_day(wall)), bucket, wall)
-            when = f"Retry in {bucket.retry_after:.1f}s." if bucket.retry_after < 86_400 else "It admits no requests."
-            raise RateLimited(
-                f"Rate limit reached: your {account.plan.name} plan allows {rpm} requests per minute. {when}",
-                limit="requests_per_minute",
-                retry_after=bucket.retry_after,
-                headers=headers,
-            )
+            raise self._rpm_refusal(account, bucket)
         return bucket
+
+    def rpm_refusal(self, account: Account) -> RateLimited | None:
+        """The 429 `take_request` would raise now, without counting anything; None when it would admit.
+
+        For answering a refused call from its raw headers: a refused request takes nothing from
+        the bucket, so looking is exact, and an admitted one is left for `take_request` to count.
+        """
+        rpm = account.plan.requests_per_minute
+        bucket = self.buckets.peek(account.id, rpm, rpm / 60.0, self.clock.monotonic())
+        return None if bucket.allowed else self._rpm_refusal(account, bucket)
+
+    def _rpm_refusal(self, account: Account, bucket: BucketResult) -> RateLimited:
+        wall = self.clock.time()
+        if account.id not in self.ledger:
+            self.track(account)
+        headers = self._headers(account, self.ledger.remaining(account.id, utc_day(wall)), bucket, wall)
+        when = f"Retry in {bucket.retry_after:.1f}s." if bucket.retry_after < 86_400 else "It admits no requests."
+        rpm = account.plan.requests_per_minute
+        return RateLimited(
+            f"Rate limit reached: your {account.plan.name} plan allows {rpm} requests per minute. {when}",
+            limit="requests_per_minute",
+            retry_after=bucket.retry_after,
+            headers=headers,
+        )
 
     def reserve(self, account: Account, cost: int, bucket: BucketResult) -> Admission:
         """Reserve `cost` credits for a request already counted by `take_request`, or raise the credits 429."""

@@ -16,6 +16,7 @@ from clexproxy.fastpath import USING_EXTENSION, hash_key, key_format_ok
 from clexproxy.handlers import health
 from clexproxy.handlers.common import GATEWAY
 from clexproxy.metrics import reset_metrics_dir
+from clexproxy.screen import GatewayRunner
 from clexproxy.signals import wait_for_stop_signal
 from clexproxy.store.sqlite import SQLiteStore, StoreError
 
@@ -78,7 +79,7 @@ async def serve(settings: Settings) -> None:
     demo_key = ensure_demo_key(settings) if settings.demo else None
     reset_metrics_dir(settings.metrics_dir)
     app = build_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+    runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
     await _listen(runner, settings.host, settings.port)

@@ -210,7 +210,7 @@ class Origin:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 last: OSError | None = None
-                for family, kind, proto, _, address in await self._resolve(loop):
+                for family, _, proto, _, address in await self._resolve(loop):
                     try:
                         _, conn = await loop.create_connection(
                             lambda: ResponseHandler(loop), address[0], address[1], family=family, proto=proto,

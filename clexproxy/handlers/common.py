@@ -21,16 +21,18 @@ _counter = itertools.count(1)
 
 
 def request_id(request: web.Request) -> str:
-    """The client's X-Request-Id when it sent a sane one, else a new process-unique id."""
+    """The request's id, chosen once (see `pick_request_id`) and kept on the request."""
     rid = request.get(REQUEST_ID)
     if rid is None:
-        sent = request.headers.get("X-Request-Id")
-        if sent and len(sent) <= MAX_CLIENT_REQUEST_ID and sent.isprintable() and sent.isascii():
-            rid = sent
-        else:
-            rid = f"{_prefix}{next(_counter):x}"
-        request[REQUEST_ID] = rid
+        rid = request[REQUEST_ID] = pick_request_id(request.headers.get("X-Request-Id"))
     return rid
+
+
+def pick_request_id(sent: str | None) -> str:
+    """The client's X-Request-Id when it sent a sane one, else a new process-unique id."""
+    if sent and len(sent) <= MAX_CLIENT_REQUEST_ID and sent.isprintable() and sent.isascii():
+        return sent
+    return f"{_prefix}{next(_counter):x}"
 
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:

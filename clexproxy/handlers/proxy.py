@@ -20,7 +20,7 @@ from clexproxy import relay
 from clexproxy.catalog import Model
 from clexproxy.errors import ApiError, InternalError, InvalidRequest, ModelNotFound, RateLimited
 from clexproxy.gateway import Gateway
-from clexproxy.handlers.common import GATEWAY, read_json, request_id
+from clexproxy.handlers.common import GATEWAY, REQUEST_ID, pick_request_id, read_json, request_id
 from clexproxy.metering import Admission
 from clexproxy.outcome import CallOutcome
 from clexproxy.validation import default_stream, validate_chat, validate_embeddings
@@ -45,19 +45,24 @@ def _route(models: Mapping[str, Model], model_id: str, kind: str) -> Model:
 
 def _refused(gateway: Gateway, call: CallOutcome, error: ApiError, headers: dict[str, str]) -> web.Response:
     """A call refused before it reached an upstream: nothing reserved, one metrics pass, one log line."""
+    _settle_refusal(gateway, call, error)
+    return error.to_response(headers)
+
+
+def _settle_refusal(gateway: Gateway, call: CallOutcome, error: ApiError) -> None:
     call.status, call.error_code = error.status, error.code
     if isinstance(error, RateLimited):
         call.limit = error.limit
     call.finished_at = time.monotonic()
     gateway.metrics.call_finished(call)
     gateway.access_log.call(call)
-    return error.to_response(headers)
 
 
 async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     """Serve one chat-completions (`endpoint` "/chat/completions") or embeddings ("/embeddings") call."""
     gateway = request.app[GATEWAY]
-    call = CallOutcome(endpoint, time.monotonic(), request_id(request))
+    rid = request[REQUEST_ID] = pick_request_id(request.headers.get("X-Request-Id"))
+    call = CallOutcome(endpoint, time.monotonic(), rid)
     gateway.metrics.call_started(endpoint)
     try:
         key, account = gateway.directory.authenticate(request.headers.get("Authorization"))
@@ -139,6 +144,31 @@ def _settle(gateway: Gateway, admission: Admission, call: CallOutcome) -> None:
     call.finished_at = time.monotonic()
     gateway.metrics.call_finished(call)
     gateway.access_log.call(call)
+
+
+def screen(gateway: Gateway, endpoint: str, headers: Mapping[str, str]) -> tuple[ApiError, str] | None:
+    """A call its key or its per-minute limit refuses, decided from its headers alone.
+
+    Returns the error and the request id to answer with (the error carries every other header,
+    and the call is counted in the metrics and the access log exactly as `handle` counts it),
+    or None: the call takes the full path, which authenticates it again and counts it against
+    the limit.
+    """
+    try:
+        key, account = gateway.directory.authenticate(headers.get("Authorization"))
+    except ApiError as error:
+        call = CallOutcome(endpoint, time.monotonic(), pick_request_id(headers.get("X-Request-Id")))
+        gateway.metrics.call_started(endpoint)
+        _settle_refusal(gateway, call, error)
+        return error, call.request_id
+    refusal = gateway.meter.rpm_refusal(account)
+    if refusal is None:
+        return None
+    call = CallOutcome(endpoint, time.monotonic(), pick_request_id(headers.get("X-Request-Id")))
+    gateway.metrics.call_started(endpoint)
+    call.account_id, call.key_id, call.plan = account.id, key.key_id, account.plan.name
+    _settle_refusal(gateway, call, refusal)
+    return refusal, call.request_id
 
 
 def make_handler(endpoint: str) -> Callable[[web.Request], Any]:

@@ -21,6 +21,7 @@ from clexproxy.config import Settings, load_settings
 from clexproxy.demo_upstream import DemoRecorder, DemoServer
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY
+from clexproxy.screen import GatewayRunner
 
 # 2026-11-25 12:00:00 UTC: twelve hours from either midnight.
 NOON = 1_795_608_000.0
@@ -71,7 +72,7 @@ def clock() -> ManualClock:
 async def start_gateway(
     settings: Settings, clock: Clock | None = None, access_stream: BinaryIO | None = None
 ) -> RunningGateway:
-    runner = web.AppRunner(build_app(settings, clock, access_stream), handler_cancellation=True, access_log=None)
+    runner = GatewayRunner(build_app(settings, clock, access_stream), handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

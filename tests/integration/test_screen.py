@@ -1,0 +1,198 @@
+"""Refused calls answered from the raw request (clexproxy/screen.py): same answer, same counts, in order.
+
+Requests go over raw sockets so the tests control what shares a connection: a request alone on
+an idle connection is screened; one sent with `Connection: close` always takes the full path,
+which is what the screened answer is compared with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+
+import orjson
+import pytest
+
+from clexproxy.clock import ManualClock
+from clexproxy.screen import ScreeningServer
+
+from .conftest import GatewayFactory, RunningGateway
+from .test_metrics import scrape, value
+
+CHEAP = "meta/llama-3.1-8b-instruct"
+BODY = orjson.dumps({"model": CHEAP, "messages": [{"role": "user", "content": "Hello!"}], "stream": False})
+VARYING = {"date", "connection", "keep-alive"}
+
+
+def request(key: str, *, rid: str = "screen-test", close: bool = False, extra: str = "", body: bytes = BODY) -> bytes:
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nX-Request-Id: {rid}\r\nContent-Length: {len(body)}\r\n{extra}")
+    if close:
+        head += "Connection: close\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+    if "content-length" in headers:
+        return status, headers, await reader.readexactly(int(headers["content-length"]))
+    body = b""
+    while True:  # chunked
+        size = int((await reader.readline()).strip(), 16)
+        chunk = await reader.readexactly(size + 2)
+        if size == 0:
+            return status, headers, body
+        body += chunk[:-2]
+
+
+async def exchange(gw: RunningGateway, *raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send `raw` requests on one connection, back to back, and read as many answers."""
+    host, port = gw.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"".join(raw))
+        await writer.drain()
+        return [await read_response(reader) for _ in raw]
+    finally:
+        writer.close()
+
+
+async def spend_rpm(gw: RunningGateway, key: str) -> None:
+    """Use up the free plan's 40 requests (the manual clock never refills the bucket)."""
+    client = gw.client(key)
+    for _ in range(40):
+        await client.chat.completions.create(model=CHEAP, messages=[{"role": "user", "content": "x"}], stream=False)
+
+
+def screened(gw: RunningGateway) -> int:
+    server = gw.runner.server
+    assert isinstance(server, ScreeningServer)
+    return server.screened
+
+
+def comparable(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k not in VARYING}
+
+
+async def test_screened_429_is_the_full_paths_429(make_gateway: GatewayFactory, clock: ManualClock) -> None:
+    gw = await make_gateway(clock=clock)
+    key = await gw.add_key("flooder", "free")
+    await spend_rpm(gw, key)
+    (s_status, s_headers, s_body), = await exchange(gw, request(key))
+    assert screened(gw) == 1
+    (f_status, f_headers, f_body), = await exchange(gw, request(key, close=True))
+    assert screened(gw) == 1
+    assert s_status == f_status == 429
+    assert s_body == f_body and orjson.loads(s_body)["error"]["limit"] == "requests_per_minute"
+    assert comparable(s_headers) == comparable(f_headers)
+    assert s_headers["x-request-id"] == "screen-test" and s_headers["x-ratelimit-remaining-requests"] == "0"
+    assert int(s_headers["retry-after"]) >= 1 and "x-clex-credits-remaining" in s_headers
+
+
+async def test_screened_401_is_the_full_paths_401(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    bad = "clex_" + "0" * 48
+    (s_status, s_headers, s_body), = await exchange(gw, request(bad))
+    (f_status, f_headers, f_body), = await exchange(gw, request(bad, close=True))
+    assert screened(gw) == 1
+    assert s_status == f_status == 401
+    assert s_body == f_body and comparable(s_headers) == comparable(f_headers)
+
+
+async def test_screened_calls_are_counted_and_logged(make_gateway: GatewayFactory, clock: ManualClock,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="clexproxy.access")  # the level `serve` sets by default
+    sink = io.BytesIO()
+    gw = await make_gateway(clock=clock, access_stream=sink, log_format="json")
+    key = await gw.add_key("counted", "free")
+    await spend_rpm(gw, key)
+    before = await scrape(gw)
+    answers = await exchange(gw, request(key, rid="s-1"))
+    answers += await exchange(gw, request("clex_" + "1" * 48, rid="s-2"))
+    assert [a[0] for a in answers] == [429, 401]
+    after = await scrape(gw)
+    limited = "clexproxy_rate_limited_total"
+    assert value(after, limited, limit="requests_per_minute") - value(before, limited, limit="requests_per_minute") == 1
+    requests = "clexproxy_requests_total"
+    assert value(after, requests, status_class="4xx") - value(before, requests, status_class="4xx") == 2
+    gw.gateway.access_log.flush()
+    lines = [orjson.loads(line) for line in sink.getvalue().splitlines()]
+    first = next(line for line in lines if line.get("request_id") == "s-1")
+    assert first["status"] == 429 and first["limit"] == "requests_per_minute" and first["account_id"]
+    second = next(line for line in lines if line.get("request_id") == "s-2")
+    assert second["status"] == 401 and second["error"] == "authentication_error"
+
+
+async def test_connection_stays_open_after_a_screened_answer(make_gateway: GatewayFactory,
+                                                             clock: ManualClock) -> None:
+    gw = await make_gateway(clock=clock)
+    flooder = await gw.add_key("spent", "free")
+    fine = await gw.add_key("fine", "pro")
+    await spend_rpm(gw, flooder)
+    host, port = gw.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        statuses = []
+        for key in (flooder, fine, flooder, fine):
+            writer.write(request(key))
+            statuses.append((await read_response(reader))[0])
+        assert statuses == [429, 200, 429, 200] and screened(gw) == 2
+    finally:
+        writer.close()
+
+
+async def test_answers_keep_their_order_behind_a_call_in_flight(make_gateway: GatewayFactory,
+                                                                 clock: ManualClock) -> None:
+    """A refused call queued behind a slow admitted one on the same connection is answered after it."""
+    gw = await make_gateway(clock=clock)
+    flooder = await gw.add_key("spent2", "free")
+    fine = await gw.add_key("fine2", "pro")
+    await spend_rpm(gw, flooder)
+    host, port = gw.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request(fine, rid="slow", extra="x-demo-headers-delay-ms: 400\r\n"))
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the slow call is in flight when the refused one arrives
+        writer.write(request(flooder, rid="refused"))
+        first = await read_response(reader)
+        second = await read_response(reader)
+        assert (first[0], first[1]["x-request-id"]) == (200, "slow")
+        assert (second[0], second[1]["x-request-id"]) == (429, "refused")
+        assert screened(gw) == 0
+    finally:
+        writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(make_gateway: GatewayFactory, clock: ManualClock) -> None:
+    gw = await make_gateway(clock=clock)
+    flooder = await gw.add_key("spent3", "free")
+    fine = await gw.add_key("fine3", "pro")
+    await spend_rpm(gw, flooder)
+    answers = await exchange(gw, request(fine, rid="a"), request(flooder, rid="b"), request(fine, rid="c"))
+    assert [(a[0], a[1]["x-request-id"]) for a in answers] == [(200, "a"), (429, "b"), (200, "c")]
+    assert screened(gw) == 0
+
+
+async def test_body_split_across_packets_takes_the_full_path(make_gateway: GatewayFactory,
+                                                              clock: ManualClock) -> None:
+    gw = await make_gateway(clock=clock)
+    flooder = await gw.add_key("spent4", "free")
+    await spend_rpm(gw, flooder)
+    raw = request(flooder, rid="split")
+    host, port = gw.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(raw[:-10])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(raw[-10:])
+        status, headers, body = await read_response(reader)
+        assert status == 429 and headers["x-request-id"] == "split" and screened(gw) == 0
+        assert orjson.loads(body)["error"]["limit"] == "requests_per_minute"
+    finally:
+        writer.close()
