@@ -21,6 +21,7 @@ from clexproxy.clock import Clock
 from clexproxy.config import Settings
 from clexproxy.metering import Meter
 from clexproxy.metrics import Metrics, NullMetrics
+from clexproxy.refusals import RecentRefusals
 from clexproxy.relay import KeepAlives
 from clexproxy.store.sqlite import SQLiteStore, UsageDelta
 from clexproxy.upstream import UpstreamPool
@@ -55,6 +56,7 @@ class Gateway:
         self.metrics = _metrics(settings)
         self.access_log = AccessLog(access_stream, settings.log_format)
         self.keepalives = KeepAlives(settings.sse_keepalive_seconds)
+        self.refusals = RecentRefusals()
         self.ready = False
         self._seq = 0
         self._data_version = -1

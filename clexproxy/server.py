@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from clexproxy.accesslog import configure_logging
 from clexproxy.app import build_app
 from clexproxy.config import Settings
 from clexproxy.fastpath import USING_EXTENSION, hash_key, key_format_ok
+from clexproxy.fdlimit import raise_open_file_limit, upstream_connection_cap
 from clexproxy.handlers import health
 from clexproxy.handlers.common import GATEWAY
 from clexproxy.metrics import reset_metrics_dir
@@ -75,7 +77,19 @@ def banner(settings: Settings, demo_key: str | None) -> str:
     return "\n".join(lines)
 
 
+def fit_open_file_limit(settings: Settings) -> Settings:
+    """The settings with upstream connections capped to what the open-file limit can hold."""
+    limit = raise_open_file_limit()
+    cap = upstream_connection_cap(settings.upstream_max_connections, limit)
+    if cap < settings.upstream_max_connections:
+        log.warning("upstream connections capped at %d (open-file limit %d, two sockets per call); "
+                    "calls beyond it wait for a connection", cap, limit)
+        settings = dataclasses.replace(settings, upstream_max_connections=cap)
+    return settings
+
+
 async def serve(settings: Settings) -> None:
+    settings = fit_open_file_limit(settings)
     demo_key = ensure_demo_key(settings) if settings.demo else None
     reset_metrics_dir(settings.metrics_dir)
     app = build_app(settings)

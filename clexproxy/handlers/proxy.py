@@ -64,9 +64,11 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     rid = request[REQUEST_ID] = pick_request_id(request.headers.get("X-Request-Id"))
     call = CallOutcome(endpoint, time.monotonic(), rid)
     gateway.metrics.call_started(endpoint)
+    authorization = request.headers.get("Authorization")
     try:
-        key, account = gateway.directory.authenticate(request.headers.get("Authorization"))
+        key, account = gateway.directory.authenticate(authorization)
     except ApiError as error:
+        gateway.refusals.note(authorization, call.started)
         return _refused(gateway, call, error, {"X-Request-Id": call.request_id})
     call.account_id, call.key_id, call.plan = account.id, key.key_id, account.plan.name
 
@@ -82,6 +84,8 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         call.model, call.tier = model.id, model.tier
         admission = gateway.meter.reserve(account, gateway.catalog.cost(model.id), bucket)
     except ApiError as error:
+        if isinstance(error, RateLimited) and error.limit == "requests_per_minute":
+            gateway.refusals.note(authorization, call.started)
         headers = error.headers if "X-Clex-Credits-Limit" in error.headers else gateway.meter.peek_headers(account)
         return _refused(gateway, call, error, {**headers, "X-Request-Id": call.request_id})
     except BaseException:
@@ -151,20 +155,28 @@ def screen(gateway: Gateway, endpoint: str, headers: Mapping[str, str]) -> tuple
 
     Returns the error and the request id to answer with (the error carries every other header,
     and the call is counted in the metrics and the access log exactly as `handle` counts it),
-    or None: the call takes the full path, which authenticates it again and counts it against
-    the limit.
+    or None: the call takes the full path, which authenticates it and counts it against the
+    limit. Only calls whose Authorization header was refused a moment ago are looked at.
     """
+    authorization = headers.get("Authorization")
+    now = time.monotonic()
+    refusals = gateway.refusals
+    if not refusals.seen(authorization, now):
+        return None
     try:
-        key, account = gateway.directory.authenticate(headers.get("Authorization"))
+        key, account = gateway.directory.authenticate(authorization)
     except ApiError as error:
-        call = CallOutcome(endpoint, time.monotonic(), pick_request_id(headers.get("X-Request-Id")))
+        refusals.note(authorization, now)
+        call = CallOutcome(endpoint, now, pick_request_id(headers.get("X-Request-Id")))
         gateway.metrics.call_started(endpoint)
         _settle_refusal(gateway, call, error)
         return error, call.request_id
     refusal = gateway.meter.rpm_refusal(account)
     if refusal is None:
+        refusals.forget(authorization)
         return None
-    call = CallOutcome(endpoint, time.monotonic(), pick_request_id(headers.get("X-Request-Id")))
+    refusals.note(authorization, now)
+    call = CallOutcome(endpoint, now, pick_request_id(headers.get("X-Request-Id")))
     gateway.metrics.call_started(endpoint)
     call.account_id, call.key_id, call.plan = account.id, key.key_id, account.plan.name
     _settle_refusal(gateway, call, refusal)

@@ -1,8 +1,9 @@
 """Refused calls answered from the raw request (clexproxy/screen.py): same answer, same counts, in order.
 
 Requests go over raw sockets so the tests control what shares a connection: a request alone on
-an idle connection is screened; one sent with `Connection: close` always takes the full path,
-which is what the screened answer is compared with.
+an idle connection, whose Authorization header was refused a moment ago, is screened; one sent
+with `Connection: close` always takes the full path, which is what the screened answer is
+compared with.
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ async def test_screened_429_is_the_full_paths_429(make_gateway: GatewayFactory, 
     gw = await make_gateway(clock=clock)
     key = await gw.add_key("flooder", "free")
     await spend_rpm(gw, key)
-    (s_status, s_headers, s_body), = await exchange(gw, request(key))
-    assert screened(gw) == 1
     (f_status, f_headers, f_body), = await exchange(gw, request(key, close=True))
+    assert screened(gw) == 0  # the first refusal takes the full path, and marks the key
+    (s_status, s_headers, s_body), = await exchange(gw, request(key))
     assert screened(gw) == 1
     assert s_status == f_status == 429
     assert s_body == f_body and orjson.loads(s_body)["error"]["limit"] == "requests_per_minute"
@@ -96,8 +97,8 @@ async def test_screened_429_is_the_full_paths_429(make_gateway: GatewayFactory, 
 async def test_screened_401_is_the_full_paths_401(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway()
     bad = "clex_" + "0" * 48
-    (s_status, s_headers, s_body), = await exchange(gw, request(bad))
     (f_status, f_headers, f_body), = await exchange(gw, request(bad, close=True))
+    (s_status, s_headers, s_body), = await exchange(gw, request(bad))
     assert screened(gw) == 1
     assert s_status == f_status == 401
     assert s_body == f_body and comparable(s_headers) == comparable(f_headers)
@@ -110,10 +111,12 @@ async def test_screened_calls_are_counted_and_logged(make_gateway: GatewayFactor
     gw = await make_gateway(clock=clock, access_stream=sink, log_format="json")
     key = await gw.add_key("counted", "free")
     await spend_rpm(gw, key)
+    bad = "clex_" + "1" * 48
+    await exchange(gw, request(key, rid="warm-1"), request(bad, rid="warm-2"))  # full path: marks both
     before = await scrape(gw)
     answers = await exchange(gw, request(key, rid="s-1"))
-    answers += await exchange(gw, request("clex_" + "1" * 48, rid="s-2"))
-    assert [a[0] for a in answers] == [429, 401]
+    answers += await exchange(gw, request(bad, rid="s-2"))
+    assert [a[0] for a in answers] == [429, 401] and screened(gw) == 2
     after = await scrape(gw)
     limited = "clexproxy_rate_limited_total"
     assert value(after, limited, limit="requests_per_minute") - value(before, limited, limit="requests_per_minute") == 1
@@ -140,7 +143,7 @@ async def test_connection_stays_open_after_a_screened_answer(make_gateway: Gatew
         for key in (flooder, fine, flooder, fine):
             writer.write(request(key))
             statuses.append((await read_response(reader))[0])
-        assert statuses == [429, 200, 429, 200] and screened(gw) == 2
+        assert statuses == [429, 200, 429, 200] and screened(gw) == 1  # the first refusal marks the key
     finally:
         writer.close()
 
@@ -152,6 +155,7 @@ async def test_answers_keep_their_order_behind_a_call_in_flight(make_gateway: Ga
     flooder = await gw.add_key("spent2", "free")
     fine = await gw.add_key("fine2", "pro")
     await spend_rpm(gw, flooder)
+    await exchange(gw, request(flooder, close=True))  # marks the key: alone, its next call would be screened
     host, port = gw.base_url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
@@ -173,6 +177,7 @@ async def test_pipelined_requests_are_answered_in_order(make_gateway: GatewayFac
     flooder = await gw.add_key("spent3", "free")
     fine = await gw.add_key("fine3", "pro")
     await spend_rpm(gw, flooder)
+    await exchange(gw, request(flooder, close=True))
     answers = await exchange(gw, request(fine, rid="a"), request(flooder, rid="b"), request(fine, rid="c"))
     assert [(a[0], a[1]["x-request-id"]) for a in answers] == [(200, "a"), (429, "b"), (200, "c")]
     assert screened(gw) == 0
@@ -183,6 +188,7 @@ async def test_body_split_across_packets_takes_the_full_path(make_gateway: Gatew
     gw = await make_gateway(clock=clock)
     flooder = await gw.add_key("spent4", "free")
     await spend_rpm(gw, flooder)
+    await exchange(gw, request(flooder, close=True))
     raw = request(flooder, rid="split")
     host, port = gw.base_url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -196,3 +202,15 @@ async def test_body_split_across_packets_takes_the_full_path(make_gateway: Gatew
         assert orjson.loads(body)["error"]["limit"] == "requests_per_minute"
     finally:
         writer.close()
+
+
+async def test_a_refilled_key_passes_the_screen(make_gateway: GatewayFactory, clock: ManualClock) -> None:
+    gw = await make_gateway(clock=clock)
+    key = await gw.add_key("refills", "free")
+    await spend_rpm(gw, key)
+    assert [a[0] for a in await exchange(gw, request(key, close=True))] == [429]
+    assert [a[0] for a in await exchange(gw, request(key))] == [429] and screened(gw) == 1
+    clock.advance(60)  # a minute later the bucket is full again
+    assert [a[0] for a in await exchange(gw, request(key))] == [200]
+    assert [a[0] for a in await exchange(gw, request(key))] == [200]
+    assert screened(gw) == 1

@@ -1,0 +1,39 @@
+"""Which Authorization headers were refused a moment ago: the screen's hint, never its decision.
+
+Screening a call (clexproxy/screen.py) means authenticating it and looking at its per-minute
+bucket before aiohttp builds a Request; for a call that is then admitted, that work is done a
+second time on the full path. Refusals come in floods from the same few keys, so the screen
+looks only at calls whose exact Authorization header was refused within the last `ttl`
+seconds: every other call pays one hash and one dict lookup. A hash collision only sends an
+admitted call through the screen, which then lets it pass.
+"""
+
+from __future__ import annotations
+
+TTL_SECONDS = 1.0
+MAX_ENTRIES = 65_536  # a flood of distinct bad keys clears the table instead of growing it
+
+
+class RecentRefusals:
+    __slots__ = ("_until",)
+
+    def __init__(self) -> None:
+        self._until: dict[int, float] = {}
+
+    def note(self, authorization: str | None, now: float) -> None:
+        """`authorization` was just refused (bad key or spent per-minute limit)."""
+        until = self._until
+        if len(until) >= MAX_ENTRIES:
+            until.clear()
+        until[hash(authorization)] = now + TTL_SECONDS
+
+    def forget(self, authorization: str | None) -> None:
+        """`authorization` was just admitted: its calls go straight to the full path again."""
+        self._until.pop(hash(authorization), None)
+
+    def seen(self, authorization: str | None, now: float) -> bool:
+        until = self._until.get(hash(authorization))
+        return until is not None and until > now
+
+    def __len__(self) -> int:
+        return len(self._until)

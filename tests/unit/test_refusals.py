@@ -1,0 +1,30 @@
+"""The screen's hint: refused Authorization headers, for a second, by hash."""
+
+from __future__ import annotations
+
+from clexproxy import refusals
+from clexproxy.refusals import RecentRefusals
+
+
+def test_a_refusal_is_remembered_for_the_ttl_only() -> None:
+    recent = RecentRefusals()
+    recent.note("Bearer clex_a", 100.0)
+    assert recent.seen("Bearer clex_a", 100.5)
+    assert not recent.seen("Bearer clex_a", 100.0 + refusals.TTL_SECONDS + 0.001)
+    assert not recent.seen("Bearer clex_b", 100.5)
+
+
+def test_forget_and_missing_header() -> None:
+    recent = RecentRefusals()
+    recent.note(None, 1.0)
+    recent.note("Bearer x", 1.0)
+    assert recent.seen(None, 1.1)
+    recent.forget("Bearer x")
+    assert not recent.seen("Bearer x", 1.1) and len(recent) == 1
+
+
+def test_a_flood_of_distinct_headers_cannot_grow_it_without_bound() -> None:
+    recent = RecentRefusals()
+    for i in range(refusals.MAX_ENTRIES + 10):
+        recent.note(f"Bearer clex_{i}", 1.0)
+    assert len(recent) <= refusals.MAX_ENTRIES
