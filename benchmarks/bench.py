@@ -352,8 +352,15 @@ def scenario_latency(bench: Bench) -> list[Row]:
     return rows
 
 
+ONE_KEY = "clexproxy, 1 key"  # (a)'s workload on the scenario's own gateway, measured in turns with it
+
+
 def scenario_many_keys(bench: Bench) -> list[Row]:
-    """(d) 100,000 keys over 10,000 accounts, each request from a random one."""
+    """(d) 100,000 keys over 10,000 accounts, each request from a random one.
+
+    Measured in turns with one key on the same gateway, so the comparison isolates the number of
+    keys from the machine's drift between scenarios.
+    """
     nginx = bench.nginx()
     upstream = f"http://127.0.0.1:{nginx.port}/json/v1"
     data = bench.work / "data-d"
@@ -362,13 +369,11 @@ def scenario_many_keys(bench: Bench) -> list[Row]:
     keys_file = bench.work / "keys-d.txt"
     keys_file.write_text("\n".join(keys) + "\n")
     clex = bench.clexproxy(upstream, data)
-    row = {"target": "clexproxy", "keys": len(keys),
-           **bench.measure(clex, clex.url, 64, env={"CLEX_KEYS_FILE": str(keys_file)})}
-    row2 = bench.measure(clex, clex.url, 64, env={"CLEX_KEYS_FILE": str(keys_file)})
-    if row2["rps"] > row["rps"]:
-        row.update(row2)
+    many = f"clexproxy, {len(keys):,} keys"
+    rows = interleaved(bench, [(many, clex, clex.url, {"CLEX_KEYS_FILE": str(keys_file)}),
+                               (ONE_KEY, clex, clex.url, {"CLEX_KEY": demo_key(data)})], 64, False)
     bench.stop_all()
-    return [row]
+    return rows
 
 
 def scenario_flood(bench: Bench) -> list[Row]:
@@ -384,15 +389,11 @@ def scenario_flood(bench: Bench) -> list[Row]:
     clex = bench.clexproxy(upstream, data, config=config)
     keys_file = bench.work / "keys-f.txt"
     keys_file.write_text("\n".join([*limited, demo_key(data)]) + "\n")
-    best: Row = {}
-    for _ in range(2):
-        result = bench.measure(clex, clex.url, 64, env={"CLEX_KEYS_FILE": str(keys_file)})
-        if not best or result["rps"] > best["rps"]:
-            best = result
-    best["target"] = "clexproxy"
-    best["rejected_share"] = best["non2xx"] / max(1, best["requests"])
+    rows = interleaved(bench, [("clexproxy, flood", clex, clex.url, {"CLEX_KEYS_FILE": str(keys_file)}),
+                               (ONE_KEY, clex, clex.url, {"CLEX_KEY": demo_key(data)})], 64, False)
+    rows[0]["rejected_share"] = rows[0]["non2xx"] / max(1, rows[0]["requests"])
     bench.stop_all()
-    return [best]
+    return rows
 
 
 def scenario_slow_streams(bench: Bench) -> list[Row]:
@@ -447,9 +448,9 @@ def report(results: dict[str, list[Row]], quick: bool, started: float) -> str:
         "a": "(a) small non-streaming chat completion, 64 connections (wrk)",
         "b": f"(b) streaming, {STREAM_CHUNKS} SSE chunks per answer, 64 connections (wrk)",
         "c": "(c) one connection: latency added over direct",
-        "d": "(d) 100,000 keys over 10,000 accounts, a random key per request, 64 connections",
+        "d": "(d) 100,000 keys over 10,000 accounts, a random key per request, 64 connections; in turns with one key",
         "e": "(e) 10,000 concurrent slow streams (1 chunk/s for 30 s) on one worker",
-        "f": "(f) flood: 9 requests in 10 refused by the per-minute limit, 64 connections",
+        "f": "(f) flood: 9 requests in 10 refused by the per-minute limit, 64 connections; in turns with one key",
     }
     for name, rows in results.items():
         lines += [f"## {titles[name]}", ""]
@@ -486,6 +487,14 @@ def report(results: dict[str, list[Row]], quick: bool, started: float) -> str:
     return text
 
 
+def _versus_a(value: float, a: float | None, ratio: bool = False) -> str:
+    if not a:
+        return ""
+    if ratio:
+        return f" ({value / a:.2f} x (a)'s clexproxy row)"
+    return f" ({value / a - 1:+.1%} against (a)'s clexproxy row)"
+
+
 def targets_section(results: dict[str, list[Row]]) -> list[str]:
     def rps(name: str, target: str) -> float | None:
         return next((r["rps"] for r in results.get(name, []) if r["target"] == target), None)
@@ -501,17 +510,19 @@ def targets_section(results: dict[str, list[Row]]) -> list[str]:
         added, floor = rows["clexproxy"]["added_p50_ms"], rows["baseline"]["added_p50_ms"]
         lines.append(f"- (c) p50 added ≤ baseline's + 0.05 ms: {added:.3f} ms vs {floor:.3f} ms — "
                      f"{'met' if added <= floor + 0.05 else 'not met'}")
-    if "d" in results and rps("a", "clexproxy"):
-        d, a = results["d"][0]["rps"], rps("a", "clexproxy") or 1.0
-        lines.append(f"- (d) no more than 5 % below (a): {d / a - 1:+.1%} — {'met' if d >= 0.95 * a else 'not met'}")
+    if "d" in results:
+        d, one = results["d"][0]["rps"], rps("d", ONE_KEY) or 1.0
+        lines.append(f"- (d) no more than 5 % below (a): {d / one - 1:+.1%} against one key on the same gateway, "
+                     f"in turns — {'met' if d >= 0.95 * one else 'not met'}" + _versus_a(d, rps("a", "clexproxy")))
     if "e" in results:
         r = results["e"][0]
         ok = r["completed"] == r["streams"] and r["rss_peak_mb"] <= 400
         lines.append(f"- (e) every stream completes, RSS ≤ 400 MB: {r['completed']:,}/{r['streams']:,}, "
                      f"{r['rss_peak_mb']:.0f} MB — {'met' if ok else 'not met'}")
-    if "f" in results and rps("a", "clexproxy"):
-        f, a = results["f"][0]["rps"], rps("a", "clexproxy") or 1.0
-        lines.append(f"- (f) requests/s ≥ 3 x (a): {f / a:.2f} x — {'met' if f >= 3 * a else 'not met'}")
+    if "f" in results:
+        f, one = results["f"][0]["rps"], rps("f", ONE_KEY) or 1.0
+        lines.append(f"- (f) requests/s ≥ 3 x (a): {f / one:.2f} x one key on the same gateway, in turns — "
+                     f"{'met' if f >= 3 * one else 'not met'}" + _versus_a(f, rps("a", "clexproxy"), ratio=True))
     return [*lines, ""]
 
 
