@@ -97,7 +97,7 @@ class ScreeningRequestHandler(RequestHandler):
 
     def __init__(self, manager: ScreeningServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self._parser = _ScreeningParser(self._parser, self, manager)
+        self._parser = _ScreeningParser(self._parser, self, manager)  # type: ignore[assignment]  # duck-typed stand-in
         self.in_flight = 0  # requests handed to aiohttp whose answer is not yet written
 
     @property

@@ -87,8 +87,7 @@ class Origin:
         self._addresses: list[tuple[Any, ...]] = []
         self._resolved_at = -DNS_TTL
         self._closed = False
-        default_port = url.port is None or url.is_default_port()
-        self.host_header = self._host if default_port else f"{self._host}:{self._port}"
+        self.host_header = url.host_port_subcomponent or self._host  # brackets an IPv6 literal; no default port
 
     def request_head(self, path: str, headers: dict[str, str]) -> bytes:
         """The fixed part of a POST to `path`: request line, Host and `headers` (prebuilt once per URL)."""

@@ -248,6 +248,8 @@ async def test_host_header_omits_default_port() -> None:
                   read_timeout=1).host_header == "api.example.com"
     assert Origin(URL("http://h:8080"), limit=1, keepalive_timeout=1, connect_timeout=1,
                   read_timeout=1).host_header == "h:8080"
+    assert Origin(URL("http://[::1]:8080/v1"), limit=1, keepalive_timeout=1, connect_timeout=1,
+                  read_timeout=1).host_header == "[::1]:8080"
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
