@@ -32,8 +32,14 @@ class RecentRefusals:
         self._until.pop(hash(authorization), None)
 
     def seen(self, authorization: str | None, now: float) -> bool:
-        until = self._until.get(hash(authorization))
-        return until is not None and until > now
+        key = hash(authorization)
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self._until[key]  # expired: the table empties again once a flood is over
+        return False
 
     def __len__(self) -> int:
         return len(self._until)

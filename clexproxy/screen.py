@@ -64,17 +64,18 @@ def raw_response(error: ApiError, request_id: str) -> bytes:
 class _ScreeningParser:
     """Stands in front of a connection's aiohttp request parser and takes refused calls out of its output."""
 
-    __slots__ = ("_gateway", "_gateway_server", "_handler", "_parser")
+    __slots__ = ("_gateway", "_gateway_server", "_handler", "_parser", "_refusals")
 
     def __init__(self, parser: Any, handler: ScreeningRequestHandler, server: ScreeningServer) -> None:
         self._parser = parser
         self._handler = handler
         self._gateway_server = server
         self._gateway = server.gateway
+        self._refusals = server.gateway.refusals
 
     def feed_data(self, data: bytes) -> tuple[Any, bool, bytes]:
         messages, upgraded, tail = self._parser.feed_data(data)
-        if len(messages) == 1 and self._handler.idle:
+        if len(messages) == 1 and self._refusals and self._handler.idle:  # no refusal lately: nothing to screen
             message, payload = messages[0]
             endpoint = SCREENED_PATHS.get(message.path)
             if (endpoint is not None and message.method == "POST" and message.version == HttpVersion11

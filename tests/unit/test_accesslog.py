@@ -24,5 +24,12 @@ def outcomes() -> list[CallOutcome]:
 
 @pytest.mark.parametrize("call", outcomes(), ids=["plain", "refused", "full", "broken"])
 def test_text_pairs_match_the_fields(call: CallOutcome) -> None:
-    expected = [f"{k}={'-' if v is None else v}" for k, v in call_fields(call).items()]
-    assert call_text(call).split(" ") == expected
+    fields = call_fields(call)
+    pairs = [pair.split("=", 1) for pair in call_text(call).split(" ")]
+    assert [k for k, _ in pairs] == list(fields)
+    for key, text in pairs:
+        value = fields[key]
+        if key.endswith("_ms"):
+            assert float(text) == value and len(text.split(".")[1]) == 3
+        else:
+            assert text == ("-" if value is None else str(value))

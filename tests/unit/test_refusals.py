@@ -10,8 +10,9 @@ def test_a_refusal_is_remembered_for_the_ttl_only() -> None:
     recent = RecentRefusals()
     recent.note("Bearer clex_a", 100.0)
     assert recent.seen("Bearer clex_a", 100.5)
-    assert not recent.seen("Bearer clex_a", 100.0 + refusals.TTL_SECONDS + 0.001)
     assert not recent.seen("Bearer clex_b", 100.5)
+    assert not recent.seen("Bearer clex_a", 100.0 + refusals.TTL_SECONDS + 0.001)
+    assert len(recent) == 0 and not recent  # an expired entry leaves the table when it is looked at
 
 
 def test_forget_and_missing_header() -> None:
