@@ -50,10 +50,22 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
         body += chunk[:-2]
 
 
+async def connect(gw: RunningGateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = gw.base_url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def spent_and_fine(gw: RunningGateway, name: str) -> tuple[str, str]:
+    """A key whose per-minute limit is spent, and one on a plan with room."""
+    flooder = await gw.add_key(f"spent-{name}", "free")
+    fine = await gw.add_key(f"fine-{name}", "pro")
+    await spend_rpm(gw, flooder)
+    return flooder, fine
+
+
 async def exchange(gw: RunningGateway, *raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     """Send `raw` requests on one connection, back to back, and read as many answers."""
-    host, port = gw.base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(gw)
     try:
         writer.write(b"".join(raw))
         await writer.drain()
@@ -133,11 +145,8 @@ async def test_screened_calls_are_counted_and_logged(make_gateway: GatewayFactor
 async def test_connection_stays_open_after_a_screened_answer(make_gateway: GatewayFactory,
                                                              clock: ManualClock) -> None:
     gw = await make_gateway(clock=clock)
-    flooder = await gw.add_key("spent", "free")
-    fine = await gw.add_key("fine", "pro")
-    await spend_rpm(gw, flooder)
-    host, port = gw.base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    flooder, fine = await spent_and_fine(gw, "1")
+    reader, writer = await connect(gw)
     try:
         statuses = []
         for key in (flooder, fine, flooder, fine):
@@ -152,12 +161,9 @@ async def test_answers_keep_their_order_behind_a_call_in_flight(make_gateway: Ga
                                                                  clock: ManualClock) -> None:
     """A refused call queued behind a slow admitted one on the same connection is answered after it."""
     gw = await make_gateway(clock=clock)
-    flooder = await gw.add_key("spent2", "free")
-    fine = await gw.add_key("fine2", "pro")
-    await spend_rpm(gw, flooder)
+    flooder, fine = await spent_and_fine(gw, "2")
     await exchange(gw, request(flooder, close=True))  # marks the key: alone, its next call would be screened
-    host, port = gw.base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(gw)
     try:
         writer.write(request(fine, rid="slow", extra="x-demo-headers-delay-ms: 400\r\n"))
         await writer.drain()
@@ -174,9 +180,7 @@ async def test_answers_keep_their_order_behind_a_call_in_flight(make_gateway: Ga
 
 async def test_pipelined_requests_are_answered_in_order(make_gateway: GatewayFactory, clock: ManualClock) -> None:
     gw = await make_gateway(clock=clock)
-    flooder = await gw.add_key("spent3", "free")
-    fine = await gw.add_key("fine3", "pro")
-    await spend_rpm(gw, flooder)
+    flooder, fine = await spent_and_fine(gw, "3")
     await exchange(gw, request(flooder, close=True))
     answers = await exchange(gw, request(fine, rid="a"), request(flooder, rid="b"), request(fine, rid="c"))
     assert [(a[0], a[1]["x-request-id"]) for a in answers] == [(200, "a"), (429, "b"), (200, "c")]
@@ -190,8 +194,7 @@ async def test_body_split_across_packets_takes_the_full_path(make_gateway: Gatew
     await spend_rpm(gw, flooder)
     await exchange(gw, request(flooder, close=True))
     raw = request(flooder, rid="split")
-    host, port = gw.base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(gw)
     try:
         writer.write(raw[:-10])
         await writer.drain()
