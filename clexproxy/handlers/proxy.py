@@ -163,22 +163,21 @@ def screen(gateway: Gateway, endpoint: str, headers: Mapping[str, str]) -> tuple
     refusals = gateway.refusals
     if not refusals.seen(authorization, now):
         return None
+    call = CallOutcome(endpoint, now)
+    refusal: ApiError | None
     try:
         key, account = gateway.directory.authenticate(authorization)
     except ApiError as error:
-        refusals.note(authorization, now)
-        call = CallOutcome(endpoint, now, pick_request_id(headers.get("X-Request-Id")))
-        gateway.metrics.call_started(endpoint)
-        _settle_refusal(gateway, call, error)
-        return error, call.request_id
-    refusal = gateway.meter.rpm_refusal(account)
-    if refusal is None:
-        refusals.forget(authorization)
-        return None
+        refusal = error
+    else:
+        refusal = gateway.meter.rpm_refusal(account)
+        if refusal is None:
+            refusals.forget(authorization)
+            return None
+        call.account_id, call.key_id, call.plan = account.id, key.key_id, account.plan.name
     refusals.note(authorization, now)
-    call = CallOutcome(endpoint, now, pick_request_id(headers.get("X-Request-Id")))
+    call.request_id = pick_request_id(headers.get("X-Request-Id"))
     gateway.metrics.call_started(endpoint)
-    call.account_id, call.key_id, call.plan = account.id, key.key_id, account.plan.name
     _settle_refusal(gateway, call, refusal)
     return refusal, call.request_id
 
