@@ -217,3 +217,21 @@ async def test_a_refilled_key_passes_the_screen(make_gateway: GatewayFactory, cl
     assert [a[0] for a in await exchange(gw, request(key))] == [200]
     assert [a[0] for a in await exchange(gw, request(key))] == [200]
     assert screened(gw) == 1
+
+
+async def test_bytes_that_continue_a_partial_request_are_not_screened(make_gateway: GatewayFactory,
+                                                                       clock: ManualClock) -> None:
+    """A read that looks like a whole refused call but continues a request aiohttp holds part of."""
+    gw = await make_gateway(clock=clock)
+    flooder, _ = await spent_and_fine(gw, "5")
+    await exchange(gw, request(flooder, close=True))  # marks the key
+    reader, writer = await connect(gw)
+    try:
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(request(flooder, rid="inside"))
+        status, _, _ = await read_response(reader)
+        assert status == 400 and screened(gw) == 0  # aiohttp's parser saw it all, and refused the mix
+    finally:
+        writer.close()
