@@ -27,6 +27,7 @@ from aiohttp.web_protocol import RequestHandler
 from clexproxy.errors import ApiError
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.proxy import screen
+from clexproxy.outbox import Outbox
 
 # The proxied paths, as clients send them, and the endpoint each serves (see app.py's routes).
 SCREENED_PATHS = {
@@ -154,7 +155,7 @@ class ScreeningRequestHandler(RequestHandler):
     def answer(self, raw: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(raw)
+            self._screening.outbox.write(transport, raw)
             # The connection was just used: its keep-alive clock starts again, as after any answer.
             self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
 
@@ -166,6 +167,7 @@ class ScreeningServer(web.Server):
         super().__init__(*args, **kwargs)
         self.gateway = gateway
         self.screened = 0  # calls answered from the raw request
+        self.outbox = Outbox(self._loop)  # answers leave at the end of the loop's turn (clexproxy/outbox.py)
 
     def __call__(self) -> RequestHandler:
         return ScreeningRequestHandler(self, loop=self._loop, **self._kwargs)

@@ -25,6 +25,8 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from clexproxy.outbox import Outbox
+
 READ_BUFSIZE = 2**16
 DNS_TTL = 300.0
 _Idle = tuple[ResponseHandler, float]
@@ -87,6 +89,7 @@ class Origin:
         self._addresses: list[tuple[Any, ...]] = []
         self._resolved_at = -DNS_TTL
         self._closed = False
+        self._outbox: Outbox | None = None  # requests leave at the end of the loop's turn (clexproxy/outbox.py)
         self.host_header = url.host_port_subcomponent or self._host  # brackets an IPv6 literal; no default port
 
     def request_head(self, path: str, headers: dict[str, str]) -> bytes:
@@ -110,10 +113,10 @@ class Origin:
                 transport = conn.transport
                 if transport is None:
                     raise ServerDisconnectedError()
-                if len(body) > 16384:
-                    transport.writelines((request, body))
-                else:
-                    transport.write(request + body)
+                outbox = self._outbox
+                if outbox is None:
+                    outbox = self._outbox = Outbox(asyncio.get_running_loop())
+                outbox.write(transport, request + body)
                 conn.start_timeout()
                 while True:
                     message, payload = await conn.read()

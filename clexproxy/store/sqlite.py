@@ -49,7 +49,9 @@ CREATE TABLE IF NOT EXISTS usage (
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (account_id, day)
-) WITHOUT ROWID;  -- one B-tree, not a rowid table plus the key's index: the write-behind upserts a row per active account
+-- WITHOUT ROWID: one B-tree, not a rowid table plus the key's index (the write-behind upserts a row per
+-- active account every flush)
+) WITHOUT ROWID;
 """
 
 
