@@ -99,12 +99,14 @@ class RateLimited(ApiError):
     type = "rate_limit_error"
 
     def __init__(self, message: str, *, limit: str, retry_after: float, headers: Mapping[str, str] | None = None):
-        retry_after = min(retry_after, MAX_RETRY_AFTER)  # a bucket that never refills says "inf"
-        seconds = max(1, int(retry_after + 0.999))
-        retry = {"Retry-After": str(seconds), "retry-after-ms": str(max(1, int(retry_after * 1000 + 0.999)))}
+        if retry_after > MAX_RETRY_AFTER:
+            retry_after = MAX_RETRY_AFTER  # a bucket that never refills says "inf"
+        super().__init__(message, headers=headers, extra={"limit": limit})
+        merged = self.headers  # ApiError's own copy: extended in place
+        merged["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+        merged["retry-after-ms"] = str(max(1, int(retry_after * 1000 + 0.999)))
         if limit == "daily_credits":
-            retry["x-should-retry"] = "false"
-        super().__init__(message, headers={**(headers or {}), **retry}, extra={"limit": limit})
+            merged["x-should-retry"] = "false"
         self.limit = limit
 
 

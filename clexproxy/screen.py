@@ -136,10 +136,12 @@ class ScreeningRequestHandler(RequestHandler):
         if endpoint is None or b"expect" in headers or b"close" in headers.get(b"connection", b"").lower():
             return None
         wanted = {}
-        for name, raw_name in (("Authorization", b"authorization"), ("X-Request-Id", b"x-request-id")):
-            value = headers.get(raw_name)
-            if value is not None:
-                wanted[name] = value.decode("utf-8", "surrogateescape")
+        authorization = headers.get(b"authorization")
+        if authorization is not None:
+            wanted["Authorization"] = authorization.decode("utf-8", "surrogateescape")
+        request_id = headers.get(b"x-request-id")
+        if request_id is not None:
+            wanted["X-Request-Id"] = request_id.decode("utf-8", "surrogateescape")
         refused = screen(self._screening.gateway, endpoint, wanted)
         if refused is None:
             return None
