@@ -10,22 +10,34 @@ admitted call through the screen, which then lets it pass.
 
 from __future__ import annotations
 
+import time
+
 TTL_SECONDS = 1.0
 MAX_ENTRIES = 65_536  # a flood of distinct bad keys clears the table instead of growing it
 
 
 class RecentRefusals:
-    __slots__ = ("_until",)
+    __slots__ = ("_latest", "_until")
 
     def __init__(self) -> None:
         self._until: dict[int, float] = {}
+        self._latest = 0.0  # when the last entry expires: past it, the whole table is stale
+
+    def active(self) -> bool:
+        """Whether any refusal is still remembered; a table whose entries have all expired is emptied."""
+        if not self._until:
+            return False
+        if time.monotonic() > self._latest:
+            self._until.clear()
+            return False
+        return True
 
     def note(self, authorization: str | None, now: float) -> None:
         """`authorization` was just refused (bad key or spent per-minute limit)."""
         until = self._until
         if len(until) >= MAX_ENTRIES:
             until.clear()
-        until[hash(authorization)] = now + TTL_SECONDS
+        until[hash(authorization)] = self._latest = now + TTL_SECONDS
 
     def forget(self, authorization: str | None) -> None:
         """`authorization` was just admitted: its calls go straight to the full path again."""

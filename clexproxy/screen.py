@@ -118,7 +118,7 @@ class ScreeningRequestHandler(RequestHandler):
         if not data:  # aiohttp re-running its parser on what it holds: nothing new arrived
             super().data_received(data)
             return
-        if not self._refusals:  # no refusal lately: nothing to screen, and no need to follow framing
+        if not self._refusals.active():  # no refusal lately: nothing to screen, nor framing to follow
             self._at_boundary = False
             super().data_received(data)
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from clexproxy import refusals
 from clexproxy.refusals import RecentRefusals
 
@@ -29,3 +31,13 @@ def test_a_flood_of_distinct_headers_cannot_grow_it_without_bound() -> None:
     for i in range(refusals.MAX_ENTRIES + 10):
         recent.note(f"Bearer clex_{i}", 1.0)
     assert len(recent) <= refusals.MAX_ENTRIES
+
+
+def test_a_table_of_expired_refusals_empties_itself() -> None:
+    recent = RecentRefusals()
+    assert not recent.active()
+    recent.note("Bearer a", time.monotonic())
+    assert recent.active()
+    recent.note("Bearer b", time.monotonic() - 2 * refusals.TTL_SECONDS)  # noted long ago
+    recent.note("Bearer a", time.monotonic() - 2 * refusals.TTL_SECONDS)
+    assert not recent.active() and len(recent) == 0
