@@ -26,6 +26,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from clexproxy.errors import ApiError
 from clexproxy.gateway import Gateway
+from clexproxy.handlers.common import GATEWAY
 from clexproxy.handlers.proxy import screen
 from clexproxy.outbox import Outbox
 
@@ -179,8 +180,6 @@ class GatewayRunner(web.AppRunner):
     """The AppRunner `serve` (and the tests) use: the app's server, with refused calls screened."""
 
     async def _make_server(self) -> web.Server:
-        from clexproxy.handlers.common import GATEWAY
-
         server = await super()._make_server()
         return ScreeningServer(
             server.request_handler, request_factory=server.request_factory,
