@@ -21,7 +21,7 @@ from clexproxy.errors import ApiError, InternalError, MethodNotAllowed, NotFound
 from clexproxy.gateway import Gateway
 from clexproxy.handlers import admin, health, models
 from clexproxy.handlers.common import GATEWAY, request_id
-from clexproxy.handlers.proxy import make_handler
+from clexproxy.handlers.proxy import PROXIED_PATHS, make_handler
 from clexproxy.store.sqlite import SQLiteStore
 
 log = logging.getLogger("clexproxy.app")
@@ -137,11 +137,11 @@ def build_app(settings: Settings, clock: Clock | None = None, access_stream: Bin
     app = web.Application(client_max_size=settings.max_body_bytes)
     app.cleanup_ctx.append(_gateway_context(settings, clock or SystemClock(), access_stream))
     router = app.router
-    chat = make_handler("/chat/completions")
-    router.add_post("/v1/chat/completions", chat)
-    router.add_get("/v1/chat/completions", guarded(chat_get))
-    router.add_post("/api/chat", chat)
-    router.add_post("/v1/embeddings", make_handler("/embeddings"))
+    handlers = {endpoint: make_handler(endpoint) for endpoint in set(PROXIED_PATHS.values())}
+    for path, endpoint in PROXIED_PATHS.items():
+        router.add_post(path, handlers[endpoint])
+        if path == "/v1/chat/completions":  # right after its POST: aiohttp merges them into one resource
+            router.add_get(path, guarded(chat_get))  # a browser's GET gets a JSON 405 that explains
     router.add_get("/v1/models", guarded(models.list_models))
     router.add_get("/v1/models/{model_id:.+}", guarded(models.get_model))
     router.add_get("/api/credits/pricing", guarded(models.pricing))

@@ -27,15 +27,9 @@ from aiohttp.web_protocol import RequestHandler
 from clexproxy.errors import ApiError
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY
-from clexproxy.handlers.proxy import screen
+from clexproxy.handlers.proxy import PROXIED_PATHS, screen
 from clexproxy.outbox import Outbox
 
-# The proxied paths, as clients send them, and the endpoint each serves (see app.py's routes).
-SCREENED_PATHS = {
-    "/v1/chat/completions": "/chat/completions",
-    "/api/chat": "/chat/completions",
-    "/v1/embeddings": "/embeddings",
-}
 
 class _Date:
     """The Date header's value, formatted once a second."""
@@ -92,7 +86,7 @@ def whole_request(data: bytes) -> tuple[bytes, dict[bytes, bytes]] | None:
 
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host", b"authorization"})
-_SCREENED_LINES = {f"POST {path} HTTP/1.1".encode(): endpoint for path, endpoint in SCREENED_PATHS.items()}
+_SCREENED_LINES = {f"POST {path} HTTP/1.1".encode(): endpoint for path, endpoint in PROXIED_PATHS.items()}
 
 
 class ScreeningRequestHandler(RequestHandler):

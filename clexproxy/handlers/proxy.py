@@ -27,6 +27,14 @@ from clexproxy.validation import default_stream, validate_chat, validate_embeddi
 
 log = logging.getLogger("clexproxy.proxy")
 
+# The proxied paths, as clients send them, and the endpoint each serves: the router and the
+# screen (clexproxy/screen.py) both read this one table.
+PROXIED_PATHS = {
+    "/v1/chat/completions": "/chat/completions",
+    "/api/chat": "/chat/completions",
+    "/v1/embeddings": "/embeddings",
+}
+
 
 def _route(models: Mapping[str, Model], model_id: str, kind: str) -> Model:
     model = models.get(model_id)
