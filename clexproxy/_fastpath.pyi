@@ -11,6 +11,7 @@ __all__ = (
     "has_usage",
     "hash_key",
     "key_format_ok",
+    "plain_request",
 )
 
 class SSEEvent:
@@ -94,3 +95,5 @@ class KeyTable:
     def lookup_hash(self, key_hash: bytes) -> KeyEntry | None: ...
     def clear(self) -> None: ...
     def __len__(self) -> int: ...
+
+def plain_request(data: bytes) -> tuple[bytes, bytes | None, bytes | None] | None: ...

@@ -5,13 +5,15 @@ and so every test runs against two independent implementations of the same rules
 API and every observable result must match `_fastpath.pyx` exactly; the algorithms mirror it
 step by step (same scan order, same floating-point operation order) so that they cannot drift.
 
-Four pieces live here because they run on every request or every streamed chunk:
+Five pieces live here because they run on every request or every streamed chunk:
 
 * `SSEParser`: splits an upstream Server-Sent Events stream into events while keeping each
   event's exact bytes, so the gateway can relay byte-for-byte and still read what it needs.
 * `TokenBuckets`: the per-account requests-per-minute limit.
 * `CreditLedger`: the per-account daily credit budget, with write-behind usage deltas.
 * `KeyTable`: the in-memory API key lookup, keyed by digest so the secret is never compared.
+* `plain_request`: the few header values the screen (clexproxy/screen.py) reads from a raw
+  request, when that request is one whole, plain request.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = (
     "has_usage",
     "hash_key",
     "key_format_ok",
+    "plain_request",
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -677,3 +680,62 @@ class KeyTable:
 
     def __len__(self) -> int:
         return len(self._by_hash)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole plain requests (the screen's input, clexproxy/screen.py)
+# ---------------------------------------------------------------------------------------------
+
+# RFC 9110's token characters (header names) and field-value characters (visible ASCII, space,
+# tab and obs-text): anything else goes to aiohttp, which answers it with a 400.
+_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([\t\x20-\x7e\x80-\xff]*)")
+_REQUEST_LINE = re.compile(rb"[\x20-\x7e\x80-\xff]+")
+_READ_NAMES = frozenset(
+    {b"authorization", b"x-request-id", b"content-length", b"transfer-encoding", b"host", b"connection", b"expect"}
+)
+_REFUSED_NAMES = frozenset({b"transfer-encoding", b"expect"})
+
+
+def plain_request(data: bytes) -> tuple[bytes, bytes | None, bytes | None] | None:
+    """The request line, Authorization and X-Request-Id of `data` when it is one whole, plain request.
+
+    None for anything the screen must leave to aiohttp's parser, which knows every case: part of
+    a request or more than one, a body framed other than by one Content-Length, a repeated
+    header the screen reads, a folded or malformed line, a control character, `Expect`, or
+    `Connection: close` (the full path closes such a connection after its answer).
+    """
+    if type(data) is not bytes:
+        return None
+    end = data.find(b"\r\n\r\n")
+    if end <= 0:
+        return None
+    lines = data[:end].split(b"\r\n")
+    if _REQUEST_LINE.fullmatch(lines[0]) is None:
+        return None
+    authorization = request_id = None
+    length = 0
+    seen: set[bytes] = set()
+    for line in lines[1:]:
+        match = _HEADER_LINE.fullmatch(line)
+        if match is None:
+            return None  # no name, a folded line, white space before the colon, or a bad character
+        name = match[1].lower()
+        if name not in _READ_NAMES:
+            continue
+        if name in seen or name in _REFUSED_NAMES:
+            return None
+        seen.add(name)
+        value = match[2].strip(b" \t")
+        if name == b"authorization":
+            authorization = value
+        elif name == b"x-request-id":
+            request_id = value
+        elif name == b"content-length":
+            if not value or len(value) > 18 or not value.isdigit():
+                return None
+            length = int(value)
+        elif name == b"connection" and b"close" in value.lower():
+            return None
+    if len(data) != end + 4 + length:
+        return None
+    return lines[0], authorization, request_id

@@ -91,6 +91,13 @@ class RequestTooLarge(ApiError):
     type = "invalid_request_error"
 
 
+def retry_after_values(retry_after: float) -> tuple[int, int]:
+    """`Retry-After` (whole seconds) and `retry-after-ms` for a wait of `retry_after` seconds, never 0."""
+    if retry_after > MAX_RETRY_AFTER:
+        retry_after = MAX_RETRY_AFTER  # a bucket that never refills says "inf"
+    return max(1, int(retry_after + 0.999)), max(1, int(retry_after * 1000 + 0.999))
+
+
 class RateLimited(ApiError):
     """`limit` says which limit was hit: `requests_per_minute` or `daily_credits`."""
 
@@ -99,12 +106,11 @@ class RateLimited(ApiError):
     type = "rate_limit_error"
 
     def __init__(self, message: str, *, limit: str, retry_after: float, headers: Mapping[str, str] | None = None):
-        if retry_after > MAX_RETRY_AFTER:
-            retry_after = MAX_RETRY_AFTER  # a bucket that never refills says "inf"
         super().__init__(message, headers=headers, extra={"limit": limit})
+        seconds, ms = retry_after_values(retry_after)
         merged = self.headers  # ApiError's own copy: extended in place
-        merged["Retry-After"] = str(max(1, int(retry_after + 0.999)))
-        merged["retry-after-ms"] = str(max(1, int(retry_after * 1000 + 0.999)))
+        merged["Retry-After"] = str(seconds)
+        merged["retry-after-ms"] = str(ms)
         if limit == "daily_credits":
             merged["x-should-retry"] = "false"
         self.limit = limit

@@ -25,6 +25,7 @@ __all__ = (
     "has_usage",
     "hash_key",
     "key_format_ok",
+    "plain_request",
 )
 
 NO_EXTENSIONS: bool = os.environ.get("CLEXPROXY_NO_EXTENSIONS", "") not in ("", "0")
@@ -42,6 +43,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
         has_usage,
         hash_key,
         key_format_ok,
+        plain_request,
     )
 
     USING_EXTENSION = False
@@ -58,6 +60,7 @@ else:
             has_usage,
             hash_key,
             key_format_ok,
+            plain_request,
         )
     except ImportError as exc:
         raise ImportError(

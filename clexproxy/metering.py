@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clexproxy.auth import Account
+from clexproxy.catalog import Plan
 from clexproxy.clock import Clock, seconds_to_utc_midnight, utc_day
 from clexproxy.errors import RateLimited
 from clexproxy.fastpath import BucketResult, CreditLedger, TokenBuckets
@@ -29,6 +30,15 @@ def openai_duration(seconds: float) -> str:
         return f"{minutes}m{rest}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes}m{rest}s"
+
+
+def rpm_message(plan: Plan) -> str:
+    """The per-minute 429's message, up to the part that says when to retry (`retry_when`)."""
+    return f"Rate limit reached: your {plan.name} plan allows {plan.requests_per_minute} requests per minute. "
+
+
+def retry_when(retry_after: float) -> str:
+    return f"Retry in {retry_after:.1f}s." if retry_after < 86_400 else "It admits no requests."
 
 
 @dataclass(slots=True)
@@ -89,25 +99,29 @@ class Meter:
             raise self._rpm_refusal(account, bucket)
         return bucket
 
-    def rpm_refusal(self, account: Account) -> RateLimited | None:
-        """The 429 `take_request` would raise now, without counting anything; None when it would admit.
+    def rpm_refused(self, account: Account) -> tuple[BucketResult, int, float] | None:
+        """What the 429 `take_request` would raise now says, without counting anything; None when it would admit.
 
-        For answering a refused call from its raw headers: a refused request takes nothing from
-        the bucket, so looking is exact, and an admitted one is left for `take_request` to count.
+        The bucket, the credits remaining today and the wall clock: the screen
+        (clexproxy/screen.py) renders the 429 from them. A refused request takes nothing from the
+        bucket, so looking is exact, and an admitted one is left for `take_request` to count.
         """
         rpm = account.plan.requests_per_minute
         bucket = self.buckets.peek(account.id, rpm, rpm / 60.0, self.clock.monotonic())
-        return None if bucket.allowed else self._rpm_refusal(account, bucket)
+        if bucket.allowed:
+            return None
+        wall = self.clock.time()
+        if account.id not in self.ledger:
+            self.track(account)
+        return bucket, self.ledger.remaining(account.id, utc_day(wall)), wall
 
     def _rpm_refusal(self, account: Account, bucket: BucketResult) -> RateLimited:
         wall = self.clock.time()
         if account.id not in self.ledger:
             self.track(account)
         headers = self._headers(account, self.ledger.remaining(account.id, utc_day(wall)), bucket, wall)
-        when = f"Retry in {bucket.retry_after:.1f}s." if bucket.retry_after < 86_400 else "It admits no requests."
-        rpm = account.plan.requests_per_minute
         return RateLimited(
-            f"Rate limit reached: your {account.plan.name} plan allows {rpm} requests per minute. {when}",
+            rpm_message(account.plan) + retry_when(bucket.retry_after),
             limit="requests_per_minute",
             retry_after=bucket.retry_after,
             headers=headers,

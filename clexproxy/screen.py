@@ -15,78 +15,23 @@ moment ago (clexproxy/refusals.py): otherwise the bytes go to aiohttp untouched.
 
 from __future__ import annotations
 
-import email.utils
 import time
-from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
 
-from clexproxy.errors import ApiError
+from clexproxy.errors import ApiError, RateLimited
+from clexproxy.fastpath import plain_request
 from clexproxy.gateway import Gateway
-from clexproxy.handlers.common import GATEWAY
-from clexproxy.handlers.proxy import PROXIED_PATHS, screen
+from clexproxy.handlers.common import GATEWAY, pick_request_id
+from clexproxy.handlers.proxy import PROXIED_PATHS, settle_refusal
 from clexproxy.outbox import Outbox
+from clexproxy.outcome import CallOutcome
+from clexproxy.raw_answers import RateLimitAnswers, raw_response
 
-
-class _Date:
-    """The Date header's value, formatted once a second."""
-
-    second = -1
-    value = ""
-
-    @classmethod
-    def now(cls) -> str:
-        second = int(time.time())
-        if second != cls.second:
-            cls.second, cls.value = second, email.utils.formatdate(second, usegmt=True)
-        return cls.value
-
-
-_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n" for status in HTTPStatus}
-
-
-def raw_response(error: ApiError, request_id: str) -> bytes:
-    """The whole HTTP/1.1 response the full path sends for `error` (`error.to_response`), as bytes."""
-    body = error.to_bytes()
-    fields = "".join([f"{name}: {value}\r\n" for name, value in error.headers.items()])
-    return (
-        f"{_STATUS_LINES[error.status]}{fields}X-Request-Id: {request_id}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nDate: {_Date.now()}\r\nServer: {SERVER_SOFTWARE}\r\n\r\n"
-    ).encode() + body
-
-
-def whole_request(data: bytes) -> tuple[bytes, dict[bytes, bytes]] | None:
-    """`data`'s request line and headers (lower-cased names) when it is exactly one whole, plain request.
-
-    None for anything else: part of a request, more than one, a chunked body, a repeated
-    framing header or a folded line. Those go to aiohttp's parser, which knows every case.
-    """
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    lines = data[:end].split(b"\r\n")
-    headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name[-1] in b" \t" or name[0] in b" \t":
-            return None
-        name = name.lower()
-        if name in headers and name in _FRAMING:
-            return None
-        headers[name] = value.strip(b" \t")
-    if b"transfer-encoding" in headers:
-        return None
-    length = headers.get(b"content-length", b"0")
-    if not length.isdigit() or len(data) != end + 4 + int(length):
-        return None
-    return lines[0], headers
-
-
-_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host", b"authorization"})
 _SCREENED_LINES = {f"POST {path} HTTP/1.1".encode(): endpoint for path, endpoint in PROXIED_PATHS.items()}
+_RPM = "requests_per_minute"
 
 
 class ScreeningRequestHandler(RequestHandler):
@@ -117,7 +62,7 @@ class ScreeningRequestHandler(RequestHandler):
             self._at_boundary = False
             super().data_received(data)
             return
-        request = whole_request(data)
+        request = plain_request(data)
         if request is not None and self._at_boundary and self.idle:
             raw = self._screen(*request)
             if raw is not None:
@@ -126,22 +71,48 @@ class ScreeningRequestHandler(RequestHandler):
         self._at_boundary = request is not None
         super().data_received(data)
 
-    def _screen(self, line: bytes, headers: dict[bytes, bytes]) -> bytes | None:
+    def _screen(self, line: bytes, authorization_bytes: bytes | None, sent_id: bytes | None) -> bytes | None:
+        """The answer for a call its key or its spent per-minute limit refuses, counted as `handle` counts it.
+
+        None sends the call down the full path, which authenticates it and counts it against the
+        limit. Only calls whose Authorization header was refused a moment ago are looked at.
+        """
         endpoint = _SCREENED_LINES.get(line)
-        if endpoint is None or b"expect" in headers or b"close" in headers.get(b"connection", b"").lower():
+        if endpoint is None:
             return None
-        wanted = {}
-        authorization = headers.get(b"authorization")
-        if authorization is not None:
-            wanted["Authorization"] = authorization.decode("utf-8", "surrogateescape")
-        request_id = headers.get(b"x-request-id")
-        if request_id is not None:
-            wanted["X-Request-Id"] = request_id.decode("utf-8", "surrogateescape")
-        refused = screen(self._screening.gateway, endpoint, wanted)
-        if refused is None:
+        # aiohttp's own decoding of header values, so the refusal table sees the full path's strings.
+        authorization = None if authorization_bytes is None else authorization_bytes.decode("utf-8", "surrogateescape")
+        now = time.monotonic()
+        refusals = self._refusals
+        if not refusals.seen(authorization, now):
             return None
-        self._screening.screened += 1
-        return raw_response(*refused)
+        gateway = self._screening.gateway
+        call = CallOutcome(endpoint, now)
+        try:
+            key, account = gateway.directory.authenticate(authorization)
+        except ApiError as error:
+            call.status, call.error_code = error.status, error.code
+            self._refused(call, authorization, sent_id)
+            return raw_response(error, call.request_id)
+        limited = gateway.meter.rpm_refused(account)
+        if limited is None:
+            refusals.forget(authorization)
+            return None
+        call.account_id, call.key_id, call.plan = account.id, key.key_id, account.plan.name
+        call.status, call.error_code, call.limit = RateLimited.status, RateLimited.code, _RPM
+        self._refused(call, authorization, sent_id)
+        bucket, remaining, wall = limited
+        return self._screening.rate_limits.render(account.plan, bucket, remaining, wall, call.request_id)
+
+    def _refused(self, call: CallOutcome, authorization: str | None, sent_id: bytes | None) -> None:
+        """Count and log a screened refusal, and remember its Authorization header a while longer."""
+        self._refusals.note(authorization, call.started)
+        # Latin-1 maps every byte; a client id that is not plain printable ASCII is replaced either way.
+        call.request_id = pick_request_id(None if sent_id is None else sent_id.decode("latin-1"))
+        screening = self._screening
+        screening.screened += 1
+        screening.gateway.metrics.call_started(call.endpoint)
+        settle_refusal(screening.gateway, call)
 
     async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -165,6 +136,7 @@ class ScreeningServer(web.Server):
         self.gateway = gateway
         self.screened = 0  # calls answered from the raw request
         self.outbox = Outbox(self._loop)  # answers leave at the end of the loop's turn (clexproxy/outbox.py)
+        self.rate_limits = RateLimitAnswers()
 
     def __call__(self) -> RequestHandler:
         return ScreeningRequestHandler(self, loop=self._loop, **self._kwargs)

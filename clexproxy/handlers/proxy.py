@@ -52,15 +52,18 @@ def _route(models: Mapping[str, Model], model_id: str, kind: str) -> Model:
 
 
 def _refused(gateway: Gateway, call: CallOutcome, error: ApiError, headers: dict[str, str]) -> web.Response:
-    """A call refused before it reached an upstream: nothing reserved, one metrics pass, one log line."""
-    _settle_refusal(gateway, call, error)
-    return error.to_response(headers)
-
-
-def _settle_refusal(gateway: Gateway, call: CallOutcome, error: ApiError) -> None:
     call.status, call.error_code = error.status, error.code
     if isinstance(error, RateLimited):
         call.limit = error.limit
+    settle_refusal(gateway, call)
+    return error.to_response(headers)
+
+
+def settle_refusal(gateway: Gateway, call: CallOutcome) -> None:
+    """A call refused before it reached an upstream (`call` says how): nothing reserved, one metrics pass, one log line.
+
+    Shared with the screen (clexproxy/screen.py), whose refusals must count exactly as these do.
+    """
     call.finished_at = time.monotonic()
     gateway.metrics.call_finished(call)
     gateway.access_log.call(call)
@@ -156,38 +159,6 @@ def _settle(gateway: Gateway, admission: Admission, call: CallOutcome) -> None:
     call.finished_at = time.monotonic()
     gateway.metrics.call_finished(call)
     gateway.access_log.call(call)
-
-
-def screen(gateway: Gateway, endpoint: str, headers: Mapping[str, str]) -> tuple[ApiError, str] | None:
-    """A call its key or its per-minute limit refuses, decided from its headers alone.
-
-    Returns the error and the request id to answer with (the error carries every other header,
-    and the call is counted in the metrics and the access log exactly as `handle` counts it),
-    or None: the call takes the full path, which authenticates it and counts it against the
-    limit. Only calls whose Authorization header was refused a moment ago are looked at.
-    """
-    authorization = headers.get("Authorization")
-    now = time.monotonic()
-    refusals = gateway.refusals
-    if not refusals.seen(authorization, now):
-        return None
-    call = CallOutcome(endpoint, now)
-    refusal: ApiError | None
-    try:
-        key, account = gateway.directory.authenticate(authorization)
-    except ApiError as error:
-        refusal = error
-    else:
-        refusal = gateway.meter.rpm_refusal(account)
-        if refusal is None:
-            refusals.forget(authorization)
-            return None
-        call.account_id, call.key_id, call.plan = account.id, key.key_id, account.plan.name
-    refusals.note(authorization, now)
-    call.request_id = pick_request_id(headers.get("X-Request-Id"))
-    gateway.metrics.call_started(endpoint)
-    _settle_refusal(gateway, call, refusal)
-    return refusal, call.request_id
 
 
 def make_handler(endpoint: str) -> Callable[[web.Request], Any]:

@@ -86,8 +86,13 @@ async def make_gateway(tmp_path: Path, upstream: DemoServer) -> AsyncIterator[Ga
 
     async def factory(
         clock: Clock | None = None, data_dir: Path | None = None, access_stream: BinaryIO | None = None,
-        **overrides: Any,
+        config: str | None = None, **overrides: Any,
     ) -> RunningGateway:
+        """A running gateway; `config` is the text of a TOML config file (plans, models...) to load."""
+        path = None
+        if config is not None:
+            path = tmp_path / f"gateway-{len(started)}.toml"
+            path.write_text(config)
         values = {
             "demo": True,
             "demo_upstream_url": upstream.url,
@@ -97,7 +102,8 @@ async def make_gateway(tmp_path: Path, upstream: DemoServer) -> AsyncIterator[Ga
             "store_flush_seconds": 0.05,
             **overrides,
         }
-        running = await start_gateway(load_settings(env={}, overrides=values), clock, access_stream or io.BytesIO())
+        settings = load_settings(path, env={}, overrides=values)
+        running = await start_gateway(settings, clock, access_stream or io.BytesIO())
         started.append(running)
         return running
 

@@ -91,6 +91,20 @@ def comparable(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k not in VARYING}
 
 
+async def raw_answer(gw: RunningGateway, raw: bytes) -> bytes:
+    """The answer to `raw` as it came off the socket, less the header lines that may differ between two answers."""
+    reader, writer = await connect(gw)
+    try:
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = next(int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:"))
+        body = await reader.readexactly(length)
+    finally:
+        writer.close()
+    kept = [ln for ln in head.split(b"\r\n") if ln.split(b":")[0].lower().decode() not in VARYING]
+    return b"\r\n".join(kept) + body
+
+
 async def test_screened_429_is_the_full_paths_429(make_gateway: GatewayFactory, clock: ManualClock) -> None:
     gw = await make_gateway(clock=clock)
     key = await gw.add_key("flooder", "free")
@@ -102,8 +116,43 @@ async def test_screened_429_is_the_full_paths_429(make_gateway: GatewayFactory, 
     assert s_status == f_status == 429
     assert s_body == f_body and orjson.loads(s_body)["error"]["limit"] == "requests_per_minute"
     assert comparable(s_headers) == comparable(f_headers)
+    assert await raw_answer(gw, request(key)) == await raw_answer(gw, request(key, close=True))
     assert s_headers["x-request-id"] == "screen-test" and s_headers["x-ratelimit-remaining-requests"] == "0"
     assert int(s_headers["retry-after"]) >= 1 and "x-clex-credits-remaining" in s_headers
+
+
+ODD_PLANS = """
+[plans.'odd "plan" 100% \\ \u00e9']
+credits_per_day = 7
+requests_per_minute = 1
+max_keys = 1
+
+[plans.closed]
+credits_per_day = 50
+requests_per_minute = 0
+max_keys = 1
+"""
+
+
+@pytest.mark.parametrize("plan", ['odd "plan" 100% \\ \u00e9', "closed"])
+async def test_screened_429_is_the_full_paths_429_on_any_plan(make_gateway: GatewayFactory, clock: ManualClock,
+                                                              plan: str) -> None:
+    """A name JSON must escape (and `%`, which the screen's template uses), and a plan that admits nothing."""
+    gw = await make_gateway(clock=clock, config=ODD_PLANS)
+    key = await gw.add_key("odd", plan)
+    await exchange(gw, request(key, rid="spend"))  # the one call a minute (none on "closed")
+    clock.advance(0.25)  # the answers' reset and retry times are not round numbers
+    full = await raw_answer(gw, request(key, rid="100%25", close=True))
+    assert screened(gw) == 0
+    (s_status, s_headers, s_body), = await exchange(gw, request(key, rid="100%25"))
+    assert screened(gw) == 1 and s_status == 429
+    assert await raw_answer(gw, request(key, rid="100%25")) == full  # byte for byte, in the same order
+    assert screened(gw) == 2
+    assert orjson.loads(s_body)["error"]["message"].startswith(f"Rate limit reached: your {plan} plan")
+    if plan == "closed":
+        assert s_headers["retry-after"] == "86400" and "admits no requests" in s_body.decode()
+    else:
+        assert s_headers["x-clex-credits-remaining"] == "6"
 
 
 async def test_screened_401_is_the_full_paths_401(make_gateway: GatewayFactory) -> None:
@@ -114,6 +163,8 @@ async def test_screened_401_is_the_full_paths_401(make_gateway: GatewayFactory) 
     assert screened(gw) == 1
     assert s_status == f_status == 401
     assert s_body == f_body and comparable(s_headers) == comparable(f_headers)
+    assert await raw_answer(gw, request(bad)) == await raw_answer(gw, request(bad, close=True))
+    assert screened(gw) == 2
 
 
 async def test_screened_calls_are_counted_and_logged(make_gateway: GatewayFactory, clock: ManualClock,
