@@ -14,6 +14,7 @@ best run is the one least disturbed by other work, which is the closest to the c
 * `has_usage` on an ordinary content chunk (``"usage":null``, the answer is no) and on the usage chunk.
 * `TokenBuckets.acquire` with a clock that moves forward, `CreditLedger.reserve` + `refund`, and
   `KeyTable.lookup` for a known key (hit) and a well-formed unknown one (miss; it still pays for the hash).
+* `plain_request` on a whole chat-completions request, as the screen scans each read during a flood.
 
 The per-op numbers include the Python call from the benchmark loop, because that is what the gateway pays too.
 
@@ -205,6 +206,27 @@ def lookup_runner(fp: ModuleType, hit: bool) -> Runner:
     return run
 
 
+def plain_request_runner(fp: ModuleType) -> Runner:
+    """The screen's scan of one whole request as a flood client sends it (clexproxy/screen.py)."""
+    body = b'{"model":"meta/llama-3.1-8b-instruct","messages":[{"role":"user","content":"Hello!"}],"stream":false}'
+    raw = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer " + key(1).encode()
+        + b"\r\nContent-Type: application/json\r\nAccept: application/json\r\nUser-Agent: wrk\r\n"
+        + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    scan = fp.plain_request
+    if scan(raw) is None:
+        raise AssertionError(f"{fp.__name__}: plain_request refused the benchmark's request")
+
+    def run(n: int) -> int:
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            scan(raw)
+        return time.perf_counter_ns() - t0
+
+    return run
+
+
 # --- timing -------------------------------------------------------------------------------------------------------
 
 
@@ -270,6 +292,7 @@ def operations() -> list[Operation]:
         Operation("ledger_reserve_refund", "CreditLedger.reserve + refund", ledger_runner),
         Operation("key_lookup_hit", "KeyTable.lookup, hit", lambda fp: lookup_runner(fp, True)),
         Operation("key_lookup_miss", "KeyTable.lookup, miss (well-formed)", lambda fp: lookup_runner(fp, False)),
+        Operation("plain_request", "plain_request, one whole request (the screen's scan)", plain_request_runner),
     ]
 
 
