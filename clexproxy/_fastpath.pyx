@@ -534,12 +534,16 @@ cdef class _Account:
     cdef long long lease
     cdef long long credits  # undrained usage for `day`
     cdef long long calls
+    cdef long long prompt_tokens
+    cdef long long completion_tokens
     cdef bint dirty  # listed in CreditLedger._dirty
 
 
 cdef class _Delta:
     cdef long long credits
     cdef long long calls
+    cdef long long prompt_tokens
+    cdef long long completion_tokens
 
 
 cdef class CreditLedger:
@@ -580,7 +584,8 @@ cdef class CreditLedger:
         lease = limit - spent
         return lease if lease > 0 else 0
 
-    cdef void _side_add(self, account, long long day, long long credits, long long calls) except *:
+    cdef void _side_add(self, account, long long day, long long credits, long long calls, long long prompt_tokens,
+                        long long completion_tokens) except *:
         cdef _Delta slot
         key = (account, day)
         found = self._side.get(key)
@@ -591,25 +596,30 @@ cdef class CreditLedger:
             slot = <_Delta>found
         slot.credits += credits
         slot.calls += calls
+        slot.prompt_tokens += prompt_tokens
+        slot.completion_tokens += completion_tokens
 
-    cdef void _record(self, _Account acct, long long day, long long credits, long long calls) except *:
+    cdef void _record(self, _Account acct, long long day, long long credits, long long calls, long long prompt_tokens,
+                      long long completion_tokens) except *:
         if day != acct.day:
-            self._side_add(acct.account, day, credits, calls)
-        elif acct.dirty:
-            acct.credits += credits
-            acct.calls += calls
-        else:
-            acct.credits = credits
-            acct.calls = calls
+            self._side_add(acct.account, day, credits, calls, prompt_tokens, completion_tokens)
+            return
+        if not acct.dirty:
             acct.dirty = True
             self._dirty.append(acct)
+        acct.credits += credits
+        acct.calls += calls
+        acct.prompt_tokens += prompt_tokens
+        acct.completion_tokens += completion_tokens
 
     cdef void _rollover(self, _Account acct, long long day) except *:
-        if acct.credits or acct.calls:
+        if acct.credits or acct.calls or acct.prompt_tokens or acct.completion_tokens:
             # Undrained usage belongs to the day it happened on, not to the new one.
-            self._side_add(acct.account, acct.day, acct.credits, acct.calls)
+            self._side_add(acct.account, acct.day, acct.credits, acct.calls, acct.prompt_tokens, acct.completion_tokens)
             acct.credits = 0
             acct.calls = 0
+            acct.prompt_tokens = 0
+            acct.completion_tokens = 0
         acct.day = day
         acct.spent = 0
         acct.lease = self._fresh_lease(acct.limit, 0)
@@ -655,7 +665,7 @@ cdef class CreditLedger:
             return -1
         acct.lease -= cost
         acct.spent += cost
-        self._record(acct, acct.day, cost, 1)
+        self._record(acct, acct.day, cost, 1, 0, 0)
         return acct.lease
 
     def refund(self, account, long long cost, long long day):
@@ -669,7 +679,17 @@ cdef class CreditLedger:
         if day == acct.day:
             acct.lease += cost
             acct.spent -= cost
-        self._record(acct, day, -cost, -1)
+        self._record(acct, day, -cost, -1, 0, 0)
+
+    def record_tokens(self, account, long long prompt_tokens, long long completion_tokens, long long day):
+        """Add a call's tokens to the usage of `day` (the day its credits were reserved on)."""
+        cdef _Account acct
+        if prompt_tokens < 0 or completion_tokens < 0:
+            raise ValueError("token counts must not be negative")
+        acct = self._get(account)
+        if day > acct.day:
+            raise ValueError(f"tokens for day {day}, but account {account} is still on day {acct.day}")
+        self._record(acct, day, 0, 0, prompt_tokens, completion_tokens)
 
     def remaining(self, account, long long day):
         cdef _Account acct = self._get(account)
@@ -705,21 +725,27 @@ cdef class CreditLedger:
         return lease
 
     def drain_usage(self):
-        """Usage since the last drain as (account, day, credits_delta, calls_delta); order unspecified."""
+        """Usage since the last drain, as (account, day, credits, calls, prompt_tokens, completion_tokens) deltas.
+
+        Rows whose deltas are all zero are left out; the order is unspecified.
+        """
         cdef list out = []
         cdef _Account acct
         cdef _Delta delta
         for acct in self._dirty:
-            if acct.credits or acct.calls:
-                out.append((acct.account, acct.day, acct.credits, acct.calls))
+            if acct.credits or acct.calls or acct.prompt_tokens or acct.completion_tokens:
+                out.append((acct.account, acct.day, acct.credits, acct.calls, acct.prompt_tokens,
+                            acct.completion_tokens))
             acct.credits = 0
             acct.calls = 0
+            acct.prompt_tokens = 0
+            acct.completion_tokens = 0
             acct.dirty = False
         self._dirty = []
         for key, found in self._side.items():
             delta = <_Delta>found
-            if delta.credits or delta.calls:
-                out.append((key[0], key[1], delta.credits, delta.calls))
+            if delta.credits or delta.calls or delta.prompt_tokens or delta.completion_tokens:
+                out.append((key[0], key[1], delta.credits, delta.calls, delta.prompt_tokens, delta.completion_tokens))
         self._side = {}
         return out
 

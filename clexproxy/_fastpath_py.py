@@ -414,7 +414,8 @@ class _Account:
     entry); only the rare correction for an earlier day goes to the ledger's side table.
     """
 
-    __slots__ = ("account", "calls", "credits", "day", "dirty", "lease", "limit", "spent")
+    __slots__ = ("account", "calls", "completion_tokens", "credits", "day", "dirty", "lease", "limit", "prompt_tokens",
+                 "spent")
 
     def __init__(self, account: int, limit: int, day: int, spent: int, lease: int) -> None:
         self.account = account
@@ -424,6 +425,8 @@ class _Account:
         self.lease = lease
         self.credits = 0  # undrained usage for `day`
         self.calls = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
         self.dirty = False  # listed in CreditLedger._dirty
 
 
@@ -461,32 +464,39 @@ class CreditLedger:
         lease = limit - spent
         return lease if lease > 0 else 0
 
-    def _side_add(self, account: int, day: int, credits: int, calls: int) -> None:
+    def _side_add(
+        self, account: int, day: int, credits: int, calls: int, prompt_tokens: int, completion_tokens: int
+    ) -> None:
         slot = self._side.get((account, day))
         if slot is None:
-            self._side[(account, day)] = [credits, calls]
-        else:
-            slot[0] += credits
-            slot[1] += calls
+            slot = self._side[(account, day)] = [0, 0, 0, 0]
+        slot[0] += credits
+        slot[1] += calls
+        slot[2] += prompt_tokens
+        slot[3] += completion_tokens
 
-    def _record(self, acct: _Account, day: int, credits: int, calls: int) -> None:
+    def _record(
+        self, acct: _Account, day: int, credits: int, calls: int, prompt_tokens: int, completion_tokens: int
+    ) -> None:
         if day != acct.day:
-            self._side_add(acct.account, day, credits, calls)
-        elif acct.dirty:
-            acct.credits += credits
-            acct.calls += calls
-        else:
-            acct.credits = credits
-            acct.calls = calls
+            self._side_add(acct.account, day, credits, calls, prompt_tokens, completion_tokens)
+            return
+        if not acct.dirty:
             acct.dirty = True
             self._dirty.append(acct)
+        acct.credits += credits
+        acct.calls += calls
+        acct.prompt_tokens += prompt_tokens
+        acct.completion_tokens += completion_tokens
 
     def _rollover(self, acct: _Account, day: int) -> None:
-        if acct.credits or acct.calls:
+        if acct.credits or acct.calls or acct.prompt_tokens or acct.completion_tokens:
             # Undrained usage belongs to the day it happened on, not to the new one.
-            self._side_add(acct.account, acct.day, acct.credits, acct.calls)
+            self._side_add(acct.account, acct.day, acct.credits, acct.calls, acct.prompt_tokens, acct.completion_tokens)
             acct.credits = 0
             acct.calls = 0
+            acct.prompt_tokens = 0
+            acct.completion_tokens = 0
         acct.day = day
         acct.spent = 0
         acct.lease = self._fresh_lease(acct.limit, 0)
@@ -522,7 +532,7 @@ class CreditLedger:
             return -1
         acct.lease -= cost
         acct.spent += cost
-        self._record(acct, acct.day, cost, 1)
+        self._record(acct, acct.day, cost, 1, 0, 0)
         return acct.lease
 
     def refund(self, account: int, cost: int, day: int) -> None:
@@ -535,7 +545,16 @@ class CreditLedger:
         if day == acct.day:
             acct.lease += cost
             acct.spent -= cost
-        self._record(acct, day, -cost, -1)
+        self._record(acct, day, -cost, -1, 0, 0)
+
+    def record_tokens(self, account: int, prompt_tokens: int, completion_tokens: int, day: int) -> None:
+        """Add a call's tokens to the usage of `day` (the day its credits were reserved on)."""
+        if prompt_tokens < 0 or completion_tokens < 0:
+            raise ValueError("token counts must not be negative")
+        acct = self._get(account)
+        if day > acct.day:
+            raise ValueError(f"tokens for day {day}, but account {account} is still on day {acct.day}")
+        self._record(acct, day, 0, 0, prompt_tokens, completion_tokens)
 
     def remaining(self, account: int, day: int) -> int:
         acct = self._get(account)
@@ -567,19 +586,26 @@ class CreditLedger:
         acct.lease = 0
         return lease
 
-    def drain_usage(self) -> list[tuple[int, int, int, int]]:
-        """Usage since the last drain as (account, day, credits_delta, calls_delta); order unspecified."""
-        out: list[tuple[int, int, int, int]] = []
+    def drain_usage(self) -> list[tuple[int, int, int, int, int, int]]:
+        """Usage since the last drain, as (account, day, credits, calls, prompt_tokens, completion_tokens) deltas.
+
+        Rows whose deltas are all zero are left out; the order is unspecified.
+        """
+        out: list[tuple[int, int, int, int, int, int]] = []
         for acct in self._dirty:
-            if acct.credits or acct.calls:
-                out.append((acct.account, acct.day, acct.credits, acct.calls))
+            if acct.credits or acct.calls or acct.prompt_tokens or acct.completion_tokens:
+                out.append(
+                    (acct.account, acct.day, acct.credits, acct.calls, acct.prompt_tokens, acct.completion_tokens)
+                )
             acct.credits = 0
             acct.calls = 0
+            acct.prompt_tokens = 0
+            acct.completion_tokens = 0
             acct.dirty = False
         self._dirty = []
-        for (account, day), (credits, calls) in self._side.items():
-            if credits or calls:
-                out.append((account, day, credits, calls))
+        for (account, day), (credits, calls, prompt_tokens, completion_tokens) in self._side.items():
+            if credits or calls or prompt_tokens or completion_tokens:
+                out.append((account, day, credits, calls, prompt_tokens, completion_tokens))
         self._side = {}
         return out
 

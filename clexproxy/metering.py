@@ -57,7 +57,6 @@ class Meter:
         self.clock = clock
         self.buckets = TokenBuckets()
         self.ledger = CreditLedger(auto_lease=True)
-        self._tokens: dict[tuple[int, int], list[int]] = {}
 
     def today(self) -> int:
         return utc_day(self.clock.time())
@@ -162,19 +161,8 @@ class Meter:
         )
 
     def record_tokens(self, admission: Admission, prompt: int, completion: int) -> None:
-        slot = self._tokens.get((admission.account_id, admission.day))
-        if slot is None:
-            self._tokens[(admission.account_id, admission.day)] = [prompt, completion]
-        else:
-            slot[0] += prompt
-            slot[1] += completion
+        self.ledger.record_tokens(admission.account_id, prompt, completion, admission.day)
 
     def drain(self) -> list[UsageDelta]:
         """Usage accumulated since the last drain, for the write-behind to the store."""
-        tokens, self._tokens = self._tokens, {}
-        out: list[UsageDelta] = []
-        for account, day, credits, calls in self.ledger.drain_usage():
-            p, c = tokens.pop((account, day), (0, 0))
-            out.append(UsageDelta(account, day, credits, calls, p, c))
-        out.extend(UsageDelta(a, d, 0, 0, p, c) for (a, d), (p, c) in tokens.items())
-        return out
+        return list(map(UsageDelta._make, self.ledger.drain_usage()))

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from clexproxy.fastpath import hash_key
 
@@ -82,8 +83,9 @@ class KeyRow:
         return self.revoked_at is None
 
 
-@dataclass(frozen=True, slots=True)
-class UsageDelta:
+class UsageDelta(NamedTuple):
+    """Usage to add to an (account, day) row; a tuple, so a flush of thousands goes to `executemany` as it is."""
+
     account_id: int
     day: int
     credits: int
@@ -254,7 +256,7 @@ class SQLiteStore:
     # usage ------------------------------------------------------------------------------------
 
     def add_usage(self, deltas: Iterable[UsageDelta]) -> None:
-        rows = [(d.account_id, d.day, d.credits, d.calls, d.prompt_tokens, d.completion_tokens) for d in deltas]
+        rows = deltas if isinstance(deltas, list) else list(deltas)
         if not rows:
             return
         with self._tx() as db:

@@ -20,7 +20,10 @@ def ledger_with(fp: ModuleType, limit: int = 100, spent: int = 0, auto_lease: bo
 
 
 def usage(ledger: Any) -> list[tuple[int, int, int, int]]:
-    return sorted(ledger.drain_usage())
+    """Drained (account, day, credits, calls) deltas; tests that record no tokens see 0 tokens in every row."""
+    rows = sorted(ledger.drain_usage())
+    assert all(row[4:] == (0, 0) for row in rows)
+    return [row[:4] for row in rows]
 
 
 # --- reserve and refund -------------------------------------------------------------------------
@@ -293,8 +296,8 @@ def test_usage_matches_a_simple_model(fp: ModuleType, limits: list[int], steps: 
     drained_calls: Counter[tuple[int, int]] = Counter()
 
     def drain() -> None:
-        for account, d, credit_delta, call_delta in ledger.drain_usage():
-            assert (credit_delta, call_delta) != (0, 0)
+        for account, d, credit_delta, call_delta, prompt_tokens, completion_tokens in ledger.drain_usage():
+            assert (credit_delta, call_delta) != (0, 0) and (prompt_tokens, completion_tokens) == (0, 0)
             drained_credits[(account, d)] += credit_delta
             drained_calls[(account, d)] += call_delta
 
@@ -331,7 +334,8 @@ def test_usage_matches_a_simple_model(fp: ModuleType, limits: list[int], steps: 
 LEDGER_OPS = st.lists(
     st.tuples(
         st.sampled_from(
-            ["set", "reserve", "reserve", "reserve", "refund", "remaining", "grant", "grant_day", "take_back", "drain"]
+            ["set", "reserve", "reserve", "reserve", "refund", "remaining", "grant", "grant_day", "take_back", "tokens",
+             "drain"]
         ),
         st.integers(0, 3),  # account (3 is never set up until a "set" draws it)
         st.integers(0, 120),  # amount
@@ -365,6 +369,8 @@ def run_ledger_ops(fp: ModuleType, auto_lease: bool, ops: list[tuple[str, int, i
                 result = ledger.grant(account, amount, day)
             elif op == "take_back":
                 result = ledger.take_back(account)
+            elif op == "tokens":
+                result = ledger.record_tokens(account, amount, amount // 2, day)
             else:
                 result = sorted(ledger.drain_usage())
         except (KeyError, ValueError) as exc:
@@ -383,3 +389,40 @@ def test_implementations_agree_on_random_ledger_operations(
     fp: ModuleType, fp_other: ModuleType, auto_lease: bool, ops: list[tuple[str, int, int, int]]
 ) -> None:
     assert run_ledger_ops(fp, auto_lease, ops) == run_ledger_ops(fp_other, auto_lease, ops)
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+def test_tokens_share_the_row_of_their_calls(fp: ModuleType) -> None:
+    ledger = ledger_with(fp)
+    ledger.reserve(1, 5, DAY)
+    ledger.record_tokens(1, 9, 7, DAY)
+    ledger.record_tokens(1, 1, 0, DAY)
+    assert ledger.drain_usage() == [(1, DAY, 5, 1, 10, 7)]
+    ledger.record_tokens(1, 3, 2, DAY)  # a stream that ended after the last drain
+    assert ledger.drain_usage() == [(1, DAY, 0, 0, 3, 2)]
+    ledger.record_tokens(1, 0, 0, DAY)
+    assert ledger.drain_usage() == []
+
+
+def test_tokens_of_a_call_that_straddled_midnight_stay_on_its_day(fp: ModuleType) -> None:
+    ledger = ledger_with(fp)
+    ledger.reserve(1, 5, DAY)
+    ledger.reserve(1, 2, DAY + 1)  # rolls the account over; DAY's undrained usage moves aside
+    ledger.record_tokens(1, 4, 3, DAY)
+    ledger.record_tokens(1, 1, 1, DAY + 1)
+    assert sorted(ledger.drain_usage()) == [(1, DAY, 5, 1, 4, 3), (1, DAY + 1, 2, 1, 1, 1)]
+
+
+def test_tokens_are_checked(fp: ModuleType) -> None:
+    ledger = ledger_with(fp)
+    with pytest.raises(ValueError):
+        ledger.record_tokens(1, -1, 0, DAY)
+    with pytest.raises(ValueError):
+        ledger.record_tokens(1, 0, -1, DAY)
+    with pytest.raises(ValueError):
+        ledger.record_tokens(1, 1, 1, DAY + 1)  # a day the account has not reached
+    with pytest.raises(KeyError):
+        ledger.record_tokens(2, 1, 1, DAY)
+    assert ledger.drain_usage() == []
