@@ -23,7 +23,7 @@ from clexproxy.metering import Meter
 from clexproxy.metrics import Metrics, NullMetrics
 from clexproxy.refusals import RecentRefusals
 from clexproxy.relay import KeepAlives
-from clexproxy.store.sqlite import SQLiteStore, UsageDelta
+from clexproxy.store.sqlite import SQLiteStore, UsageRow
 from clexproxy.upstream import UpstreamPool
 
 log = logging.getLogger("clexproxy.gateway")
@@ -64,7 +64,7 @@ class Gateway:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clexproxy-store")
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        self._unflushed: list[UsageDelta] = []
+        self._unflushed: list[UsageRow] = []
 
     async def run_store(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call on the store's own thread, off the event loop (the admin API uses this too)."""

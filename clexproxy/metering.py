@@ -14,7 +14,7 @@ from clexproxy.catalog import Plan
 from clexproxy.clock import Clock, seconds_to_utc_midnight, utc_day
 from clexproxy.errors import RateLimited
 from clexproxy.fastpath import BucketResult, CreditLedger, TokenBuckets
-from clexproxy.store.sqlite import UsageDelta
+from clexproxy.store.sqlite import UsageRow
 
 
 def openai_duration(seconds: float) -> str:
@@ -163,6 +163,6 @@ class Meter:
     def record_tokens(self, admission: Admission, prompt: int, completion: int) -> None:
         self.ledger.record_tokens(admission.account_id, prompt, completion, admission.day)
 
-    def drain(self) -> list[UsageDelta]:
-        """Usage accumulated since the last drain, for the write-behind to the store."""
-        return list(map(UsageDelta._make, self.ledger.drain_usage()))
+    def drain(self) -> list[UsageRow]:
+        """Usage accumulated since the last drain, for the write-behind to the store (`UsageDelta` order)."""
+        return self.ledger.drain_usage()

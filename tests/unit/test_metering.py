@@ -274,7 +274,7 @@ def test_rollover_at_utc_midnight(clock: ManualClock) -> None:
     assert admission.day == DAY + 1
     assert admission.headers["X-Clex-Credits-Remaining"] == "99"
     assert admission.headers["X-Clex-Credits-Reset"] == str(SECONDS_PER_DAY)
-    drained = sorted(meter.drain(), key=lambda d: d.day)
+    drained = sorted(meter.drain(), key=lambda d: d[1])  # by day
     assert drained == [UsageDelta(1, DAY, 100, 20, 0, 0), UsageDelta(1, DAY + 1, 1, 1, 0, 0)]
 
 
@@ -290,5 +290,5 @@ def test_refund_of_yesterdays_call_does_not_add_to_today(clock: ManualClock) -> 
     meter.refund(late)
     assert meter.peek_headers(acct)["X-Clex-Credits-Remaining"] == "97"
     assert late.headers["X-Clex-Credits-Remaining"] == "97"
-    drained = sorted(meter.drain(), key=lambda d: d.day)
+    drained = sorted(meter.drain(), key=lambda d: d[1])  # by day
     assert drained == [UsageDelta(1, DAY, -5, -1, 0, 0), UsageDelta(1, DAY + 1, 3, 1, 0, 0)]
