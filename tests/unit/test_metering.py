@@ -139,6 +139,25 @@ def test_rpm_refusal(meter: Meter, clock: ManualClock) -> None:
     assert meter.admit(acct, 1).headers["X-Clex-Credits-Remaining"] == "59"
 
 
+def test_rpm_refused_looks_without_counting(meter: Meter, clock: ManualClock) -> None:
+    """What the screen asks: would the per-minute limit refuse a call now? Looking takes nothing."""
+    acct = account("free")
+    for _ in range(39):
+        meter.admit(acct, 1)
+    assert meter.rpm_refused(acct) is None and meter.rpm_refused(acct) is None  # one request left, still there
+    meter.admit(acct, 1)
+    refused = meter.rpm_refused(acct)
+    assert refused is not None
+    bucket, remaining, wall = refused
+    assert (bucket.allowed, bucket.remaining, remaining, wall) == (False, 0, 60, NOON)
+    with pytest.raises(RateLimited) as info:
+        meter.admit(acct, 1)
+    assert info.value.headers["retry-after-ms"] == str(round(bucket.retry_after * 1000))
+    assert info.value.headers["X-Clex-Credits-Remaining"] == "60"
+    clock.advance(1.5)
+    assert meter.rpm_refused(acct) is None
+
+
 def test_credit_refusal(meter: Meter) -> None:
     acct = account("free")
     for _ in range(20):
