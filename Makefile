@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA   ?= .clexproxy-data
 
-.PHONY: run test build test-pure lint clean bench bench-quick bench-peers bench-tools
+.PHONY: run test build test-pure test-tools lint clean bench bench-quick bench-peers bench-tools
 
 # The venv is rebuilt whenever the package definition or the compiled source changes.
 $(STAMP): pyproject.toml setup.py clexproxy/_fastpath.pyx
@@ -23,11 +23,17 @@ build: $(STAMP)
 run: build
 	$(VENV)/bin/clexproxy serve --demo --host 127.0.0.1 --port 8080 --data-dir $(DATA)
 
-test: build
+test: build test-tools
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# The servers the tests start for real (never mocks): Redis, and PostgreSQL for the multi-host store.
+test-tools:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
+
 # The same suite on the pure-Python twin of _fastpath.
-test-pure: build
+test-pure: build test-tools
 	CLEXPROXY_NO_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 # Benchmarks: wrk, nginx (the static upstream) and valgrind from Debian; matplotlib for the chart.

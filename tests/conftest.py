@@ -1,12 +1,15 @@
-"""Fixtures every test directory shares: the demo upstream, a real server on a free loopback port."""
+"""Fixtures every test directory shares: the demo upstream and Redis, real servers on free loopback ports."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from clexproxy.demo_upstream import DemoServer, start_demo_upstream
+
+from .redis_server import RedisServer
 
 
 @pytest.fixture
@@ -16,3 +19,13 @@ async def upstream() -> AsyncIterator[DemoServer]:
         yield server
     finally:
         await server.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server of the test's own, with AOF on; stopped after the test."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,1 @@
+"""Cross-process and cross-host agreement (Redis): see redis.py."""

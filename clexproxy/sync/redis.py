@@ -1,0 +1,181 @@
+"""What workers on several processes and hosts agree on through Redis: credit leases and per-minute slots.
+
+Redis is never asked per request. A worker takes a *lease* of an account's daily credits (or a
+batch of its per-minute *slots*) in one Lua script, then spends it from memory; it comes back
+only when the lease runs out. Both scripts run atomically on Redis, so two workers can never
+be handed the same credit or the same slot: the total handed out never exceeds the budget.
+
+Credits: one hash per account and UTC day, `{limit, left}`, created by the first lease of the
+day from the plan's limit minus what the store says was already spent, and expiring after
+26 hours, so the daily reset needs no cron. A slice is `min(want, max(deficit, left / 8))`: it
+shrinks toward one call's cost as the budget nears its end, so the last credits are not parked
+in an idle worker. Each lease carries an id; asking again with the same id (after a timeout or
+a reconnect) returns the same grant instead of a second one, so a lost reply strands nothing.
+
+Slots: GCRA (the algorithm of redis-cell and Stripe's limiters) on Redis's own clock, with the
+same shape as the in-process bucket: a burst of `rpm`, refilled at `rpm` per minute. A worker
+takes up to k slots at once; a refusal says how long until the next slot frees, and the worker
+caches it until then.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+__all__ = ("CreditGrant", "RedisError", "RedisSync", "SlotGrant")
+
+DAY_TTL_SECONDS = 26 * 3600  # a day's budget outlives its UTC day by two hours, then Redis drops it
+GRANT_MEMORY_SECONDS = 600  # how long a lease id is remembered for a retried request
+SLICE_DIVISOR = 8  # a lease takes at most 1/8 of what is left (or the call's deficit, if larger)
+
+# KEYS[1]: the account's budget for the day (hash); KEYS[2]: this lease's record. ARGV: limit, spent
+# before Redis knew the day, want, deficit, divisor, ttl, grant memory, unit. Returns {granted, left}.
+# Grants are the deficit plus whole units (one call's cost): with calls of one price, no lease is
+# ever left holding less than a call, so the whole budget can be spent.
+_TAKE_CREDITS = """
+local key = KEYS[1]
+local limit = tonumber(ARGV[1])
+local done = redis.call('GET', KEYS[2])
+if done then
+  return {tonumber(done), tonumber(redis.call('HGET', key, 'left') or 0)}
+end
+if redis.call('EXISTS', key) == 0 then
+  redis.call('HSET', key, 'limit', limit, 'left', limit - tonumber(ARGV[2]))
+  redis.call('EXPIRE', key, tonumber(ARGV[6]))
+else
+  local old = tonumber(redis.call('HGET', key, 'limit'))
+  if old ~= limit then
+    redis.call('HINCRBY', key, 'left', limit - old)
+    redis.call('HSET', key, 'limit', limit)
+  end
+end
+local left = tonumber(redis.call('HGET', key, 'left'))
+local deficit = tonumber(ARGV[4])
+local unit = tonumber(ARGV[8])
+local take = 0
+if left >= deficit then
+  local slice = math.min(math.floor(left / tonumber(ARGV[5])), tonumber(ARGV[3]), left)
+  take = deficit
+  if slice > deficit then take = deficit + unit * math.floor((slice - deficit) / unit) end
+  redis.call('HINCRBY', key, 'left', -take)
+  left = left - take
+end
+redis.call('SET', KEYS[2], take, 'EX', tonumber(ARGV[7]))
+return {take, left}
+"""
+
+# KEYS[1]: the account's budget for the day; KEYS[2]: this return's record. ARGV: credits, memory.
+# Gives back an unused lease, once even if asked twice; a day Redis has already dropped is not
+# recreated (its credits are of no use any more).
+_GIVE_CREDITS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('SET', KEYS[2], 1, 'NX', 'EX', tonumber(ARGV[2])) == false then
+  return tonumber(redis.call('HGET', KEYS[1], 'left'))
+end
+return redis.call('HINCRBY', KEYS[1], 'left', tonumber(ARGV[1]))
+"""
+
+# KEYS[1]: the account's theoretical arrival time, in µs on Redis's clock. ARGV: rpm, slots wanted.
+# Returns {granted, µs until a slot frees (when none granted), slots left after the grant}.
+_TAKE_SLOTS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local rpm = tonumber(ARGV[1])
+if rpm <= 0 then return {0, 86400000000, 0} end
+local interval = 60000000 / rpm
+local depth = 60000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local room = math.floor((now + depth - tat) / interval + 1e-9)
+local k = tonumber(ARGV[2])
+if k > room then k = room end
+if k <= 0 then
+  return {0, math.ceil(tat + interval - depth - now), 0}
+end
+tat = tat + k * interval
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+return {k, 0, room - k}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CreditGrant:
+    granted: int  # credits now leased to this worker (0: the day's budget cannot cover the deficit)
+    left: int  # credits Redis still holds for the day after this grant
+
+
+@dataclass(frozen=True, slots=True)
+class SlotGrant:
+    granted: int  # per-minute slots now this worker's to spend
+    retry_after: float  # seconds until a slot frees, when none was granted
+    left: int  # slots still free on Redis after this grant
+
+
+class RedisSync:
+    """One process's connection to the shared limits. Every call is one Redis round trip."""
+
+    def __init__(self, url: str, *, prefix: str = "clex", timeout: float = 1.0) -> None:
+        self.url = url
+        self.prefix = prefix
+        # A dropped connection (a Redis restart) is retried: every script here is safe to run twice.
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), 2),
+        )
+        self._take_credits = self._redis.register_script(_TAKE_CREDITS)
+        self._give_credits = self._redis.register_script(_GIVE_CREDITS)
+        self._take_slots = self._redis.register_script(_TAKE_SLOTS)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self._redis.ping())
+
+    # One hash tag per account: an account's keys live on one Redis Cluster slot, as its scripts need.
+    def _budget_key(self, account_id: int, day: int) -> str:
+        return f"{self.prefix}:{{{account_id}}}:credits:{day}"
+
+    @staticmethod
+    def new_lease_id() -> str:
+        return secrets.token_hex(8)
+
+    async def take_credits(self, account_id: int, day: int, *, limit: int, spent: int, want: int, deficit: int,
+                           unit: int, lease_id: str) -> CreditGrant:
+        """Lease up to `want` credits (at least `deficit`, or none) of the account's budget for `day`.
+
+        `spent` is what the store holds as spent for the day; it only counts when this is the
+        day's first lease anywhere. Beyond the deficit, credits come in multiples of `unit` (the
+        call's cost). Retrying with the same `lease_id` returns the same grant.
+        """
+        granted, left = await self._take_credits(
+            keys=[self._budget_key(account_id, day), f"{self.prefix}:{{{account_id}}}:lease:{lease_id}"],
+            args=[limit, spent, max(want, deficit), deficit, SLICE_DIVISOR, DAY_TTL_SECONDS, GRANT_MEMORY_SECONDS,
+                  max(1, unit)],
+        )
+        return CreditGrant(int(granted), int(left))
+
+    async def give_credits(self, account_id: int, day: int, credits: int, return_id: str) -> int | None:
+        """Return an unused lease (once per `return_id`); the day's credits left, or None if Redis dropped the day."""
+        if credits <= 0:
+            return None
+        left = await self._give_credits(
+            keys=[self._budget_key(account_id, day), f"{self.prefix}:{{{account_id}}}:return:{return_id}"],
+            args=[credits, GRANT_MEMORY_SECONDS],
+        )
+        return None if left is None or int(left) < 0 else int(left)
+
+    async def credits_left(self, account_id: int, day: int) -> int | None:
+        left = await self._redis.hget(self._budget_key(account_id, day), "left")
+        return None if left is None else int(left)
+
+    async def take_slots(self, account_id: int, rpm: int, want: int) -> SlotGrant:
+        """Take up to `want` of the account's per-minute slots, or learn how long until one frees."""
+        granted, wait_us, left = await self._take_slots(keys=[f"{self.prefix}:{{{account_id}}}:rpm"], args=[rpm, want])
+        return SlotGrant(int(granted), int(wait_us) / 1e6, int(left))
