@@ -89,7 +89,8 @@ async def test_many_workers_never_lease_more_than_the_budget(redis_server: Redis
         async def worker(sync: RedisSync, n: int) -> int:
             total = 0
             for i in range(60):
-                grant = await sync.take_credits(8, DAY, limit=1000, spent=37, want=25, deficit=3, unit=3, lease_id=f"{n}-{i}")
+                grant = await sync.take_credits(8, DAY, limit=1000, spent=37, want=25, deficit=3, unit=3,
+                                                lease_id=f"{n}-{i}")
                 total += grant.granted
             return total
 
