@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", dest="log_format", choices=("text", "json"), help="access/log line format")
     serve.add_argument("--metrics-port", dest="metrics_port", type=int,
                        help="also serve /metrics alone on this port (default: main port only)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default 1; more need --redis)")
+    serve.add_argument("--redis", dest="redis_url",
+                       help="Redis URL for limits shared by workers and hosts (also CLEX_REDIS_URL)")
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     keys_sub = keys.add_subparsers(dest="action", required=True)
@@ -114,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             from clexproxy.server import run
 
             run(_settings(args, host=args.host, port=args.port, demo=args.demo, log_level=args.log_level,
-                          log_format=args.log_format, metrics_port=args.metrics_port))
+                          log_format=args.log_format, metrics_port=args.metrics_port, workers=args.workers,
+                          redis_url=args.redis_url))
             return
         settings = _settings(args)
         store = SQLiteStore.in_data_dir(settings.data_dir)

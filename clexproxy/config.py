@@ -64,6 +64,11 @@ class Settings:
     demo_upstream_url: str = ""
     demo_account: str = "demo"
     demo_plan: str = "pro"
+    # Worker processes sharing the port (SO_REUSEPORT); more than one needs `redis_url`, so that
+    # N workers never each grant an account its whole budget.
+    workers: int = 1
+    # Redis for limits shared across processes and hosts (credit leases, per-minute slots); "" = this process alone.
+    redis_url: str = ""
     catalog: Catalog = field(default_factory=default_catalog)
 
     @property
@@ -251,6 +256,15 @@ def load_settings(
         raise ConfigError(f"log_format must be 'text' or 'json', got {settings.log_format!r}")
     if settings.max_body_bytes < 1024:
         raise ConfigError("max_body_bytes must be at least 1024")
+    if settings.workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {settings.workers}")
+    if settings.workers > 1 and not settings.redis_url:
+        raise ConfigError(
+            f"{settings.workers} workers need Redis to share each account's limits (--redis URL or CLEX_REDIS_URL): "
+            "without it every worker would grant the full daily budget and per-minute rate"
+        )
+    if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis_url must be a redis://, rediss:// or unix:// URL, got {settings.redis_url!r}")
     return settings
 
 

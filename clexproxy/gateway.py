@@ -23,7 +23,9 @@ from clexproxy.metering import Meter
 from clexproxy.metrics import Metrics, NullMetrics
 from clexproxy.refusals import RecentRefusals
 from clexproxy.relay import KeepAlives
+from clexproxy.shared_limits import SharedLimits
 from clexproxy.store.sqlite import SQLiteStore, UsageRow
+from clexproxy.sync.redis import RedisSync
 from clexproxy.upstream import UpstreamPool
 
 log = logging.getLogger("clexproxy.gateway")
@@ -51,7 +53,11 @@ class Gateway:
         self.clock = clock
         self.store = store
         self.directory = Directory(self.catalog)
-        self.meter = Meter(clock)
+        self.meter = Meter(clock, shared=bool(settings.redis_url))
+        self.redis: RedisSync | None = None
+        if settings.redis_url:
+            self.redis = RedisSync(settings.redis_url)
+            self.meter.share(SharedLimits(self.redis, self.meter.ledger, settings.workers, self._stored_spend))
         self.upstream = UpstreamPool(settings, self.catalog)
         self.metrics = _metrics(settings)
         self.access_log = AccessLog(access_stream, settings.log_format)
@@ -86,11 +92,24 @@ class Gateway:
         self.ready = True
         log.info("loaded %d accounts and %d keys", len(self.directory.accounts), len(self.directory.keys))
 
+    async def _stored_spend(self, account_id: int, day: int) -> int:
+        """What the store holds as spent by the account on `day`, this process's usage written first.
+
+        Redis asks for it once per account and day (the day's first lease anywhere).
+        """
+        await self.flush_usage()
+        spent = await self.run_store(self.store.credits_spent, day)
+        return spent.get(account_id, 0)
+
     async def stop(self) -> None:
         self.ready = False
         # The timers are told to stop, not cancelled: a cancelled write-behind could drop usage.
         self._stopping.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.meter.shared is not None and self.redis is not None:
+            returned = await self.meter.shared.give_back(self.meter.today())
+            log.info("returned %d leased credits to Redis", returned)
+            await self.redis.close()
         await self.flush_usage()
         await self.metrics.stop()
         await self.access_log.stop()

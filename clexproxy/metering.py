@@ -8,6 +8,7 @@ when the call ends in an error before any answer was sent.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from clexproxy.auth import Account
 from clexproxy.catalog import Plan
@@ -15,6 +16,9 @@ from clexproxy.clock import Clock, seconds_to_utc_midnight, utc_day
 from clexproxy.errors import RateLimited
 from clexproxy.fastpath import BucketResult, CreditLedger, TokenBuckets
 from clexproxy.store.sqlite import UsageRow
+
+if TYPE_CHECKING:
+    from clexproxy.shared_limits import SharedLimits
 
 
 def openai_duration(seconds: float) -> str:
@@ -53,10 +57,34 @@ class Admission:
 
 
 class Meter:
-    def __init__(self, clock: Clock) -> None:
+    """Admission from memory; with `shared`, the credits and slots in memory are this worker's share (leases)."""
+
+    def __init__(self, clock: Clock, shared: bool = False) -> None:
         self.clock = clock
         self.buckets = TokenBuckets()
-        self.ledger = CreditLedger(auto_lease=True)
+        # Alone, a worker's lease is the whole remaining budget; shared, leases come from Redis.
+        self.ledger = CreditLedger(auto_lease=not shared)
+        self.shared: SharedLimits | None = None
+
+    def share(self, limits: SharedLimits) -> None:
+        self.shared = limits
+
+    def _credits_left(self, account: Account, day: int) -> int:
+        if self.shared is not None:
+            return self.shared.credits_left(account.id, day, account.plan.credits_per_day)
+        return self.ledger.remaining(account.id, day)
+
+    def _credits_remaining(self, account_id: int) -> int:
+        day = self.today()
+        if self.shared is not None:
+            return self.shared.credits_left(account_id, day, 0)
+        return self.ledger.remaining(account_id, day)
+
+    def _peek(self, account: Account) -> BucketResult:
+        rpm = account.plan.requests_per_minute
+        if self.shared is not None:
+            return self.shared.peek_slot(account, self.clock.monotonic())
+        return self.buckets.peek(account.id, rpm, rpm / 60.0, self.clock.monotonic())
 
     def today(self) -> int:
         return utc_day(self.clock.time())
@@ -82,18 +110,30 @@ class Meter:
         day = utc_day(wall)
         if account.id not in self.ledger:
             self.track(account)
-        rpm = account.plan.requests_per_minute
-        bucket = self.buckets.peek(account.id, rpm, rpm / 60.0, self.clock.monotonic())
-        return self._headers(account, self.ledger.remaining(account.id, day), bucket, wall)
+        return self._headers(account, self._credits_left(account, day), self._peek(account), wall)
 
-    def take_request(self, account: Account) -> BucketResult:
+    def take_request(self, account: Account) -> BucketResult | None:
         """Count one request against the per-minute limit, or raise its 429.
 
         Called before the body is read: a refused request costs no parsing, and every request,
-        well-formed or not, counts (as OpenAI counts them).
+        well-formed or not, counts (as OpenAI counts them). None: the limit is shared and this
+        worker holds no slot for the account; `take_request_remote` asks Redis.
         """
-        rpm = account.plan.requests_per_minute
-        bucket = self.buckets.acquire(account.id, rpm, rpm / 60.0, self.clock.monotonic())
+        if self.shared is not None:
+            bucket = self.shared.take_slot(account, self.clock.monotonic())
+            if bucket is None:
+                return None
+        else:
+            rpm = account.plan.requests_per_minute
+            bucket = self.buckets.acquire(account.id, rpm, rpm / 60.0, self.clock.monotonic())
+        if not bucket.allowed:
+            raise self._rpm_refusal(account, bucket)
+        return bucket
+
+    async def take_request_remote(self, account: Account) -> BucketResult:
+        """`take_request` for a shared limit with no slot in hand: one trip to Redis (shared by concurrent calls)."""
+        assert self.shared is not None
+        bucket = await self.shared.fetch_slot(account, self.clock.monotonic())
         if not bucket.allowed:
             raise self._rpm_refusal(account, bucket)
         return bucket
@@ -105,20 +145,26 @@ class Meter:
         (clexproxy/screen.py) renders the 429 from them. A refused request takes nothing from the
         bucket, so looking is exact, and an admitted one is left for `take_request` to count.
         """
-        rpm = account.plan.requests_per_minute
-        bucket = self.buckets.peek(account.id, rpm, rpm / 60.0, self.clock.monotonic())
-        if bucket.allowed:
-            return None
+        if self.shared is not None:
+            refused = self.shared.refusal(account, self.clock.monotonic())
+            if refused is None:
+                return None
+            bucket = refused
+        else:
+            rpm = account.plan.requests_per_minute
+            bucket = self.buckets.peek(account.id, rpm, rpm / 60.0, self.clock.monotonic())
+            if bucket.allowed:
+                return None
         wall = self.clock.time()
         if account.id not in self.ledger:
             self.track(account)
-        return bucket, self.ledger.remaining(account.id, utc_day(wall)), wall
+        return bucket, self._credits_left(account, utc_day(wall)), wall
 
     def _rpm_refusal(self, account: Account, bucket: BucketResult) -> RateLimited:
         wall = self.clock.time()
         if account.id not in self.ledger:
             self.track(account)
-        headers = self._headers(account, self.ledger.remaining(account.id, utc_day(wall)), bucket, wall)
+        headers = self._headers(account, self._credits_left(account, utc_day(wall)), bucket, wall)
         return RateLimited(
             rpm_message(account.plan) + retry_when(bucket.retry_after),
             limit="requests_per_minute",
@@ -126,29 +172,53 @@ class Meter:
             headers=headers,
         )
 
-    def reserve(self, account: Account, cost: int, bucket: BucketResult) -> Admission:
-        """Reserve `cost` credits for a request already counted by `take_request`, or raise the credits 429."""
+    def reserve(self, account: Account, cost: int, bucket: BucketResult) -> Admission | None:
+        """Reserve `cost` credits for a request already counted by `take_request`, or raise the credits 429.
+
+        None: the budget is shared and this worker's lease is short; `reserve_remote` tops it up.
+        """
         wall = self.clock.time()
         day = utc_day(wall)
         if account.id not in self.ledger:
             self.track(account)
         remaining = self.ledger.reserve(account.id, cost, day)
         if remaining < 0:
-            left = self.ledger.remaining(account.id, day)
-            reset = seconds_to_utc_midnight(wall)
-            raise RateLimited(
-                f"Daily credits exhausted: this call costs {cost} credit(s) and {left} remain today "
-                f"on your {account.plan.name} plan ({account.plan.credits_per_day}/day). "
-                f"The budget resets at 00:00 UTC, in {reset}s.",
-                limit="daily_credits",
-                retry_after=reset,
-                headers=self._headers(account, left, bucket, wall),
-            )
-        return Admission(account.id, cost, day, self._headers(account, remaining, bucket, wall))
+            if self.shared is not None:
+                return None
+            raise self._credits_refusal(account, cost, bucket, wall)
+        return Admission(account.id, cost, day, self._headers(account, self._credits_left(account, day), bucket, wall))
+
+    async def reserve_remote(self, account: Account, cost: int, bucket: BucketResult) -> Admission:
+        """`reserve` with a lease from Redis; raises the credits 429 when the day's shared budget cannot pay."""
+        assert self.shared is not None
+        while True:
+            wall = self.clock.time()
+            day = utc_day(wall)
+            if not await self.shared.lease(account, cost, day):
+                raise self._credits_refusal(account, cost, bucket, wall)
+            if self.ledger.reserve(account.id, cost, day) >= 0:  # else a concurrent call took the refill first
+                return Admission(account.id, cost, day,
+                                 self._headers(account, self._credits_left(account, day), bucket, wall))
+
+    def _credits_refusal(self, account: Account, cost: int, bucket: BucketResult, wall: float) -> RateLimited:
+        left = self._credits_left(account, utc_day(wall))
+        reset = seconds_to_utc_midnight(wall)
+        return RateLimited(
+            f"Daily credits exhausted: this call costs {cost} credit(s) and {left} remain today "
+            f"on your {account.plan.name} plan ({account.plan.credits_per_day}/day). "
+            f"The budget resets at 00:00 UTC, in {reset}s.",
+            limit="daily_credits",
+            retry_after=reset,
+            headers=self._headers(account, left, bucket, wall),
+        )
 
     def admit(self, account: Account, cost: int) -> Admission:
-        """Both steps at once: one request from the bucket, then `cost` credits."""
-        return self.reserve(account, cost, self.take_request(account))
+        """Both steps at once, for a worker alone: one request from the bucket, then `cost` credits."""
+        bucket = self.take_request(account)
+        assert bucket is not None and self.shared is None, "shared limits admit through take_request_remote"
+        admission = self.reserve(account, cost, bucket)
+        assert admission is not None
+        return admission
 
     def refund(self, admission: Admission) -> None:
         """Give a reservation back; synchronous so a cancelled handler cannot interrupt it half-way."""
@@ -156,9 +226,7 @@ class Meter:
             return
         admission.refunded = True
         self.ledger.refund(admission.account_id, admission.cost, admission.day)
-        admission.headers["X-Clex-Credits-Remaining"] = str(
-            self.ledger.remaining(admission.account_id, self.today())
-        )
+        admission.headers["X-Clex-Credits-Remaining"] = str(self._credits_remaining(admission.account_id))
 
     def record_tokens(self, admission: Admission, prompt: int, completion: int) -> None:
         self.ledger.record_tokens(admission.account_id, prompt, completion, admission.day)

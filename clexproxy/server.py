@@ -7,8 +7,11 @@ import dataclasses
 import gc
 import logging
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
+import redis
 from aiohttp import web
 
 from clexproxy.accesslog import configure_logging
@@ -22,6 +25,7 @@ from clexproxy.metrics import reset_metrics_dir
 from clexproxy.screen import GatewayRunner
 from clexproxy.signals import wait_for_stop_signal
 from clexproxy.store.sqlite import SQLiteStore, StoreError
+from clexproxy.supervisor import Supervisor, worker_settings
 
 log = logging.getLogger("clexproxy.server")
 
@@ -89,18 +93,23 @@ def fit_open_file_limit(settings: Settings) -> Settings:
     return settings
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, worker: int | None = None) -> None:
+    """Run one gateway until SIGINT/SIGTERM; as worker `worker` of several, the parent did the one-time setup."""
     settings = fit_open_file_limit(settings)
-    demo_key = ensure_demo_key(settings) if settings.demo else None
-    reset_metrics_dir(settings.metrics_dir)
+    demo_key = None
+    if worker is None:
+        demo_key = ensure_demo_key(settings) if settings.demo else None
+        reset_metrics_dir(settings.metrics_dir)
     app = build_app(settings)
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
     _settle_heap()
-    await _listen(runner, settings.host, settings.port)
-    metrics_runner = await _start_metrics_port(app, settings) if settings.metrics_port else None
-    print(banner(settings, demo_key), flush=True)
+    shared = worker is not None  # every worker binds the port itself (SO_REUSEPORT)
+    await _listen(runner, settings.host, settings.port, shared)
+    metrics_runner = await _start_metrics_port(app, settings, shared) if settings.metrics_port else None
+    if worker is None:
+        print(banner(settings, demo_key), flush=True)
     try:
         await wait_for_stop_signal()
     finally:
@@ -120,21 +129,22 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
-async def _start_metrics_port(app: web.Application, settings: Settings) -> web.AppRunner:
+async def _start_metrics_port(app: web.Application, settings: Settings, shared: bool) -> web.AppRunner:
     """/metrics alone on its own port, so the scrape path can be firewalled apart from the API."""
     metrics_app = web.Application()
     metrics_app[GATEWAY] = app[GATEWAY]  # the same handler as the main port's /metrics, reading the same state
     metrics_app.router.add_get("/metrics", health.metrics)
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()
-    await _listen(runner, settings.host, settings.metrics_port)
+    await _listen(runner, settings.host, settings.metrics_port, shared)
     return runner
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
+async def _listen(runner: web.AppRunner, host: str, port: int, shared: bool = False) -> None:
     """Bind or exit with a message a person can act on (the port is taken, the address is not ours)."""
     try:
-        await web.TCPSite(runner, host, port, backlog=16384, reuse_address=True).start()  # kernel caps it at somaxconn
+        # The kernel caps the backlog at somaxconn.
+        await web.TCPSite(runner, host, port, backlog=16384, reuse_address=True, reuse_port=shared or None).start()
     except OSError as exc:
         await runner.cleanup()
         raise SystemExit(f"clexproxy: cannot listen on {host}:{port}: {exc.strerror}") from None
@@ -142,10 +152,36 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
 
 def run(settings: Settings) -> None:
     configure_logging(settings.log_level, "json" if settings.log_format == "json" else "text")
+    if settings.workers > 1:
+        _run_supervisor(settings)
+    else:
+        _run_loop(serve(settings))
+    sys.stdout.flush()
+
+
+def run_worker(settings: Settings, slot: int) -> None:
+    """A forked worker's life (clexproxy/supervisor.py): one gateway on the shared port."""
+    _run_loop(serve(settings, worker=slot))
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:  # uvloop is a dependency everywhere but Windows
-        asyncio.run(serve(settings))
+        asyncio.run(main)
     else:
-        uvloop.run(serve(settings))
-    sys.stdout.flush()
+        uvloop.run(main)
+
+
+def _run_supervisor(settings: Settings) -> None:
+    """The parent of `settings.workers` workers: one-time setup, a check that Redis answers, then watch."""
+    settings = worker_settings(settings)
+    demo_key = ensure_demo_key(settings) if settings.demo else None
+    reset_metrics_dir(settings.metrics_dir)
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5).ping()
+    except redis.RedisError as exc:
+        raise SystemExit(f"clexproxy: Redis at {settings.redis_url} does not answer ({exc}); "
+                         f"{settings.workers} workers cannot share limits without it") from None
+    text = banner(settings, demo_key).replace(" listening on ", f" listening on (x{settings.workers} workers) ", 1)
+    raise SystemExit(Supervisor(settings, text).run())

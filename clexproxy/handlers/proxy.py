@@ -86,6 +86,8 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     wants_usage = False
     try:
         bucket = gateway.meter.take_request(account)
+        if bucket is None:  # a shared limit with no slot in hand: one trip to Redis
+            bucket = await gateway.meter.take_request_remote(account)
         body = await read_json(request, gateway.settings.max_body_bytes)
         if endpoint == "/chat/completions":
             model_id, call.stream, wants_usage = validate_chat(body, default_stream(request.headers.get("Accept")))
@@ -93,7 +95,10 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         else:
             model = _route(gateway.catalog.models, validate_embeddings(body), "embedding")
         call.model, call.tier = model.id, model.tier
-        admission = gateway.meter.reserve(account, gateway.catalog.cost(model.id), bucket)
+        cost = gateway.catalog.cost(model.id)
+        admission = gateway.meter.reserve(account, cost, bucket)
+        if admission is None:  # a shared budget and a lease too short for this call: top it up from Redis
+            admission = await gateway.meter.reserve_remote(account, cost, bucket)
     except ApiError as error:
         if isinstance(error, RateLimited) and error.limit == "requests_per_minute":
             gateway.refusals.note(authorization, call.started)

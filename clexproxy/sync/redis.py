@@ -32,7 +32,7 @@ __all__ = ("CreditGrant", "RedisError", "RedisSync", "SlotGrant")
 
 DAY_TTL_SECONDS = 26 * 3600  # a day's budget outlives its UTC day by two hours, then Redis drops it
 GRANT_MEMORY_SECONDS = 600  # how long a lease id is remembered for a retried request
-SLICE_DIVISOR = 8  # a lease takes at most 1/8 of what is left (or the call's deficit, if larger)
+SLICE_DIVISOR = 8  # by default a lease takes at most 1/8 of what is left (or the call's deficit, if larger)
 
 # KEYS[1]: the account's budget for the day (hash); KEYS[2]: this lease's record. ARGV: limit, spent
 # before Redis knew the day, want, deficit, divisor, ttl, grant memory, unit. Returns {granted, left}.
@@ -46,6 +46,7 @@ if done then
   return {tonumber(done), tonumber(redis.call('HGET', key, 'left') or 0)}
 end
 if redis.call('EXISTS', key) == 0 then
+  if tonumber(ARGV[2]) < 0 then return {-1, -1} end
   redis.call('HSET', key, 'limit', limit, 'left', limit - tonumber(ARGV[2]))
   redis.call('EXPIRE', key, tonumber(ARGV[6]))
 else
@@ -147,16 +148,18 @@ class RedisSync:
         return secrets.token_hex(8)
 
     async def take_credits(self, account_id: int, day: int, *, limit: int, spent: int, want: int, deficit: int,
-                           unit: int, lease_id: str) -> CreditGrant:
+                           unit: int, lease_id: str, divisor: int = SLICE_DIVISOR) -> CreditGrant:
         """Lease up to `want` credits (at least `deficit`, or none) of the account's budget for `day`.
 
         `spent` is what the store holds as spent for the day; it only counts when this is the
-        day's first lease anywhere. Beyond the deficit, credits come in multiples of `unit` (the
-        call's cost). Retrying with the same `lease_id` returns the same grant.
+        day's first lease anywhere. With `spent` < 0 a day Redis does not hold yet is not
+        created: the grant is -1, and the caller asks again with the store's figure. Beyond the
+        deficit, credits come in multiples of `unit` (the call's cost). Retrying with the same
+        `lease_id` returns the same grant.
         """
         granted, left = await self._take_credits(
             keys=[self._budget_key(account_id, day), f"{self.prefix}:{{{account_id}}}:lease:{lease_id}"],
-            args=[limit, spent, max(want, deficit), deficit, SLICE_DIVISOR, DAY_TTL_SECONDS, GRANT_MEMORY_SECONDS,
+            args=[limit, spent, max(want, deficit), deficit, max(1, divisor), DAY_TTL_SECONDS, GRANT_MEMORY_SECONDS,
                   max(1, unit)],
         )
         return CreditGrant(int(granted), int(left))

@@ -1,0 +1,263 @@
+"""A worker's share of limits that hold across processes and hosts: leased credits and batched slots.
+
+With several workers (`serve --workers N`, several hosts) each account's daily credits and
+per-minute rate are one budget, kept in Redis (clexproxy/sync/redis.py). This worker spends
+from what it holds in memory and goes to Redis only when that runs out:
+
+* credits: a lease sits in the `CreditLedger` (`auto_lease=False`); `reserve` spends it, and a
+  call the lease cannot cover waits for one refill, shared by every call of the account that
+  needs it at that moment;
+* slots: a batch of per-minute slots, used within the time Redis's schedule gave them (so a
+  batch taken in a quiet minute cannot add to a busy one later); a refusal is remembered until
+  its retry time, so a flood is answered from memory (and by the screen).
+
+When Redis cannot be reached, credits are fail-closed (a call beyond the lease in hand gets a
+503) and the per-minute limit falls back to its 1/N share on this worker's own bucket, N being
+the worker count; a circuit keeps calls from waiting on a Redis that just failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from clexproxy.auth import Account
+from clexproxy.errors import ServiceUnavailable
+from clexproxy.fastpath import BucketResult, CreditLedger, TokenBuckets
+from clexproxy.sync.redis import SLICE_DIVISOR, RedisError, RedisSync
+
+log = logging.getLogger("clexproxy.shared")
+
+LEASE_CALLS = 8  # a lease asks for this many calls' worth (Redis caps it at 1/8 of what is left)
+SLOT_BATCH_SECONDS = 0.5  # a batch of slots covers about this much of the worker's recent rate
+MIN_SLOT_VALIDITY = 0.5  # seconds a batch of slots may be used in, at the least
+CIRCUIT_MIN, CIRCUIT_MAX = 0.1, 5.0  # seconds between tries of a Redis that failed, doubling
+SPENT_OUT_SECONDS = 1.0  # a spent budget is believed this long before Redis is asked again
+
+
+class _Slots:
+    __slots__ = ("allowance", "calls", "denied_until", "left", "rate_since", "valid_until")
+
+    def __init__(self) -> None:
+        self.allowance = 0  # slots in hand
+        self.valid_until = 0.0  # monotonic: slots in hand expire then
+        self.denied_until = 0.0  # monotonic: Redis refused until then
+        self.left = 0  # slots Redis had left at the last grant (for the headers)
+        self.calls = 0  # calls since rate_since: the batch size follows the rate
+        self.rate_since = 0.0
+
+
+class SharedLimits:
+    def __init__(self, sync: RedisSync, ledger: CreditLedger, workers: int,
+                 stored_spend: Callable[[int, int], Awaitable[int]]) -> None:
+        self.sync = sync
+        self.ledger = ledger
+        self.workers = max(1, workers)
+        # A lease is at most 1/(4N) of what is left (N: this host's workers), so the leases of every
+        # worker together hold a small part of a budget, and a small budget is leased one call at a
+        # time: no worker sits on credits that a call on another worker could have spent.
+        self._divisor = max(SLICE_DIVISOR, 4 * self.workers)
+        self._stored_spend = stored_spend  # (account, day) -> credits the store holds as spent
+        self._leasing: dict[int, asyncio.Future[None]] = {}
+        self._leased: set[tuple[int, int]] = set()
+        self._left: dict[int, int] = {}  # account -> credits Redis held after our last lease
+        # (account, day) -> (credits Redis held, until when we believe it): a budget found spent is
+        # not asked about again for every call of a flood.
+        self._spent_out: dict[tuple[int, int], tuple[int, float]] = {}
+        self._slots: dict[int, _Slots] = {}
+        self._fetching: dict[int, asyncio.Future[None]] = {}
+        self._fallback = TokenBuckets()
+        self._circuit_until = 0.0
+        self._circuit_wait = CIRCUIT_MIN
+
+    # credits ------------------------------------------------------------------------------------
+
+    def credits_left(self, account_id: int, day: int, unknown: int) -> int:
+        """This worker's lease plus what Redis held at its last lease (`unknown` before any): the headers' figure.
+
+        Other workers spend meanwhile, so across workers it is an estimate; the budget itself is exact.
+        """
+        return self.ledger.remaining(account_id, day) + self._left.get(account_id, unknown)
+
+    async def lease(self, account: Account, cost: int, day: int) -> bool:
+        """Top the lease up to cover one call of `cost`; False when the day's budget cannot.
+
+        Calls of one account that need credits at the same moment share one trip to Redis;
+        each then tries its reservation again.
+        """
+        pending = self._leasing.get(account.id)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return True
+        future = asyncio.get_running_loop().create_future()
+        self._leasing[account.id] = future
+        try:
+            return await self._lease(account, cost, day)
+        finally:
+            del self._leasing[account.id]
+            future.set_result(None)
+
+    async def _lease(self, account: Account, cost: int, day: int) -> bool:
+        deficit = cost - self.ledger.remaining(account.id, day)
+        if deficit <= 0:
+            return True
+        known = self._spent_out.get((account.id, day))
+        if known is not None and known[0] < deficit and time.monotonic() < known[1]:
+            return False
+        self._check_circuit()
+        limit = account.plan.credits_per_day
+        lease_id = RedisSync.new_lease_id()
+        spent = -1  # Redis asks for the store's figure only when the day is new to it
+        try:
+            while True:
+                grant = await self.sync.take_credits(account.id, day, limit=limit, spent=spent,
+                                                     want=cost * LEASE_CALLS, deficit=deficit, unit=cost,
+                                                     lease_id=lease_id, divisor=self._divisor)
+                if grant.granted >= 0:
+                    break
+                spent = await self._stored_spend(account.id, day)
+        except RedisError as exc:
+            self._trip(exc)
+        self._closed_circuit()
+        self._left[account.id] = grant.left
+        if grant.granted == 0:
+            if len(self._spent_out) > 65_536:
+                self._spent_out.clear()
+            self._spent_out[(account.id, day)] = (grant.left, time.monotonic() + SPENT_OUT_SECONDS)
+            return False
+        self.ledger.grant(account.id, grant.granted, day)
+        self._leased.add((account.id, day))
+        return True
+
+    async def give_back(self, day: int) -> int:
+        """Return every unused lease of `day` (at shutdown); the credits returned."""
+        returned = 0
+        for account_id, lease_day in sorted(self._leased):
+            if lease_day != day or account_id not in self.ledger:
+                continue
+            credits = self.ledger.take_back(account_id)
+            if credits <= 0:
+                continue
+            try:
+                await self.sync.give_credits(account_id, day, credits, RedisSync.new_lease_id())
+                returned += credits
+            except RedisError:
+                log.warning("could not return a lease of %d credits for account %d", credits, account_id)
+        self._leased.clear()
+        return returned
+
+    # slots --------------------------------------------------------------------------------------
+
+    def take_slot(self, account: Account, now: float) -> BucketResult | None:
+        """A slot from memory, a remembered refusal, or None: Redis must be asked (`fetch_slot`)."""
+        slots = self._slots.get(account.id)
+        if slots is None:
+            return None
+        slots.calls += 1
+        if slots.allowance > 0 and now < slots.valid_until:
+            slots.allowance -= 1
+            return self._result(account, slots, True, 0.0)
+        if now < slots.denied_until:
+            return self._result(account, slots, False, slots.denied_until - now)
+        return None
+
+    def peek_slot(self, account: Account, now: float) -> BucketResult:
+        """What `take_slot` would say, for headers, without taking anything or asking Redis."""
+        slots = self._slots.get(account.id)
+        if slots is None:
+            rpm = account.plan.requests_per_minute
+            return BucketResult(rpm > 0, rpm, 0.0, 0.0)
+        if now < slots.denied_until and not (slots.allowance > 0 and now < slots.valid_until):
+            return self._result(account, slots, False, slots.denied_until - now)
+        return self._result(account, slots, True, 0.0)
+
+    def refusal(self, account: Account, now: float) -> BucketResult | None:
+        """The remembered refusal of the account's calls, if it still holds (the screen asks this)."""
+        slots = self._slots.get(account.id)
+        if slots is None or now >= slots.denied_until or (slots.allowance > 0 and now < slots.valid_until):
+            return None
+        return self._result(account, slots, False, slots.denied_until - now)
+
+    async def fetch_slot(self, account: Account, now: float) -> BucketResult:
+        """One slot for this call, from Redis (with a batch for the calls that follow)."""
+        rpm = account.plan.requests_per_minute
+        if time.monotonic() < self._circuit_until:
+            return self._fallback_slot(account, rpm, now)
+        while True:
+            pending = self._fetching.get(account.id)
+            if pending is None:
+                break
+            await asyncio.shield(pending)
+            taken = self.take_slot(account, time.monotonic())
+            if taken is not None:
+                return taken
+        future = asyncio.get_running_loop().create_future()
+        self._fetching[account.id] = future
+        try:
+            return await self._fetch(account, rpm)
+        except RedisError as exc:
+            log.warning("Redis unavailable for per-minute limits (%s); %d/%d of the limit on this worker",
+                        exc, rpm, self.workers)
+            self._open_circuit()
+            return self._fallback_slot(account, rpm, time.monotonic())
+        finally:
+            del self._fetching[account.id]
+            future.set_result(None)
+
+    async def _fetch(self, account: Account, rpm: int) -> BucketResult:
+        slots = self._slots.get(account.id)
+        if slots is None:
+            slots = self._slots[account.id] = _Slots()
+        now = time.monotonic()
+        elapsed = now - slots.rate_since
+        rate = slots.calls / elapsed if slots.rate_since and elapsed > 0 else 0.0
+        slots.calls, slots.rate_since = 0, now
+        want = max(1, min(int(rate * SLOT_BATCH_SECONDS) + 1, rpm // (2 * self.workers) or 1))
+        grant = await self.sync.take_slots(account.id, rpm, want)
+        self._closed_circuit()
+        now = time.monotonic()
+        slots.left = grant.left
+        if grant.granted == 0:
+            slots.allowance, slots.denied_until = 0, now + grant.retry_after
+            return self._result(account, slots, False, grant.retry_after)
+        slots.allowance = grant.granted - 1  # this call takes one
+        slots.valid_until = now + max(MIN_SLOT_VALIDITY, grant.granted * 60.0 / max(1, rpm))
+        slots.denied_until = 0.0
+        return self._result(account, slots, True, 0.0)
+
+    def _fallback_slot(self, account: Account, rpm: int, now: float) -> BucketResult:
+        share = rpm / self.workers
+        return self._fallback.acquire(account.id, share, share / 60.0, now)
+
+    def _result(self, account: Account, slots: _Slots, allowed: bool, retry_after: float) -> BucketResult:
+        rpm = account.plan.requests_per_minute
+        remaining = slots.allowance + slots.left if allowed else 0
+        reset_after = (rpm - remaining) * 60.0 / rpm if rpm > 0 else float("inf")
+        return BucketResult(allowed, remaining, retry_after, reset_after)
+
+    # the circuit --------------------------------------------------------------------------------
+
+    def _check_circuit(self) -> None:
+        if time.monotonic() < self._circuit_until:
+            raise _unavailable(self._circuit_until - time.monotonic())
+
+    def _trip(self, exc: RedisError) -> None:
+        log.warning("Redis unavailable for credit leases: %s", exc)
+        self._open_circuit()
+        raise _unavailable(self._circuit_wait) from None
+
+    def _open_circuit(self) -> None:
+        self._circuit_until = time.monotonic() + self._circuit_wait
+        self._circuit_wait = min(CIRCUIT_MAX, self._circuit_wait * 2)
+
+    def _closed_circuit(self) -> None:
+        self._circuit_wait = CIRCUIT_MIN
+
+
+def _unavailable(retry_after: float) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Credit limits are temporarily unavailable; the call was not charged. Retry shortly.",
+        retry_after=max(1.0, retry_after),
+    )

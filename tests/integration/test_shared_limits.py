@@ -1,0 +1,122 @@
+"""Gateways sharing one account's limits through a real Redis (clexproxy/shared_limits.py), in one process.
+
+Each gateway here is what one worker is: its own meter, its own Redis connection, the same
+store. The multi-process and multi-host versions of these floods are in test_scale_out.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import openai
+import pytest
+
+from tests.redis_server import RedisServer
+
+from .conftest import GatewayFactory, RunningGateway
+
+PREMIUM = "moonshotai/kimi-k2.5"  # 5 credits
+CHEAP = "meta/llama-3.1-8b-instruct"  # 1 credit
+HELLO = [{"role": "user", "content": "Hello!"}]
+
+
+async def call(gw: RunningGateway, key: str, model: str) -> int:
+    try:
+        await gw.client(key).chat.completions.create(model=model, messages=HELLO, stream=False)
+        return 200
+    except openai.APIStatusError as exc:
+        return exc.status_code
+
+
+async def flood(gateways: list[RunningGateway], key: str, model: str, calls: int) -> Counter[int]:
+    statuses = await asyncio.gather(*(call(gateways[i % len(gateways)], key, model) for i in range(calls)))
+    return Counter(statuses)
+
+
+async def test_workers_spend_one_budget_exactly(make_gateway: GatewayFactory, redis_server: RedisServer) -> None:
+    first = await make_gateway(redis_url=redis_server.url, workers=2)
+    second = await make_gateway(redis_url=redis_server.url, workers=2)
+    key = await first.add_key("free-flood", "free")  # 100 credits a day
+    await second.gateway.sync_store(force=True)
+    statuses = await flood([first, second], key, PREMIUM, 60)
+    assert statuses == Counter({200: 20, 429: 40})  # 20 calls of 5 credits, never 21
+    for gw in (first, second):
+        await gw.gateway.flush_usage()
+    spent = await first.gateway.run_store(first.gateway.store.credits_spent, first.gateway.meter.today())
+    account = first.gateway.directory.accounts[max(first.gateway.directory.accounts)]
+    assert spent[account.id] == 100
+
+
+SLOW_PLAN = """
+[plans.slow]
+credits_per_day = 1000
+requests_per_minute = 6
+max_keys = 1
+"""
+
+
+async def test_workers_share_one_per_minute_rate(make_gateway: GatewayFactory, redis_server: RedisServer) -> None:
+    first = await make_gateway(redis_url=redis_server.url, config=SLOW_PLAN)
+    second = await make_gateway(redis_url=redis_server.url, config=SLOW_PLAN)
+    key = await first.add_key("slow", "slow")  # 6 calls a minute: one slot frees every 10 s
+    await second.gateway.sync_store(force=True)
+    started = time.monotonic()
+    statuses = [await call(first, key, CHEAP)]
+    statuses += [await call(second, key, CHEAP) for _ in range(8)]
+    statuses += [await call(first, key, CHEAP) for _ in range(4)]
+    refilled = int((time.monotonic() - started) / 10) + 1
+    assert 6 <= statuses.count(200) <= 6 + refilled  # the burst, shared: never 6 per worker
+    assert statuses[0] == 200 and statuses[-1] == 429
+
+
+async def test_leases_go_back_when_a_worker_stops(make_gateway: GatewayFactory, redis_server: RedisServer) -> None:
+    first = await make_gateway(redis_url=redis_server.url)
+    key = await first.add_key("returns", "pro")  # 2,000 credits a day
+    assert await call(first, key, PREMIUM) == 200
+    gateway = first.gateway
+    assert gateway.redis is not None
+    account = gateway.directory.accounts[max(gateway.directory.accounts)]
+    day = gateway.meter.today()
+    held = gateway.meter.ledger.remaining(account.id, day)
+    assert held > 0
+    left_before = await gateway.redis.credits_left(account.id, day)
+    await first.stop()
+    probe = RedisSyncProbe(redis_server.url)
+    try:
+        assert await probe.sync.credits_left(account.id, day) == (left_before or 0) + held
+    finally:
+        await probe.close()
+
+
+class RedisSyncProbe:
+    def __init__(self, url: str) -> None:
+        from clexproxy.sync.redis import RedisSync
+
+        self.sync = RedisSync(url)
+
+    async def close(self) -> None:
+        await self.sync.close()
+
+
+async def test_redis_down_fails_closed_beyond_the_lease(make_gateway: GatewayFactory,
+                                                        redis_server: RedisServer) -> None:
+    gw = await make_gateway(redis_url=redis_server.url)
+    key = await gw.add_key("outage", "pro")
+    assert await call(gw, key, PREMIUM) == 200  # a lease of a few calls is now in hand
+    redis_server.kill()
+    statuses = Counter([await call(gw, key, PREMIUM) for _ in range(30)])
+    assert statuses[200] >= 1 and statuses[503] >= 1 and set(statuses) <= {200, 503}
+    with pytest.raises(openai.APIStatusError) as info:
+        await gw.client(key).chat.completions.create(model=PREMIUM, messages=HELLO, stream=False)
+    assert info.value.status_code == 503
+    assert info.value.response.headers["Retry-After"].isdigit()
+    assert info.value.body["code"] == "service_unavailable"  # type: ignore[index]
+    redis_server.start()
+    for _ in range(100):  # the gateway tries Redis again after a pause that doubles up to 5 s
+        if await call(gw, key, PREMIUM) == 200:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the gateway did not lease again after Redis came back")
