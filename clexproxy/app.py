@@ -22,7 +22,7 @@ from clexproxy.gateway import Gateway
 from clexproxy.handlers import admin, health, models
 from clexproxy.handlers.common import GATEWAY, request_id
 from clexproxy.handlers.proxy import PROXIED_PATHS, make_handler
-from clexproxy.store.sqlite import SQLiteStore
+from clexproxy.store.base import open_store
 
 log = logging.getLogger("clexproxy.app")
 
@@ -118,7 +118,7 @@ def _gateway_context(
                 url = demo_server.url
             provider = Provider(DEMO_PROVIDER, url.rstrip("/"), pass_headers=("x-demo-",))
             effective = replace(settings, catalog=settings.catalog.with_all_models_on(provider))
-        store = SQLiteStore.in_data_dir(settings.data_dir)
+        store = await open_store(settings.data_dir, settings.database_url)
         gateway = Gateway(effective, clock, store, access_stream)
         app[GATEWAY] = gateway
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -10,12 +11,15 @@ from typing import Any
 
 from clexproxy import __version__
 from clexproxy.config import ConfigError, Settings, load_settings
-from clexproxy.store.sqlite import SQLiteStore, StoreError
+from clexproxy.store.base import Store, open_store
+from clexproxy.store.sqlite import StoreError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config file (also CLEX_CONFIG)")
     parser.add_argument("--data-dir", dest="data_dir", help="where the SQLite store lives (also CLEX_DATA_DIR)")
+    parser.add_argument("--database", dest="database_url",
+                        help="postgresql://... key store shared by several hosts, not SQLite (also CLEX_DATABASE_URL)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,35 +69,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    return load_settings(args.config, overrides={"data_dir": args.data_dir, **extra})
+    return load_settings(args.config, overrides={"data_dir": args.data_dir, "database_url": args.database_url, **extra})
 
 
 def _when(ts: float | None) -> str:
     return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _keys(args: argparse.Namespace, settings: Settings, store: SQLiteStore) -> None:
+async def _keys(args: argparse.Namespace, settings: Settings, store: Store) -> None:
     plans = settings.catalog.plans
     if args.action == "create":
         if args.plan not in plans:
             raise StoreError(f"unknown plan {args.plan!r}; choose one of: {', '.join(plans)}")
-        row, key = store.create_key(args.account, args.plan, {p.name: p.max_keys for p in plans.values()})
+        row, key = await store.create_key(args.account, args.plan, {p.name: p.max_keys for p in plans.values()})
         print(f"Created key {row.id} for account '{row.account}'. It is shown only this once:")
         print(key)
     elif args.action == "list":
         print(f"{'id':>5}  {'account':<20} {'key':<18} {'created':<21} revoked")
-        for k in store.list_keys(args.account):
+        for k in await store.list_keys(args.account):
             print(f"{k.id:>5}  {k.account:<20} {k.hint:<18} {_when(k.created_at):<21} {_when(k.revoked_at)}")
     else:
-        row = store.revoke_key(args.key_id)
+        row = await store.revoke_key(args.key_id)
         print(f"Revoked key {row.id} ({row.hint}) of account '{row.account}'.")
 
 
-def _accounts(args: argparse.Namespace, settings: Settings, store: SQLiteStore) -> None:
+async def _accounts(args: argparse.Namespace, settings: Settings, store: Store) -> None:
     plans = settings.catalog.plans
     if args.action == "list":
         print(f"{'id':>5}  {'name':<20} {'plan':<10} {'credits/day':>11} {'rpm':>5}  created")
-        for a in store.list_accounts():
+        for a in await store.list_accounts():
             plan = plans.get(a.plan)
             credits = plan.credits_per_day if plan else "?"
             rpm = plan.requests_per_minute if plan else "?"
@@ -101,7 +105,7 @@ def _accounts(args: argparse.Namespace, settings: Settings, store: SQLiteStore) 
     else:
         if args.plan not in plans:
             raise StoreError(f"unknown plan {args.plan!r}; choose one of: {', '.join(plans)}")
-        row = store.set_plan(args.name, args.plan)
+        row = await store.set_plan(args.name, args.plan)
         print(f"Account '{row.name}' is now on the {row.plan} plan.")
 
 
@@ -120,15 +124,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                           log_format=args.log_format, metrics_port=args.metrics_port, workers=args.workers,
                           redis_url=args.redis_url))
             return
-        settings = _settings(args)
-        store = SQLiteStore.in_data_dir(settings.data_dir)
-        try:
-            (_keys if args.command == "keys" else _accounts)(args, settings, store)
-        finally:
-            store.close()
+        asyncio.run(_manage(args, _settings(args)))
     except (ConfigError, StoreError) as exc:
         print(f"clexproxy: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+async def _manage(args: argparse.Namespace, settings: Settings) -> None:
+    """`keys` and `accounts`: one store call each, on whichever store the gateway uses."""
+    store = await open_store(settings.data_dir, settings.database_url)
+    try:
+        await (_keys if args.command == "keys" else _accounts)(args, settings, store)
+    finally:
+        await store.close()
 
 
 if __name__ == "__main__":

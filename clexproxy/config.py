@@ -69,6 +69,8 @@ class Settings:
     workers: int = 1
     # Redis for limits shared across processes and hosts (credit leases, per-minute slots); "" = this process alone.
     redis_url: str = ""
+    # PostgreSQL for the key store several hosts share (postgresql://user:password@host/db); "" = SQLite in data_dir.
+    database_url: str = ""
     catalog: Catalog = field(default_factory=default_catalog)
 
     @property
@@ -263,6 +265,9 @@ def load_settings(
             f"{settings.workers} workers need Redis to share each account's limits (--redis URL or CLEX_REDIS_URL): "
             "without it every worker would grant the full daily budget and per-minute rate"
         )
+    if settings.database_url and not settings.database_url.startswith(("postgresql://", "postgres://")):
+        scheme = settings.database_url.split(":")[0]
+        raise ConfigError(f"database_url must be a postgresql:// URL, got a {scheme!r} one")
     if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"redis_url must be a redis://, rediss:// or unix:// URL, got {settings.redis_url!r}")
     return settings

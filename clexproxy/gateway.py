@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO, TypeVar
+from typing import BinaryIO
 
 from clexproxy.accesslog import AccessLog
 from clexproxy.auth import Directory
@@ -24,12 +22,12 @@ from clexproxy.metrics import Metrics, NullMetrics
 from clexproxy.refusals import RecentRefusals
 from clexproxy.relay import KeepAlives
 from clexproxy.shared_limits import SharedLimits
-from clexproxy.store.sqlite import SQLiteStore, UsageRow
+from clexproxy.store.base import Store
+from clexproxy.store.sqlite import UsageRow
 from clexproxy.sync.redis import RedisSync
 from clexproxy.upstream import UpstreamPool
 
 log = logging.getLogger("clexproxy.gateway")
-T = TypeVar("T")
 
 
 def _metrics(settings: Settings) -> Metrics:
@@ -45,9 +43,7 @@ def _metrics(settings: Settings) -> Metrics:
 
 
 class Gateway:
-    def __init__(
-        self, settings: Settings, clock: Clock, store: SQLiteStore, access_stream: BinaryIO | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, clock: Clock, store: Store, access_stream: BinaryIO | None = None) -> None:
         self.settings = settings
         self.catalog: Catalog = settings.catalog
         self.clock = clock
@@ -66,23 +62,17 @@ class Gateway:
         self.ready = False
         self._seq = 0
         self._data_version = -1
-        # SQLite from one thread at a time, off the event loop.
-        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clexproxy-store")
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._unflushed: list[UsageRow] = []
 
-    async def run_store(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a store call on the store's own thread, off the event loop (the admin API uses this too)."""
-        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
-
     async def start(self) -> None:
         """Load accounts, keys and today's usage, then start the sync timers."""
-        accounts, keys, self._seq = await self.run_store(self.store.changes_since, 0)
-        spent = await self.run_store(self.store.credits_spent, self.meter.today())
+        accounts, keys, self._seq = await self.store.changes_since(0)
+        spent = await self.store.credits_spent(self.meter.today())
         for account in self.directory.apply(accounts, keys):
             self.meter.track(account, spent.get(account.id, 0))
-        self._data_version = await self.run_store(self.store.data_version)
+        self._data_version = await self.store.change_marker()
         self.metrics.start()
         self.access_log.start()
         self._tasks = [
@@ -98,7 +88,7 @@ class Gateway:
         Redis asks for it once per account and day (the day's first lease anywhere).
         """
         await self.flush_usage()
-        spent = await self.run_store(self.store.credits_spent, day)
+        spent = await self.store.credits_spent(day)
         return spent.get(account_id, 0)
 
     async def stop(self) -> None:
@@ -115,19 +105,18 @@ class Gateway:
         await self.access_log.stop()
         self.keepalives.close()
         await self.upstream.close()
-        await self.run_store(self.store.close)
-        self._db_thread.shutdown(wait=True)
+        await self.store.close()
 
     async def sync_store(self, force: bool = False) -> None:
         """Apply what was written to the store since the last look.
 
         `data_version` only moves for other connections' commits, so our own writes (admin API) pass `force`.
         """
-        version = await self.run_store(self.store.data_version)
+        version = await self.store.change_marker()
         if version == self._data_version and not force:
             return
         self._data_version = version
-        accounts, keys, self._seq = await self.run_store(self.store.changes_since, self._seq)
+        accounts, keys, self._seq = await self.store.changes_since(self._seq)
         for account in self.directory.apply(accounts, keys):
             self.meter.track(account)
 
@@ -137,7 +126,7 @@ class Gateway:
         if not deltas:
             return
         try:
-            await self.run_store(self.store.add_usage, deltas)
+            await self.store.add_usage(deltas)
         except BaseException:
             self._unflushed = deltas + self._unflushed
             raise

@@ -24,7 +24,8 @@ from clexproxy.handlers.common import GATEWAY
 from clexproxy.metrics import reset_metrics_dir
 from clexproxy.screen import GatewayRunner
 from clexproxy.signals import wait_for_stop_signal
-from clexproxy.store.sqlite import SQLiteStore, StoreError
+from clexproxy.store.base import open_store
+from clexproxy.store.sqlite import StoreError
 from clexproxy.supervisor import Supervisor, worker_settings
 
 log = logging.getLogger("clexproxy.server")
@@ -33,31 +34,32 @@ DEMO_KEY_FILE = "demo_key"
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
-def ensure_demo_key(settings: Settings) -> str:
+async def ensure_demo_key(settings: Settings) -> str:
     """The demo account's key, created on first start and kept (demo mode only) so the curl line keeps working."""
     path = Path(settings.data_dir) / DEMO_KEY_FILE
-    store = SQLiteStore.in_data_dir(settings.data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = await open_store(settings.data_dir, settings.database_url)
     try:
         if path.exists():
             key = path.read_text().strip()
             digest = hash_key(key) if key_format_ok(key) else b""
-            if any(k.key_hash == digest and k.active for k in store.list_keys(settings.demo_account)):
+            if any(k.key_hash == digest and k.active for k in await store.list_keys(settings.demo_account)):
                 return key
-        if store.get_account(settings.demo_account) is None:
-            store.create_account(settings.demo_account, settings.demo_plan)
+        if await store.get_account(settings.demo_account) is None:
+            await store.create_account(settings.demo_account, settings.demo_plan)
         limits = {p.name: p.max_keys for p in settings.catalog.plans.values()}
         try:
-            _, key = store.create_key(settings.demo_account, settings.demo_plan, limits)
+            _, key = await store.create_key(settings.demo_account, settings.demo_plan, limits)
         except StoreError:
             # The demo account is at its key limit with keys we cannot show: retire the oldest.
-            oldest = store.list_keys(settings.demo_account, include_revoked=False)[0]
-            store.revoke_key(oldest.id)
-            _, key = store.create_key(settings.demo_account, settings.demo_plan, limits)
+            oldest = (await store.list_keys(settings.demo_account, include_revoked=False))[0]
+            await store.revoke_key(oldest.id)
+            _, key = await store.create_key(settings.demo_account, settings.demo_plan, limits)
         path.write_text(key + "\n")
         path.chmod(0o600)
         return key
     finally:
-        store.close()
+        await store.close()
 
 
 def banner(settings: Settings, demo_key: str | None) -> str:
@@ -98,7 +100,7 @@ async def serve(settings: Settings, worker: int | None = None) -> None:
     settings = fit_open_file_limit(settings)
     demo_key = None
     if worker is None:
-        demo_key = ensure_demo_key(settings) if settings.demo else None
+        demo_key = await ensure_demo_key(settings) if settings.demo else None
         reset_metrics_dir(settings.metrics_dir)
     app = build_app(settings)
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
@@ -176,7 +178,7 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
 def _run_supervisor(settings: Settings) -> None:
     """The parent of `settings.workers` workers: one-time setup, a check that Redis answers, then watch."""
     settings = worker_settings(settings)
-    demo_key = ensure_demo_key(settings) if settings.demo else None
+    demo_key = asyncio.run(ensure_demo_key(settings)) if settings.demo else None
     reset_metrics_dir(settings.metrics_dir)
     try:
         redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5).ping()

@@ -7,7 +7,8 @@ process's memory at once; other processes pick them up from the store's change f
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -15,6 +16,8 @@ from aiohttp import web
 from clexproxy.errors import AuthenticationFailed, InvalidRequest, NotFound
 from clexproxy.handlers.common import GATEWAY, read_json, request_id
 from clexproxy.store.sqlite import AccountRow, KeyRow, StoreError
+
+T = TypeVar("T")
 
 MAX_ADMIN_BODY = 64 * 1024
 
@@ -62,10 +65,10 @@ def _plan(request: web.Request, body: Any, default: str | None = None) -> str:
     return str(plan)
 
 
-async def _store_call(request: web.Request, fn: Any, *args: Any) -> Any:
+async def _store_call(request: web.Request, call: Awaitable[T]) -> T:
     gateway = request.app[GATEWAY]
     try:
-        result = await gateway.run_store(fn, *args)
+        result = await call
     except StoreError as exc:
         message = str(exc)
         raise (NotFound(message) if message.startswith("no ") else InvalidRequest(message)) from None
@@ -75,7 +78,7 @@ async def _store_call(request: web.Request, fn: Any, *args: Any) -> Any:
 
 async def list_accounts(request: web.Request) -> web.Response:
     _check_token(request)
-    rows = await request.app[GATEWAY].run_store(request.app[GATEWAY].store.list_accounts)
+    rows = await request.app[GATEWAY].store.list_accounts()
     return _ok({"object": "list", "data": [_account(r) for r in rows]}, request)
 
 
@@ -83,7 +86,7 @@ async def create_account(request: web.Request) -> web.Response:
     _check_token(request)
     body = await read_json(request, MAX_ADMIN_BODY)
     name, plan = _string_field(body, "name"), _plan(request, body, "free")
-    row = await _store_call(request, request.app[GATEWAY].store.create_account, name, plan)
+    row = await _store_call(request, request.app[GATEWAY].store.create_account(name, plan))
     return _ok(_account(row), request, status=201)
 
 
@@ -91,7 +94,7 @@ async def update_account(request: web.Request) -> web.Response:
     _check_token(request)
     body = await read_json(request, MAX_ADMIN_BODY)
     store = request.app[GATEWAY].store
-    row = await _store_call(request, store.set_plan, request.match_info["name"], _plan(request, body))
+    row = await _store_call(request, store.set_plan(request.match_info["name"], _plan(request, body)))
     return _ok(_account(row), request)
 
 
@@ -99,7 +102,7 @@ async def _existing_account(request: web.Request) -> str:
     """The account named in the path; 404 when there is none (the admin API never creates one implicitly)."""
     gateway = request.app[GATEWAY]
     name = request.match_info["name"]
-    if await gateway.run_store(gateway.store.get_account, name) is None:
+    if await gateway.store.get_account(name) is None:
         raise NotFound(f"no account named {name!r}")
     return name
 
@@ -109,14 +112,14 @@ async def create_key(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     name = await _existing_account(request)
     limits = {p.name: p.max_keys for p in gateway.catalog.plans.values()}
-    row, key = await _store_call(request, gateway.store.create_key, name, "free", limits)
+    row, key = await _store_call(request, gateway.store.create_key(name, "free", limits))
     return _ok({**_key(row), "key": key}, request, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     _check_token(request)
     gateway = request.app[GATEWAY]
-    rows = await gateway.run_store(gateway.store.list_keys, request.query.get("account"))
+    rows = await gateway.store.list_keys(request.query.get("account"))
     return _ok({"object": "list", "data": [_key(r) for r in rows]}, request)
 
 
@@ -126,7 +129,7 @@ async def revoke_key(request: web.Request) -> web.Response:
         key_id = int(request.match_info["key_id"])
     except ValueError:
         raise InvalidRequest("key id must be an integer.") from None
-    row = await _store_call(request, request.app[GATEWAY].store.revoke_key, key_id)
+    row = await _store_call(request, request.app[GATEWAY].store.revoke_key(key_id))
     return _ok(_key(row), request)
 
 
@@ -135,7 +138,7 @@ async def account_usage(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     name = await _existing_account(request)
     await gateway.flush_usage()
-    rows = await gateway.run_store(gateway.store.usage, name)
+    rows = await gateway.store.usage(name)
     usage = [
         {"day": r.day, "credits": r.credits, "calls": r.calls,
          "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens}

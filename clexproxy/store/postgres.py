@@ -216,6 +216,10 @@ class PostgresStore:
 
     # change feed ------------------------------------------------------------------------------
 
+    async def change_marker(self) -> int:
+        """The committed change seq: the gateway's cheap 'anything new?' before `changes_since`."""
+        return await self.current_seq()
+
     async def current_seq(self) -> int:
         """The highest committed change seq: the cheap 'anything new?' check (PostgreSQL has no data_version).
 

@@ -20,6 +20,7 @@ caches it until then.
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
 
@@ -145,7 +146,8 @@ class RedisSync:
 
     @staticmethod
     def new_lease_id() -> str:
-        return secrets.token_hex(8)
+        """Unique, and naming the process: what a dead worker had leased can be read back from Redis."""
+        return f"{os.getpid()}-{secrets.token_hex(6)}"
 
     async def take_credits(self, account_id: int, day: int, *, limit: int, spent: int, want: int, deficit: int,
                            unit: int, lease_id: str, divisor: int = SLICE_DIVISOR) -> CreditGrant:

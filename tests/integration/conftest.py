@@ -6,11 +6,13 @@ Every server binds 127.0.0.1 on a free port and is stopped by the fixture that s
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import asyncpg
 import openai
 import pytest
 from aiohttp import web
@@ -22,6 +24,7 @@ from clexproxy.demo_upstream import DemoRecorder, DemoServer
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY
 from clexproxy.screen import GatewayRunner
+from tests.pg_server import PgServer, PostgresNotInstalled, find_bindir, postgres_server
 
 # 2026-11-25 12:00:00 UTC: twelve hours from either midnight.
 NOON = 1_795_608_000.0
@@ -42,7 +45,7 @@ class RunningGateway:
     async def add_key(self, account: str, plan: str = "pro") -> str:
         """Create a key through the store, as the CLI would, and make it live at once."""
         limits = {p.name: p.max_keys for p in self.settings.catalog.plans.values()}
-        _, key = await self.gateway.run_store(self.gateway.store.create_key, account, plan, limits)
+        _, key = await self.gateway.store.create_key(account, plan, limits)
         await self.gateway.sync_store(force=True)
         self.keys[account] = key
         return key
@@ -125,3 +128,28 @@ async def gw(make_gateway: GatewayFactory, clock: ManualClock) -> RunningGateway
 @pytest.fixture
 def key(gw: RunningGateway) -> str:
     return gw.keys["acme"]
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgServer]:
+    try:
+        bindir = find_bindir()
+    except PostgresNotInstalled as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with postgres_server(bindir) as server:
+        yield server
+
+
+@pytest.fixture
+async def dsn(pg: PgServer) -> AsyncIterator[str]:
+    """A database of its own: no test sees another's rows or sequence."""
+    name = f"t_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(pg.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield pg.dsn_for(name)
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

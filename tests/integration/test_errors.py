@@ -105,8 +105,8 @@ async def test_401_missing_malformed_unknown(gw: RunningGateway, authorization: 
 async def test_401_revoked_key_and_openai_client(gw: RunningGateway, key: str) -> None:
     with pytest.raises(openai.AuthenticationError):
         await gw.client("clex_" + "b" * 40).chat.completions.create(model=MODEL, messages=HELLO)
-    keys = await gw.gateway.run_store(gw.gateway.store.list_keys, "acme")
-    await gw.gateway.run_store(gw.gateway.store.revoke_key, keys[0].id)
+    keys = await gw.gateway.store.list_keys("acme")
+    await gw.gateway.store.revoke_key(keys[0].id)
     await gw.gateway.sync_store(force=True)
     status, doc, _ = await post(gw, key, {"model": MODEL, "messages": HELLO})
     assert_error(status, doc, 401, "authentication_error")

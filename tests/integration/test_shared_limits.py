@@ -44,7 +44,7 @@ async def test_workers_spend_one_budget_exactly(make_gateway: GatewayFactory, re
     assert statuses == Counter({200: 20, 429: 40})  # 20 calls of 5 credits, never 21
     for gw in (first, second):
         await gw.gateway.flush_usage()
-    spent = await first.gateway.run_store(first.gateway.store.credits_spent, first.gateway.meter.today())
+    spent = await first.gateway.store.credits_spent(first.gateway.meter.today())
     account = first.gateway.directory.accounts[max(first.gateway.directory.accounts)]
     assert spent[account.id] == 100
 

@@ -11,8 +11,7 @@ import asyncio
 import hashlib
 import random
 import re
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -20,37 +19,12 @@ import pytest
 from clexproxy.catalog import DEFAULT_PLANS
 from clexproxy.store.postgres import PostgresStore
 from clexproxy.store.sqlite import AccountRow, KeyRow, StoreError, UsageDelta
-from tests.pg_server import PgServer, PostgresNotInstalled, find_bindir, postgres_server
+from tests.pg_server import PgServer, PostgresNotInstalled
 
 LIMITS = {name: plan.max_keys for name, plan in DEFAULT_PLANS.items()}
 KEY_RE = re.compile(r"clex_[A-Za-z0-9_-]{32,}")
 
 StoreFactory = Callable[..., Awaitable[PostgresStore]]
-
-
-@pytest.fixture(scope="session")
-def pg() -> Iterator[PgServer]:
-    try:
-        bindir = find_bindir()
-    except PostgresNotInstalled as exc:
-        pytest.fail(str(exc), pytrace=False)
-    with postgres_server(bindir) as server:
-        yield server
-
-
-@pytest.fixture
-async def dsn(pg: PgServer) -> AsyncIterator[str]:
-    """A database of its own: no test sees another's rows or sequence."""
-    name = f"t_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(pg.dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield pg.dsn_for(name)
-        finally:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest.fixture
