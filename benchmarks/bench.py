@@ -396,6 +396,32 @@ def scenario_flood(bench: Bench) -> list[Row]:
     return rows
 
 
+REDIS_ROW = "clexproxy --workers 1 --redis"
+
+
+def scenario_redis(bench: Bench) -> list[Row]:
+    """(g) the request path with limits shared through Redis (`--workers 1 --redis`) against the same gateway alone.
+
+    One key, (a)'s workload, in turns. With Redis the worker spends credit leases and batches of
+    per-minute slots from memory and goes to Redis when they run out; this puts a number on that.
+    """
+    nginx = bench.nginx()
+    upstream = f"http://127.0.0.1:{nginx.port}/json/v1"
+    port = free_port()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("bench: redis-server is not installed (make test-tools installs it)")
+    bench.spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(bench.work),
+                          "--appendonly", "yes", "--appendfsync", "always", "--save", ""], port, LOAD_CPU)
+    alone = bench.clexproxy(upstream, bench.work / "data-g1")
+    shared = bench.clexproxy(upstream, bench.work / "data-g2", env={"CLEX_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    rows = interleaved(bench, [("clexproxy", alone, alone.url, {"CLEX_KEY": demo_key(bench.work / "data-g1")}),
+                               (REDIS_ROW, shared, shared.url, {"CLEX_KEY": demo_key(bench.work / "data-g2")})],
+                       64, False)
+    bench.stop_all()
+    return rows
+
+
 def scenario_slow_streams(bench: Bench) -> list[Row]:
     """(e) 10,000 concurrent streams, one chunk a second for 30 s, on one worker: all complete; RSS."""
     streams = 1_000 if bench.quick else 10_000
@@ -451,10 +477,11 @@ def report(results: dict[str, list[Row]], quick: bool, started: float) -> str:
         "d": "(d) 100,000 keys over 10,000 accounts, a random key per request, 64 connections; in turns with one key",
         "e": "(e) 10,000 concurrent slow streams (1 chunk/s for 30 s) on one worker",
         "f": "(f) flood: 9 requests in 10 refused by the per-minute limit, 64 connections; in turns with one key",
+        "g": "(g) limits shared through Redis (`--workers 1 --redis`) against the same gateway alone, 64 connections",
     }
     for name, rows in results.items():
         lines += [f"## {titles[name]}", ""]
-        if name in "abcdf":
+        if name in "abcdfg":
             baseline = next((r["rps"] for r in rows if r["target"] == "baseline"), None)
             head = "| target | requests/s | p50 ms | p99 ms | x baseline | CPU µs/request | RSS MB | non-2xx |"
             if name == "c":
@@ -523,6 +550,11 @@ def targets_section(results: dict[str, list[Row]]) -> list[str]:
         f, one = results["f"][0]["rps"], rps("f", ONE_KEY) or 1.0
         lines.append(f"- (f) requests/s ≥ 3 x (a): {f / one:.2f} x one key on the same gateway, in turns — "
                      f"{'met' if f >= 3 * one else 'not met'}" + _versus_a(f, rps("a", "clexproxy"), ratio=True))
+    if "g" in results:
+        g, alone = rps("g", REDIS_ROW), rps("g", "clexproxy")
+        if g and alone:
+            lines.append(f"- (g) with Redis (`--workers 1 --redis`): {g / alone - 1:+.1%} requests/s against the "
+                         "same gateway without it, in turns (measured, no target)")
     return [*lines, ""]
 
 
@@ -561,6 +593,7 @@ SCENARIOS = {
     "d": lambda b, peers: scenario_many_keys(b),
     "e": lambda b, peers: scenario_slow_streams(b),
     "f": lambda b, peers: scenario_flood(b),
+    "g": lambda b, peers: scenario_redis(b),
 }
 
 
@@ -576,7 +609,7 @@ def workdir() -> Iterator[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="clexproxy benchmarks (see benchmarks/README.md)")
     parser.add_argument("--quick", action="store_true", help="short runs and smaller scenarios (a smoke test)")
-    parser.add_argument("--only", default="abcdef", help="scenarios to run, e.g. 'ab' (default: all)")
+    parser.add_argument("--only", default="abcdefg", help="scenarios to run, e.g. 'ab' (default: all)")
     parser.add_argument("--peers", default="", help="also measure peer gateways in (a) and (b): litellm,portkey")
     parser.add_argument("--out", default=str(BENCH), help="where RESULTS.md and results.png go")
     args = parser.parse_args()

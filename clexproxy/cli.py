@@ -13,6 +13,7 @@ from clexproxy import __version__
 from clexproxy.config import ConfigError, Settings, load_settings
 from clexproxy.store.base import Store, open_store
 from clexproxy.store.sqlite import StoreError
+from clexproxy.sync.redis import RedisError, RedisSync
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +21,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", dest="data_dir", help="where the SQLite store lives (also CLEX_DATA_DIR)")
     parser.add_argument("--database", dest="database_url",
                         help="postgresql://... key store shared by several hosts, not SQLite (also CLEX_DATABASE_URL)")
+    parser.add_argument("--redis", dest="redis_url",
+                        help="Redis the gateways share: limits across workers and hosts, key changes announced "
+                             "(also CLEX_REDIS_URL)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", dest="metrics_port", type=int,
                        help="also serve /metrics alone on this port (default: main port only)")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port (default 1; more need --redis)")
-    serve.add_argument("--redis", dest="redis_url",
-                       help="Redis URL for limits shared by workers and hosts (also CLEX_REDIS_URL)")
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     keys_sub = keys.add_subparsers(dest="action", required=True)
@@ -69,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    return load_settings(args.config, overrides={"data_dir": args.data_dir, "database_url": args.database_url, **extra})
+    overrides = {"data_dir": args.data_dir, "database_url": args.database_url, "redis_url": args.redis_url}
+    return load_settings(args.config, overrides={**overrides, **extra})
 
 
 def _when(ts: float | None) -> str:
@@ -121,8 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             from clexproxy.server import run
 
             run(_settings(args, host=args.host, port=args.port, demo=args.demo, log_level=args.log_level,
-                          log_format=args.log_format, metrics_port=args.metrics_port, workers=args.workers,
-                          redis_url=args.redis_url))
+                          log_format=args.log_format, metrics_port=args.metrics_port, workers=args.workers))
             return
         asyncio.run(_manage(args, _settings(args)))
     except (ConfigError, StoreError) as exc:
@@ -137,6 +139,16 @@ async def _manage(args: argparse.Namespace, settings: Settings) -> None:
         await (_keys if args.command == "keys" else _accounts)(args, settings, store)
     finally:
         await store.close()
+    if settings.redis_url and args.action != "list":
+        # Gateways poll the store too; the announcement makes a revoke bite everywhere at once.
+        sync = RedisSync(settings.redis_url)
+        try:
+            await sync.announce_key_change()
+        except RedisError as exc:
+            print(f"clexproxy: could not announce the change on Redis ({exc}); gateways see it at their next poll",
+                  file=sys.stderr)
+        finally:
+            await sync.close()
 
 
 if __name__ == "__main__":

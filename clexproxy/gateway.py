@@ -24,7 +24,7 @@ from clexproxy.relay import KeepAlives
 from clexproxy.shared_limits import SharedLimits
 from clexproxy.store.base import Store
 from clexproxy.store.sqlite import UsageRow
-from clexproxy.sync.redis import RedisSync
+from clexproxy.sync.redis import RedisError, RedisSync
 from clexproxy.upstream import UpstreamPool
 
 log = logging.getLogger("clexproxy.gateway")
@@ -63,6 +63,7 @@ class Gateway:
         self._seq = 0
         self._data_version = -1
         self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._unflushed: list[UsageRow] = []
 
@@ -79,6 +80,8 @@ class Gateway:
             asyncio.create_task(self._poll_loop(), name="clexproxy-store-poll"),
             asyncio.create_task(self._flush_loop(), name="clexproxy-usage-flush"),
         ]
+        if self.redis is not None:  # waits on Redis, not on a timer: cancelled at stop, which loses nothing
+            self._listener = asyncio.create_task(self._key_change_loop(), name="clexproxy-key-changes")
         self.ready = True
         log.info("loaded %d accounts and %d keys", len(self.directory.accounts), len(self.directory.keys))
 
@@ -95,7 +98,9 @@ class Gateway:
         self.ready = False
         # The timers are told to stop, not cancelled: a cancelled write-behind could drop usage.
         self._stopping.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.cancel()
+        await asyncio.gather(*self._tasks, *[self._listener] * bool(self._listener), return_exceptions=True)
         if self.meter.shared is not None and self.redis is not None:
             returned = await self.meter.shared.give_back(self.meter.today())
             log.info("returned %d leased credits to Redis", returned)
@@ -143,6 +148,34 @@ class Gateway:
                 await self.sync_store()
             except Exception:  # the loop must outlive a locked or briefly unreadable database
                 log.exception("store sync failed; retrying")
+
+    async def _key_change_loop(self) -> None:
+        """Re-read the store at once when a key or plan change is announced on Redis (polling is the backstop)."""
+        assert self.redis is not None
+        wait = 0.1
+        while not self._stopping.is_set():
+            changes = self.redis.key_changes()
+            try:
+                async for _ in changes:
+                    wait = 0.1
+                    await self.sync_store(force=True)
+            except RedisError as exc:
+                log.warning("key-change subscription lost (%s); store polling covers until it is back", exc)
+            except Exception:
+                log.exception("store sync after a key change failed")
+            finally:
+                await changes.aclose()
+            if not await self._tick(wait):
+                return
+            wait = min(5.0, wait * 2)
+
+    async def announce_key_change(self) -> None:
+        """After a write to keys or accounts: every worker on every host re-reads now, not at its next poll."""
+        if self.redis is not None:
+            try:
+                await self.redis.announce_key_change()
+            except RedisError as exc:
+                log.warning("could not announce a key change (%s); workers pick it up at their next poll", exc)
 
     async def _flush_loop(self) -> None:
         while await self._tick(self.settings.store_flush_seconds):

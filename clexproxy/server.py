@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -23,7 +24,7 @@ from clexproxy.handlers import health
 from clexproxy.handlers.common import GATEWAY
 from clexproxy.metrics import reset_metrics_dir
 from clexproxy.screen import GatewayRunner
-from clexproxy.signals import wait_for_stop_signal
+from clexproxy.signals import STOP_SIGNALS, wait_for_stop_signal
 from clexproxy.store.base import open_store
 from clexproxy.store.sqlite import StoreError
 from clexproxy.supervisor import Supervisor, worker_settings
@@ -114,6 +115,11 @@ async def serve(settings: Settings, worker: int | None = None) -> None:
         print(banner(settings, demo_key), flush=True)
     try:
         await wait_for_stop_signal()
+        if worker is not None:
+            # Ctrl-C in a terminal signals every process of the group, then the parent passes SIGTERM
+            # on: a second signal must not cut the drain short (the parent's deadline still holds).
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
     finally:
         log.info("shutting down")
         if metrics_runner is not None:

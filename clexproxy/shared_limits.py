@@ -30,7 +30,9 @@ from clexproxy.sync.redis import SLICE_DIVISOR, RedisError, RedisSync
 
 log = logging.getLogger("clexproxy.shared")
 
-LEASE_CALLS = 8  # a lease asks for this many calls' worth (Redis caps it at 1/8 of what is left)
+LEASE_CALLS = 8  # a first lease asks for this many calls' worth (Redis caps any lease at 1/(4N) of what is left)
+LEASE_MAX_CALLS = 65_536
+LEASE_TARGET_SECONDS = 1.0  # a lease spent faster than this asks for twice as much next time; much slower, half
 SLOT_BATCH_SECONDS = 0.5  # a batch of slots covers about this much of the worker's recent rate
 MIN_SLOT_VALIDITY = 0.5  # seconds a batch of slots may be used in, at the least
 CIRCUIT_MIN, CIRCUIT_MAX = 0.1, 5.0  # seconds between tries of a Redis that failed, doubling
@@ -61,6 +63,7 @@ class SharedLimits:
         self._divisor = max(SLICE_DIVISOR, 4 * self.workers)
         self._stored_spend = stored_spend  # (account, day) -> credits the store holds as spent
         self._leasing: dict[int, asyncio.Future[None]] = {}
+        self._lease_calls: dict[int, tuple[int, float]] = {}  # account -> (calls the next lease asks for, last lease)
         self._leased: set[tuple[int, int]] = set()
         self._left: dict[int, int] = {}  # account -> credits Redis held after our last lease
         # (account, day) -> (credits Redis held, until when we believe it): a budget found spent is
@@ -108,12 +111,13 @@ class SharedLimits:
             return False
         self._check_circuit()
         limit = account.plan.credits_per_day
+        calls = self._next_lease_calls(account.id)
         lease_id = RedisSync.new_lease_id()
         spent = -1  # Redis asks for the store's figure only when the day is new to it
         try:
             while True:
                 grant = await self.sync.take_credits(account.id, day, limit=limit, spent=spent,
-                                                     want=cost * LEASE_CALLS, deficit=deficit, unit=cost,
+                                                     want=cost * calls, deficit=deficit, unit=cost,
                                                      lease_id=lease_id, divisor=self._divisor)
                 if grant.granted >= 0:
                     break
@@ -130,6 +134,19 @@ class SharedLimits:
         self.ledger.grant(account.id, grant.granted, day)
         self._leased.add((account.id, day))
         return True
+
+    def _next_lease_calls(self, account_id: int) -> int:
+        """Leases follow the account's pace on this worker: a busy account goes to Redis about once a second."""
+        now = time.monotonic()
+        calls, last = self._lease_calls.get(account_id, (LEASE_CALLS, 0.0))
+        if last:
+            lasted = now - last
+            if lasted < LEASE_TARGET_SECONDS:
+                calls = min(LEASE_MAX_CALLS, calls * 2)
+            elif lasted > 10 * LEASE_TARGET_SECONDS:
+                calls = max(LEASE_CALLS, calls // 2)
+        self._lease_calls[account_id] = (calls, now)
+        return calls
 
     async def give_back(self, day: int) -> int:
         """Return every unused lease of `day` (at shutdown); the credits returned."""

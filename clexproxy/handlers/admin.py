@@ -73,6 +73,7 @@ async def _store_call(request: web.Request, call: Awaitable[T]) -> T:
         message = str(exc)
         raise (NotFound(message) if message.startswith("no ") else InvalidRequest(message)) from None
     await gateway.sync_store(force=True)
+    await gateway.announce_key_change()
     return result
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -179,6 +180,26 @@ class RedisSync:
     async def credits_left(self, account_id: int, day: int) -> int | None:
         left = await self._redis.hget(self._budget_key(account_id, day), "left")
         return None if left is None else int(left)
+
+    @property
+    def keys_channel(self) -> str:
+        return f"{self.prefix}:keys"
+
+    async def announce_key_change(self) -> None:
+        """Tell every worker on every host to re-read the store's keys and accounts now (a revoke, a plan change)."""
+        await self._redis.publish(self.keys_channel, b"changed")
+
+    async def key_changes(self) -> AsyncGenerator[None, None]:
+        """One item per announced change, for as long as the subscription lives (a Redis error ends it)."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.keys_channel)
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is not None:
+                    yield None
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     async def take_slots(self, account_id: int, rpm: int, want: int) -> SlotGrant:
         """Take up to `want` of the account's per-minute slots, or learn how long until one frees."""

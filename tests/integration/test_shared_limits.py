@@ -7,8 +7,11 @@ store. The multi-process and multi-host versions of these floods are in test_sca
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import openai
 import pytest
@@ -120,3 +123,25 @@ async def test_redis_down_fails_closed_beyond_the_lease(make_gateway: GatewayFac
         await asyncio.sleep(0.1)
     else:
         pytest.fail("the gateway did not lease again after Redis came back")
+
+
+async def test_a_revoke_announced_on_redis_bites_without_waiting_for_a_poll(
+    make_gateway: GatewayFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    gw = await make_gateway(redis_url=redis_server.url, store_poll_seconds=3600.0)  # no poll will come
+    key = await gw.add_key("announced", "pro")
+    assert await call(gw, key, CHEAP) == 200
+    keys = await gw.gateway.store.list_keys("announced")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "clexproxy", "keys", "revoke", str(keys[0].id), "--data-dir", str(tmp_path / "data"),
+         "--redis", redis_server.url],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    for _ in range(50):
+        if await call(gw, key, CHEAP) == 401:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the announced revoke was not applied")

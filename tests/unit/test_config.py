@@ -307,3 +307,20 @@ def test_new_plan_needs_every_number(tmp_path: Path) -> None:
     path = write(tmp_path, "[plans.gold]\ncredits_per_day = 5000\nrequests_per_minute = 300\nmax_keys = 3\n", "b.toml")
     gold = load_settings(path, env={}).catalog.plans["gold"]
     assert (gold.credits_per_day, gold.requests_per_minute, gold.max_keys) == (5000, 300, 3)
+
+
+def test_several_workers_need_redis() -> None:
+    with pytest.raises(ConfigError, match=r"4 workers need Redis .*every worker would grant the full daily budget"):
+        load_settings(env={"CLEX_WORKERS": "4"})
+    settings = load_settings(env={"CLEX_WORKERS": "4", "CLEX_REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert (settings.workers, settings.redis_url) == (4, "redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match="at least 1"):
+        load_settings(env={"CLEX_WORKERS": "0"})
+
+
+@pytest.mark.parametrize(("name", "value"), [("CLEX_REDIS_URL", "http://redis:6379"),
+                                             ("CLEX_DATABASE_URL", "mysql://db/clex")])
+def test_shared_services_take_their_own_url_schemes(name: str, value: str) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(env={name: value})
+    load_settings(env={"CLEX_REDIS_URL": "rediss://redis:6380/1", "CLEX_DATABASE_URL": "postgresql://u:p@db/clex"})
