@@ -62,7 +62,7 @@ class SharedLimits:
         # time: no worker sits on credits that a call on another worker could have spent.
         self._divisor = max(SLICE_DIVISOR, 4 * self.workers)
         self._stored_spend = stored_spend  # (account, day) -> credits the store holds as spent
-        self._leasing: dict[int, asyncio.Future[None]] = {}
+        self._leasing: dict[int, asyncio.Future[bool]] = {}
         self._lease_calls: dict[int, tuple[int, float]] = {}  # account -> (calls the next lease asks for, last lease)
         self._leased: set[tuple[int, int]] = set()
         self._left: dict[int, int] = {}  # account -> credits Redis held after our last lease
@@ -94,13 +94,18 @@ class SharedLimits:
         if pending is not None:
             await asyncio.shield(pending)
             return True
-        future = asyncio.get_running_loop().create_future()
-        self._leasing[account.id] = future
-        try:
-            return await self._lease(account, cost, day)
-        finally:
-            del self._leasing[account.id]
-            future.set_result(None)
+        # The trip runs as a task of its own: a client that leaves mid-trip cancels its call, not
+        # the lease, which still lands in the ledger instead of being stranded in Redis.
+        task = asyncio.ensure_future(self._lease(account, cost, day))
+        self._leasing[account.id] = task
+        task.add_done_callback(lambda done: self._lease_done(account.id, done))
+        return await asyncio.shield(task)
+
+    def _lease_done(self, account_id: int, task: asyncio.Future[bool]) -> None:
+        if self._leasing.get(account_id) is task:
+            del self._leasing[account_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here: every call that waited on it may have left
 
     async def _lease(self, account: Account, cost: int, day: int) -> bool:
         deficit = cost - self.ledger.remaining(account.id, day)

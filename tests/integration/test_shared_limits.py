@@ -145,3 +145,24 @@ async def test_a_revoke_announced_on_redis_bites_without_waiting_for_a_poll(
         await asyncio.sleep(0.02)
     else:
         pytest.fail("the announced revoke was not applied")
+
+
+async def test_a_lease_lands_even_when_the_call_that_asked_for_it_leaves(make_gateway: GatewayFactory,
+                                                                        redis_server: RedisServer) -> None:
+    gw = await make_gateway(redis_url=redis_server.url)
+    await gw.add_key("leaves", "pro")
+    gateway = gw.gateway
+    assert gateway.meter.shared is not None and gateway.redis is not None
+    account = gateway.directory.accounts[max(gateway.directory.accounts)]
+    day = gateway.meter.today()
+    gateway.meter.track(account)
+    asking = asyncio.ensure_future(gateway.meter.shared.lease(account, 5, day))
+    await asyncio.sleep(0)  # the trip to Redis has started
+    asking.cancel()  # the client left
+    for _ in range(100):
+        if gateway.meter.ledger.remaining(account.id, day) > 0:
+            break
+        await asyncio.sleep(0.01)
+    held = gateway.meter.ledger.remaining(account.id, day)
+    assert held > 0
+    assert (await gateway.redis.credits_left(account.id, day) or 0) + held == 2000  # nothing stranded in Redis
