@@ -91,7 +91,7 @@ class SharedLimits:
         each then tries its reservation again.
         """
         pending = self._leasing.get(account.id)
-        if pending is not None:
+        if pending is not None and not pending.done():  # a finished one would be awaited without a pause: a spin
             await asyncio.shield(pending)
             return True
         # The trip runs as a task of its own: a client that leaves mid-trip cancels its call, not
