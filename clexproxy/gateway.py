@@ -2,7 +2,10 @@
 
 The request path reads only what is here, in memory. Two timers do the rest: one applies the
 store's change feed (keys created or revoked by the CLI, plan changes) and one writes usage
-behind, so a hard crash loses at most `store_flush_seconds` of usage.
+behind, so a hard crash loses at most `store_flush_seconds` of usage. With Redis
+(`redis_url`), limits are shared with every other worker (clexproxy/shared_limits.py), a
+change announced on Redis is applied at once instead of at the next poll, and the leases
+still held at shutdown go back.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ class Gateway:
         self._stopping.set()
         if self._listener is not None:
             self._listener.cancel()
-        await asyncio.gather(*self._tasks, *[self._listener] * bool(self._listener), return_exceptions=True)
+        await asyncio.gather(*self._tasks, *([self._listener] if self._listener else []), return_exceptions=True)
         if self.meter.shared is not None and self.redis is not None:
             returned = await self.meter.shared.give_back(self.meter.today())
             log.info("returned %d leased credits to Redis", returned)

@@ -174,13 +174,16 @@ async def test_the_per_minute_rate_holds_across_eight_workers(start: Start, tmp_
     assert statuses[200] >= 200 * 0.75, (statuses, elapsed)  # batches left unused in a worker expire
 
 
-async def test_a_revoked_key_stops_on_every_worker_within_a_second(start: Start, tmp_path: Path) -> None:
+async def test_a_key_works_and_stops_on_every_worker_within_a_second(start: Start, tmp_path: Path,
+                                                                     redis_server: RedisServer) -> None:
     first, second = await start("a"), await start("b")
     data = tmp_path / "data"
     key = new_key(data, "revoked", "pro")
-    await key_is_live([first, second], key)
+    await asyncio.sleep(1.0)
+    created = await flood([first, second], key, CHEAP, 8 * WORKERS)
+    assert created == Counter({200: 8 * WORKERS})  # new connections: every worker of both instances serves it
     key_id = next(line.split()[0] for line in cli(data, "keys", "list", "--account", "revoked").splitlines()[1:])
-    cli(data, "keys", "revoke", key_id)
+    cli(data, "keys", "revoke", key_id, "--redis", redis_server.url)  # announced: no worker waits for its poll
     await asyncio.sleep(1.0)
     statuses = await flood([first, second], key, CHEAP, 8 * WORKERS)
     assert statuses == Counter({401: 8 * WORKERS})
