@@ -21,6 +21,9 @@ class Plan:
     credits_per_day: int
     requests_per_minute: int
     max_keys: int
+    # With Redis unreachable and the lease in hand spent: refuse with a 503 (False, the default) or
+    # admit on this worker's own count, up to 1/N of the daily credits, settled with Redis on its return.
+    fail_open: bool = False
 
 
 @dataclass(frozen=True, slots=True)

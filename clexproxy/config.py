@@ -136,6 +136,13 @@ def _int(table: Mapping[str, Any], key: str, default: int) -> int:
     return value
 
 
+def _bool(table: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
 def _plan(name: str, p: Mapping[str, Any], old: Plan | None) -> Plan:
     """A plan; a new one must state every number (a silent 0 would refuse every call on it)."""
     numbers = ("credits_per_day", "requests_per_minute", "max_keys")
@@ -148,6 +155,7 @@ def _plan(name: str, p: Mapping[str, Any], old: Plan | None) -> Plan:
         _int(p, "credits_per_day", old.credits_per_day if old else 0),
         _int(p, "requests_per_minute", old.requests_per_minute if old else 0),
         _int(p, "max_keys", old.max_keys if old else 0),
+        _bool(p, "fail_open", old.fail_open if old else False),
     )
 
 

@@ -186,3 +186,6 @@ class Gateway:
                 await self.flush_usage()
             except Exception:
                 log.exception("usage write-behind failed; retrying")
+            shared = self.meter.shared
+            if shared is not None and shared.owes:  # fail-open spending from a Redis outage, charged once it is back
+                await shared.settle_owed()

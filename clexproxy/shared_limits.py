@@ -74,6 +74,11 @@ class SharedLimits:
         self._fallback = TokenBuckets()
         self._circuit_until = 0.0
         self._circuit_wait = CIRCUIT_MIN
+        # Fail-open plans' spending while Redis was away: (account, day, credits, debit id), charged
+        # to Redis in order once it answers again (`settle_owed`), and the per-day totals it is capped by.
+        self._owed: list[tuple[int, int, int, str]] = []
+        self._spent_open: dict[tuple[int, int], int] = {}
+        self._settling = asyncio.Lock()
 
     # credits ------------------------------------------------------------------------------------
 
@@ -114,7 +119,10 @@ class SharedLimits:
         known = self._spent_out.get((account.id, day))
         if known is not None and known[0] < deficit and time.monotonic() < known[1]:
             return False
-        self._check_circuit()
+        if time.monotonic() < self._circuit_until:
+            if account.plan.fail_open:
+                return self._lease_without_redis(account, cost, day, deficit)
+            raise _unavailable(self._circuit_until - time.monotonic())
         limit = account.plan.credits_per_day
         calls = self._next_lease_calls(account.id)
         lease_id = RedisSync.new_lease_id()
@@ -128,8 +136,14 @@ class SharedLimits:
                     break
                 spent = await self._stored_spend(account.id, day)
         except RedisError as exc:
-            self._trip(exc)
+            log.warning("Redis unavailable for credit leases: %s", exc)
+            self._open_circuit()
+            if account.plan.fail_open:
+                return self._lease_without_redis(account, cost, day, deficit)
+            raise _unavailable(self._circuit_wait) from None
         self._closed_circuit()
+        if self._owed:
+            await self.settle_owed()
         self._left[account.id] = grant.left
         if grant.granted == 0:
             if len(self._spent_out) > 65_536:
@@ -139,6 +153,39 @@ class SharedLimits:
         self.ledger.grant(account.id, grant.granted, day)
         self._leased.add((account.id, day))
         return True
+
+    def _lease_without_redis(self, account: Account, cost: int, day: int, deficit: int) -> bool:
+        """A fail-open plan's lease while Redis is away: counted here, up to 1/N of the day, charged to Redis later."""
+        spent = self._spent_open.get((account.id, day), 0)
+        if spent + deficit > max(cost, account.plan.credits_per_day // self.workers):
+            return False
+        self._spent_open[(account.id, day)] = spent + deficit
+        self._owed.append((account.id, day, deficit, RedisSync.new_lease_id()))
+        self.ledger.grant(account.id, deficit, day)
+        return True
+
+    async def settle_owed(self) -> int:
+        """Charge Redis what fail-open plans spent while it was away (each debit once); the credits charged.
+
+        A day Redis no longer holds needs nothing: its first lease starts from the store, which
+        has the spending. Stops at the first Redis error; what is left waits for the next try.
+        """
+        charged = 0
+        async with self._settling:  # one settler at a time: each debit is sent, then dropped, in order
+            while self._owed:
+                account_id, day, credits, debit_id = self._owed[0]
+                try:
+                    await self.sync.debit_credits(account_id, day, credits, debit_id)
+                except RedisError:
+                    return charged
+                self._owed.pop(0)
+                charged += credits
+            self._spent_open.clear()
+        return charged
+
+    @property
+    def owes(self) -> bool:
+        return bool(self._owed)
 
     def _next_lease_calls(self, account_id: int) -> int:
         """Leases follow the account's pace on this worker: a busy account goes to Redis about once a second."""
@@ -155,6 +202,7 @@ class SharedLimits:
 
     async def give_back(self, day: int) -> int:
         """Return every unused lease of `day` (at shutdown); the credits returned."""
+        await self.settle_owed()
         returned = 0
         for account_id, lease_day in sorted(self._leased):
             if lease_day != day or account_id not in self.ledger:
@@ -260,15 +308,6 @@ class SharedLimits:
         return BucketResult(allowed, remaining, retry_after, reset_after)
 
     # the circuit --------------------------------------------------------------------------------
-
-    def _check_circuit(self) -> None:
-        if time.monotonic() < self._circuit_until:
-            raise _unavailable(self._circuit_until - time.monotonic())
-
-    def _trip(self, exc: RedisError) -> None:
-        log.warning("Redis unavailable for credit leases: %s", exc)
-        self._open_circuit()
-        raise _unavailable(self._circuit_wait) from None
 
     def _open_circuit(self) -> None:
         self._circuit_until = time.monotonic() + self._circuit_wait

@@ -84,6 +84,17 @@ end
 return redis.call('HINCRBY', KEYS[1], 'left', tonumber(ARGV[1]))
 """
 
+# KEYS[1]: the account's budget for the day; KEYS[2]: this debit's record. ARGV: credits, memory.
+# Charges credits a fail-open plan spent while Redis was away, once even if asked twice. A day
+# Redis does not hold is left alone: its first lease will start from the store, which has them.
+_DEBIT_CREDITS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
+if redis.call('SET', KEYS[2], 1, 'NX', 'EX', tonumber(ARGV[2])) == false then
+  return {1, tonumber(redis.call('HGET', KEYS[1], 'left'))}
+end
+return {1, redis.call('HINCRBY', KEYS[1], 'left', -tonumber(ARGV[1]))}
+"""
+
 # KEYS[1]: the account's theoretical arrival time, in µs on Redis's clock. ARGV: rpm, slots wanted.
 # Returns {granted, µs until a slot frees (when none granted), slots left after the grant}.
 _TAKE_SLOTS = """
@@ -133,6 +144,7 @@ class RedisSync:
         )
         self._take_credits = self._redis.register_script(_TAKE_CREDITS)
         self._give_credits = self._redis.register_script(_GIVE_CREDITS)
+        self._debit_credits = self._redis.register_script(_DEBIT_CREDITS)
         self._take_slots = self._redis.register_script(_TAKE_SLOTS)
 
     async def close(self) -> None:
@@ -176,6 +188,14 @@ class RedisSync:
             args=[credits, GRANT_MEMORY_SECONDS],
         )
         return None if left is None or int(left) < 0 else int(left)
+
+    async def debit_credits(self, account_id: int, day: int, credits: int, debit_id: str) -> int | None:
+        """Charge credits spent without a lease (once per `debit_id`); the day's credits left, or None if not held."""
+        held, left = await self._debit_credits(
+            keys=[self._budget_key(account_id, day), f"{self.prefix}:{{{account_id}}}:debit:{debit_id}"],
+            args=[credits, GRANT_MEMORY_SECONDS],
+        )
+        return int(left) if int(held) else None
 
     async def credits_left(self, account_id: int, day: int) -> int | None:
         left = await self._redis.hget(self._budget_key(account_id, day), "left")

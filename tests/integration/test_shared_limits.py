@@ -166,3 +166,50 @@ async def test_a_lease_lands_even_when_the_call_that_asked_for_it_leaves(make_ga
     held = gateway.meter.ledger.remaining(account.id, day)
     assert held > 0
     assert (await gateway.redis.credits_left(account.id, day) or 0) + held == 2000  # nothing stranded in Redis
+
+
+OPEN_PLAN = """
+[plans.open]
+credits_per_day = 1000
+requests_per_minute = 10000
+max_keys = 1
+fail_open = true
+"""
+
+
+async def test_a_fail_open_plan_keeps_answering_and_is_charged_when_redis_returns(
+    make_gateway: GatewayFactory, redis_server: RedisServer
+) -> None:
+    gw = await make_gateway(redis_url=redis_server.url, config=OPEN_PLAN)
+    key = await gw.add_key("open", "open")
+    assert await call(gw, key, PREMIUM) == 200  # a lease from Redis
+    redis_server.kill()
+    during = Counter([await call(gw, key, PREMIUM) for _ in range(30)])
+    assert during == Counter({200: 30})  # beyond the lease, on this worker's own count
+    gateway = gw.gateway
+    assert gateway.meter.shared is not None and gateway.meter.shared.owes
+    redis_server.start()
+    for _ in range(200):  # the write-behind timer settles the debt once Redis answers (after the circuit's pause)
+        if not gateway.meter.shared.owes:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the outage's spending was never charged to Redis")
+    await gateway.flush_usage()
+    account = gateway.directory.accounts[max(gateway.directory.accounts)]
+    day = gateway.meter.today()
+    spent = (await gateway.store.credits_spent(day))[account.id]
+    assert spent == 31 * 5
+    assert gateway.redis is not None
+    left = await gateway.redis.credits_left(account.id, day) or 0
+    held = gateway.meter.ledger.remaining(account.id, day)
+    assert left + held + spent == 1000  # nothing lost, nothing charged twice
+
+
+async def test_a_fail_open_plan_stops_at_its_share_of_the_day(make_gateway: GatewayFactory,
+                                                              redis_server: RedisServer) -> None:
+    gw = await make_gateway(redis_url=redis_server.url, workers=4, config=OPEN_PLAN)
+    key = await gw.add_key("open-capped", "open")
+    redis_server.kill()
+    statuses = Counter([await call(gw, key, PREMIUM) for _ in range(60)])
+    assert statuses == Counter({200: 50, 429: 10})  # 1000 / 4 workers = 250 credits = 50 calls of 5

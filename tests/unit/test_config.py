@@ -309,6 +309,16 @@ def test_new_plan_needs_every_number(tmp_path: Path) -> None:
     assert (gold.credits_per_day, gold.requests_per_minute, gold.max_keys) == (5000, 300, 3)
 
 
+def test_a_plan_may_fail_open(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[plans.team]\ncredits_per_day = 10\nrequests_per_minute = 5\nmax_keys = 1\nfail_open = true\n")
+    plans = load_settings(path, env={}).catalog.plans
+    assert plans["team"].fail_open and not plans["free"].fail_open
+    path.write_text('[plans.free]\nfail_open = "yes"\n')
+    with pytest.raises(ConfigError, match="fail_open must be true or false"):
+        load_settings(path, env={})
+
+
 def test_several_workers_need_redis() -> None:
     with pytest.raises(ConfigError, match=r"4 workers need Redis .*every worker would grant the full daily budget"):
         load_settings(env={"CLEX_WORKERS": "4"})
