@@ -69,15 +69,10 @@ class Meter:
     def share(self, limits: SharedLimits) -> None:
         self.shared = limits
 
-    def _credits_left(self, account: Account, day: int) -> int:
+    def _credits_left(self, account_id: int, day: int, unknown: int = 0) -> int:
+        """Credits remaining today: the ledger's; shared, an estimate (`unknown` before this worker's first lease)."""
         if self.shared is not None:
-            return self.shared.credits_left(account.id, day, account.plan.credits_per_day)
-        return self.ledger.remaining(account.id, day)
-
-    def _credits_remaining(self, account_id: int) -> int:
-        day = self.today()
-        if self.shared is not None:
-            return self.shared.credits_left(account_id, day, 0)
+            return self.shared.credits_left(account_id, day, unknown)
         return self.ledger.remaining(account_id, day)
 
     def _peek(self, account: Account) -> BucketResult:
@@ -110,7 +105,8 @@ class Meter:
         day = utc_day(wall)
         if account.id not in self.ledger:
             self.track(account)
-        return self._headers(account, self._credits_left(account, day), self._peek(account), wall)
+        left = self._credits_left(account.id, day, account.plan.credits_per_day)
+        return self._headers(account, left, self._peek(account), wall)
 
     def take_request(self, account: Account) -> BucketResult | None:
         """Count one request against the per-minute limit, or raise its 429.
@@ -158,13 +154,14 @@ class Meter:
         wall = self.clock.time()
         if account.id not in self.ledger:
             self.track(account)
-        return bucket, self._credits_left(account, utc_day(wall)), wall
+        return bucket, self._credits_left(account.id, utc_day(wall), account.plan.credits_per_day), wall
 
     def _rpm_refusal(self, account: Account, bucket: BucketResult) -> RateLimited:
         wall = self.clock.time()
         if account.id not in self.ledger:
             self.track(account)
-        headers = self._headers(account, self._credits_left(account, utc_day(wall)), bucket, wall)
+        left = self._credits_left(account.id, utc_day(wall), account.plan.credits_per_day)
+        headers = self._headers(account, left, bucket, wall)
         return RateLimited(
             rpm_message(account.plan) + retry_when(bucket.retry_after),
             limit="requests_per_minute",
@@ -186,7 +183,9 @@ class Meter:
             if self.shared is not None:
                 return None
             raise self._credits_refusal(account, cost, bucket, wall)
-        return Admission(account.id, cost, day, self._headers(account, self._credits_left(account, day), bucket, wall))
+        if self.shared is not None:  # alone, what `reserve` returned is what remains
+            remaining = self.shared.credits_left(account.id, day, 0)
+        return Admission(account.id, cost, day, self._headers(account, remaining, bucket, wall))
 
     async def reserve_remote(self, account: Account, cost: int, bucket: BucketResult) -> Admission:
         """`reserve` with a lease from Redis; raises the credits 429 when the day's shared budget cannot pay."""
@@ -197,11 +196,11 @@ class Meter:
             if not await self.shared.lease(account, cost, day):
                 raise self._credits_refusal(account, cost, bucket, wall)
             if self.ledger.reserve(account.id, cost, day) >= 0:  # else a concurrent call took the refill first
-                return Admission(account.id, cost, day,
-                                 self._headers(account, self._credits_left(account, day), bucket, wall))
+                left = self._credits_left(account.id, day)
+                return Admission(account.id, cost, day, self._headers(account, left, bucket, wall))
 
     def _credits_refusal(self, account: Account, cost: int, bucket: BucketResult, wall: float) -> RateLimited:
-        left = self._credits_left(account, utc_day(wall))
+        left = self._credits_left(account.id, utc_day(wall))
         reset = seconds_to_utc_midnight(wall)
         return RateLimited(
             f"Daily credits exhausted: this call costs {cost} credit(s) and {left} remain today "
@@ -226,7 +225,7 @@ class Meter:
             return
         admission.refunded = True
         self.ledger.refund(admission.account_id, admission.cost, admission.day)
-        admission.headers["X-Clex-Credits-Remaining"] = str(self._credits_remaining(admission.account_id))
+        admission.headers["X-Clex-Credits-Remaining"] = str(self._credits_left(admission.account_id, self.today()))
 
     def record_tokens(self, admission: Admission, prompt: int, completion: int) -> None:
         self.ledger.record_tokens(admission.account_id, prompt, completion, admission.day)
