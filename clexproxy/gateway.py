@@ -69,6 +69,7 @@ class Gateway:
         self._listener: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._unflushed: list[UsageRow] = []
+        self._flushing = asyncio.Lock()
 
     async def start(self) -> None:
         """Load accounts, keys and today's usage, then start the sync timers."""
@@ -129,15 +130,21 @@ class Gateway:
             self.meter.track(account)
 
     async def flush_usage(self) -> None:
-        """Write usage behind; a failed write keeps its deltas for the next try, so nothing is lost."""
-        deltas, self._unflushed = self._unflushed + self.meter.drain(), []
-        if not deltas:
-            return
-        try:
-            await self.store.add_usage(deltas)
-        except BaseException:
-            self._unflushed = deltas + self._unflushed
-            raise
+        """Write usage behind; a failed write keeps its deltas for the next try, so nothing is lost.
+
+        One write at a time: a caller that drains nothing while the timer's write is still in flight
+        must not return before that write lands, or it reads the store short (Redis seeding a day from
+        `_stored_spend`, the admin usage report, a test's totals).
+        """
+        async with self._flushing:
+            deltas, self._unflushed = self._unflushed + self.meter.drain(), []
+            if not deltas:
+                return
+            try:
+                await self.store.add_usage(deltas)
+            except BaseException:
+                self._unflushed = deltas + self._unflushed
+                raise
 
     async def _tick(self, seconds: float) -> bool:
         """Sleep `seconds`; False once the gateway is stopping."""

@@ -37,6 +37,7 @@ class RunningGateway:
     base_url: str
     keys: dict[str, str] = field(default_factory=dict)
     stopped: bool = False
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
 
     @property
     def gateway(self) -> Gateway:
@@ -51,11 +52,16 @@ class RunningGateway:
         return key
 
     def client(self, key: str, **kwargs: Any) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0, **kwargs)
+        """An official client for `key`; closed at `stop`, while its event loop still runs."""
+        client = openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0, **kwargs)
+        self.clients.append(client)
+        return client
 
     async def stop(self) -> None:
         if not self.stopped:
             self.stopped = True
+            for client in self.clients:
+                await client.close()
             await self.runner.cleanup()
 
 

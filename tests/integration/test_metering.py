@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -221,6 +222,38 @@ async def test_restart_keeps_usage(make_gateway: GatewayFactory, clock: ManualCl
     assert await remaining(again, key) == 480
     raw = await again.client(key).chat.completions.with_raw_response.create(model=CHEAP, messages=HELLO, stream=False)
     assert raw.headers["X-Clex-Credits-Remaining"] == "479"
+
+
+async def test_a_flush_waits_for_the_write_already_in_flight(
+    make_gateway: GatewayFactory, clock: ManualClock, tmp_path: Path
+) -> None:
+    """A flush that finds nothing to drain still returns only after the earlier write lands.
+
+    Without that, a caller reading the store right after its flush (the admin usage report, Redis
+    seeding a day's spend) reads it short while the timer's write waits on a locked database.
+    """
+    data = tmp_path / "locked"
+    gw = await make_gateway(clock=clock, data_dir=data, store_flush_seconds=3600.0)  # only this test flushes
+    key = await gw.add_key("inflight", "starter")
+    await gw.client(key).chat.completions.create(model=PREMIUM, messages=HELLO, stream=False)
+    other = sqlite3.connect(data / "clexproxy.sqlite3", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+    try:
+        first = asyncio.create_task(gw.gateway.flush_usage())  # drains the 5 credits, then waits on the lock
+        await asyncio.sleep(0)
+        second = asyncio.create_task(gw.gateway.flush_usage())  # nothing left to drain
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not first.done() and not second.done()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await second
+    account = await gw.gateway.store.get_account("inflight")
+    assert account is not None
+    spent = await gw.gateway.store.credits_spent(gw.gateway.meter.today())
+    assert spent[account.id] == 5
+    await first
 
 
 def cli(data_dir: str, *args: str) -> subprocess.CompletedProcess[str]:
