@@ -194,5 +194,8 @@ class Gateway:
             except Exception:
                 log.exception("usage write-behind failed; retrying")
             shared = self.meter.shared
-            if shared is not None and shared.owes:  # fail-open spending from a Redis outage, charged once it is back
-                await shared.settle_owed()
+            if shared is not None and shared.unsettled:  # what a Redis outage left open, squared once it is back
+                try:
+                    await shared.settle()
+                except Exception:  # Redis errors wait inside settle; anything else must not end the timer
+                    log.exception("settling with Redis failed; retrying")

@@ -13,7 +13,9 @@ from what it holds in memory and goes to Redis only when that runs out:
 
 When Redis cannot be reached, credits are fail-closed (a call beyond the lease in hand gets a
 503) and the per-minute limit falls back to its 1/N share on this worker's own bucket, N being
-the worker count; a circuit keeps calls from waiting on a Redis that just failed.
+the worker count; a circuit keeps calls from waiting on a Redis that just failed. A lease trip
+that failed may still have taken its credits on Redis (the reply is what was lost): its id is
+kept, and Redis is asked what it took once it answers again (`settle`).
 """
 
 from __future__ import annotations
@@ -75,9 +77,11 @@ class SharedLimits:
         self._circuit_until = 0.0
         self._circuit_wait = CIRCUIT_MIN
         # Fail-open plans' spending while Redis was away: (account, day, credits, debit id), charged
-        # to Redis in order once it answers again (`settle_owed`), and the per-day totals it is capped by.
+        # to Redis in order once it answers again (`settle`), and the per-day totals it is capped by.
         self._owed: list[tuple[int, int, int, str]] = []
         self._spent_open: dict[tuple[int, int], int] = {}
+        # Leases whose trip failed, as (account, day, lease id): each may have been granted on Redis.
+        self._unconfirmed: list[tuple[int, int, str]] = []
         self._settling = asyncio.Lock()
 
     # credits ------------------------------------------------------------------------------------
@@ -137,13 +141,14 @@ class SharedLimits:
                 spent = await self._stored_spend(account.id, day)
         except RedisError as exc:
             log.warning("Redis unavailable for credit leases: %s", exc)
+            self._unconfirmed.append((account.id, day, lease_id))
             self._open_circuit()
             if account.plan.fail_open:
                 return self._lease_without_redis(account, cost, day, deficit)
             raise _unavailable(self._circuit_wait) from None
         self._closed_circuit()
-        if self._owed:
-            await self.settle_owed()
+        if self.unsettled:
+            await self.settle()
         self._left[account.id] = grant.left
         if grant.granted == 0:
             if len(self._spent_out) > 65_536:
@@ -164,14 +169,16 @@ class SharedLimits:
         self.ledger.grant(account.id, deficit, day)
         return True
 
-    async def settle_owed(self) -> int:
-        """Charge Redis what fail-open plans spent while it was away (each debit once); the credits charged.
+    async def settle(self) -> int:
+        """Square up with Redis after an outage; the credits charged for fail-open spending.
 
-        A day Redis no longer holds needs nothing: its first lease starts from the store, which
-        has the spending. Stops at the first Redis error; what is left waits for the next try.
+        Fail-open plans' spending is charged (each debit once). A day Redis no longer holds needs
+        nothing: its first lease starts from the store, which has the spending. Then each lease
+        whose reply was lost is asked for by id: what it took joins the ledger, to be spent or
+        given back. Stops at the first Redis error; what is left waits for the next try.
         """
         charged = 0
-        async with self._settling:  # one settler at a time: each debit is sent, then dropped, in order
+        async with self._settling:  # one settler at a time: each item is sent, then dropped, in order
             while self._owed:
                 account_id, day, credits, debit_id = self._owed[0]
                 try:
@@ -181,11 +188,23 @@ class SharedLimits:
                 self._owed.pop(0)
                 charged += credits
             self._spent_open.clear()
+            while self._unconfirmed:
+                account_id, day, lease_id = self._unconfirmed[0]
+                try:
+                    granted = await self.sync.recover_credits(account_id, day, lease_id)
+                except RedisError:
+                    return charged
+                self._unconfirmed.pop(0)
+                if granted and account_id in self.ledger:
+                    log.info("recovered a lease of %d credits whose reply was lost", granted)
+                    self.ledger.grant(account_id, granted, day)  # a past day's grant is dropped: its day is over
+                    self._leased.add((account_id, day))
         return charged
 
     @property
-    def owes(self) -> bool:
-        return bool(self._owed)
+    def unsettled(self) -> bool:
+        """Something from an outage is still to be squared with Redis (`settle`)."""
+        return bool(self._owed or self._unconfirmed)
 
     def _next_lease_calls(self, account_id: int) -> int:
         """Leases follow the account's pace on this worker: a busy account goes to Redis about once a second."""
@@ -202,7 +221,7 @@ class SharedLimits:
 
     async def give_back(self, day: int) -> int:
         """Return every unused lease of `day` (at shutdown); the credits returned."""
-        await self.settle_owed()
+        await self.settle()
         returned = 0
         for account_id, lease_day in sorted(self._leased):
             if lease_day != day or account_id not in self.ledger:

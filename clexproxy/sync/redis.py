@@ -10,7 +10,9 @@ day from the plan's limit minus what the store says was already spent, and expir
 26 hours, so the daily reset needs no cron. A slice is `min(want, max(deficit, left / 8))`: it
 shrinks toward one call's cost as the budget nears its end, so the last credits are not parked
 in an idle worker. Each lease carries an id; asking again with the same id (after a timeout or
-a reconnect) returns the same grant instead of a second one, so a lost reply strands nothing.
+a reconnect) returns the same grant instead of a second one. A lease whose reply never came
+(Redis restarted between running the script and answering) is asked for once more by id when
+Redis is back (`recover_credits`), so a lost reply strands nothing.
 
 Slots: GCRA (the algorithm of redis-cell and Stripe's limiters) on Redis's own clock, with the
 same shape as the in-process bucket: a burst of `rpm`, refilled at `rpm` per minute. A worker
@@ -46,6 +48,12 @@ local limit = tonumber(ARGV[1])
 local done = redis.call('GET', KEYS[2])
 if done then
   return {tonumber(done), tonumber(redis.call('HGET', key, 'left') or 0)}
+end
+if tonumber(ARGV[4]) == 0 then
+  -- A recovery (deficit 0): this id took nothing yet, and now never will, even if the lost
+  -- original is still on its way here.
+  redis.call('SET', KEYS[2], 0, 'EX', tonumber(ARGV[7]))
+  return {0, tonumber(redis.call('HGET', key, 'left') or 0)}
 end
 if redis.call('EXISTS', key) == 0 then
   if tonumber(ARGV[2]) < 0 then return {-1, -1} end
@@ -172,12 +180,22 @@ class RedisSync:
         deficit, credits come in multiples of `unit` (the call's cost). Retrying with the same
         `lease_id` returns the same grant.
         """
+        if deficit < 1:
+            raise ValueError("a lease covers at least one credit (deficit 0 is how recover_credits asks)")
         granted, left = await self._take_credits(
             keys=[self._budget_key(account_id, day), f"{self.prefix}:{{{account_id}}}:lease:{lease_id}"],
             args=[limit, spent, max(want, deficit), deficit, max(1, divisor), DAY_TTL_SECONDS, GRANT_MEMORY_SECONDS,
                   max(1, unit)],
         )
         return CreditGrant(int(granted), int(left))
+
+    async def recover_credits(self, account_id: int, day: int, lease_id: str) -> int:
+        """What a lease whose reply was lost took: the same grant, or 0, after which that id can take nothing."""
+        granted, _ = await self._take_credits(
+            keys=[self._budget_key(account_id, day), f"{self.prefix}:{{{account_id}}}:lease:{lease_id}"],
+            args=[0, -1, 0, 0, 1, DAY_TTL_SECONDS, GRANT_MEMORY_SECONDS, 1],
+        )
+        return max(0, int(granted))
 
     async def give_credits(self, account_id: int, day: int, credits: int, return_id: str) -> int | None:
         """Return an unused lease (once per `return_id`); the day's credits left, or None if Redis dropped the day."""

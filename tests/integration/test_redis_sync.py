@@ -61,6 +61,27 @@ async def test_a_retried_lease_is_not_granted_twice(sync: RedisSync) -> None:
     assert await sync.credits_left(4, DAY) == 750
 
 
+async def test_a_lease_whose_reply_was_lost_is_recovered_by_its_id(sync: RedisSync) -> None:
+    taken = await sync.take_credits(9, DAY, limit=1000, spent=0, want=50, deficit=5, unit=5, lease_id="lost")
+    assert taken.granted == 50
+    assert await sync.recover_credits(9, DAY, "lost") == 50  # the same grant, not a second one
+    assert await sync.recover_credits(9, DAY, "never-ran") == 0
+    # The original of a recovered id, arriving late, takes nothing: the recovery said 0.
+    late = await sync.take_credits(9, DAY, limit=1000, spent=0, want=50, deficit=5, unit=5, lease_id="never-ran")
+    assert late.granted == 0
+    assert await sync.credits_left(9, DAY) == 950
+
+
+async def test_recovering_a_lease_of_a_day_redis_does_not_hold_creates_nothing(sync: RedisSync) -> None:
+    assert await sync.recover_credits(10, DAY, "gone") == 0
+    assert await sync.credits_left(10, DAY) is None
+
+
+async def test_a_lease_must_cover_at_least_one_credit(sync: RedisSync) -> None:
+    with pytest.raises(ValueError, match="at least one credit"):
+        await sync.take_credits(11, DAY, limit=100, spent=0, want=10, deficit=0, unit=1, lease_id="empty")
+
+
 async def test_a_plan_change_moves_what_is_left(sync: RedisSync) -> None:
     await sync.take_credits(5, DAY, limit=100, spent=0, want=40, deficit=1, unit=1, lease_id="1")  # 12 of 100
     grant = await sync.take_credits(5, DAY, limit=500, spent=0, want=1, deficit=1, unit=1, lease_id="2")

@@ -154,7 +154,7 @@ async def key_is_live(instances: list[Instance], key: str) -> None:
 async def test_a_free_account_gets_exactly_its_budget_across_eight_workers(start: Start, tmp_path: Path) -> None:
     first, second = await start("a"), await start("b")
     key = new_key(tmp_path / "data", "free-flood", "free")  # 100 credits, 40 calls a minute
-    await asyncio.sleep(0.5)  # every worker polls the store every 0.1 s
+    await asyncio.sleep(1.0)  # every worker polls the store every 0.1 s: ten polls, for a loaded machine
     statuses = await flood([first, second], key, PREMIUM, 300)
     assert statuses == Counter({200: 20, 429: 280})
 
@@ -162,7 +162,7 @@ async def test_a_free_account_gets_exactly_its_budget_across_eight_workers(start
 async def test_the_per_minute_rate_holds_across_eight_workers(start: Start, tmp_path: Path) -> None:
     first, second = await start("a"), await start("b")
     key = new_key(tmp_path / "data", "pro-flood", "pro")  # 2,000 credits, 200 calls a minute
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)
     started = time.monotonic()
     statuses = await flood([first, second], key, CHEAP, 1000)
     elapsed = time.monotonic() - started
@@ -194,7 +194,7 @@ async def test_a_killed_worker_loses_at_most_its_lease_and_is_replaced(start: St
     first, second = await start("a"), await start("b")
     data = tmp_path / "data"
     key = new_key(data, "killed", "starter")  # 500 credits, 80 calls a minute
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)
     victim = first.workers()[0]
 
     async def kill_soon() -> None:
@@ -225,19 +225,48 @@ async def test_a_killed_worker_loses_at_most_its_lease_and_is_replaced(start: St
     assert 0 <= lost <= leased_by_victim
 
 
-async def test_a_redis_restart_mid_flood_loses_nothing(start: Start, tmp_path: Path,
-                                                       redis_server: RedisServer) -> None:
-    first, second = await start("a"), await start("b")
+RESTART_PLAN = """
+[plans.restarts]
+credits_per_day = 2000
+requests_per_minute = 100000
+max_keys = 1
+"""
+
+
+async def test_redis_restarts_mid_flood_lose_nothing(start: Start, tmp_path: Path, redis_server: RedisServer) -> None:
+    """Redis crashes and restarts twice while calls are in flight on eight workers: each credit spent once or held.
+
+    A lease trip cut by a restart may have been granted on Redis with its reply lost; the worker
+    asks for it again by id once Redis is back, so nothing is stranded.
+    """
+    config = tmp_path / "restarts.toml"
+    config.write_text(RESTART_PLAN)  # the budget, not the rate, is what the flood runs into
+    first, second = await start("a", config=config), await start("b", config=config)
     data = tmp_path / "data"
-    key = new_key(data, "restart", "starter")  # 500 credits, 80 calls a minute: every call reaches the budget
+    key = new_key(data, "restart", "restarts", config=config)
+    await key_is_live([first, second], key)
+    calls, restart_at = iter(range(600)), {100, 250}
+    statuses: Counter[int] = Counter()
 
-    async def restart_soon() -> None:
-        await asyncio.sleep(0.3)
-        await asyncio.to_thread(redis_server.restart)
+    async def caller(http: aiohttp.ClientSession) -> None:
+        for i in calls:
+            if i in restart_at:  # this caller crashes Redis and brings it back; the other 31 keep calling
+                redis_server.kill()
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(redis_server.start)
+            statuses[await chat(http, (first, second)[i % 2].url, key, PREMIUM)] += 1
 
-    await asyncio.sleep(0.5)
-    flooded, _ = await asyncio.gather(flood([first, second], key, PREMIUM, 300), restart_soon())
-    assert set(flooded) <= {200, 429, 503}
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        await asyncio.gather(*(caller(http) for _ in range(32)))
+        assert set(statuses) <= {200, 429, 503} and statuses[200] <= 400
+        for _ in range(100):  # and calls are answered again once the circuit lets a worker try Redis
+            if await chat(http, first.url, key, PREMIUM) == 200:
+                statuses[200] += 1
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("no call was answered after Redis came back")
     first.stop()
     second.stop()
     store = SQLiteStore.in_data_dir(data)
@@ -250,8 +279,8 @@ async def test_a_redis_restart_mid_flood_loses_nothing(start: Start, tmp_path: P
         left = await sync.credits_left(account.id, day) or 0
     finally:
         await sync.close()
-    assert spent == flooded[200] * 5  # every answer charged once, in the store
-    assert spent + left == 500  # and every credit either spent or back in Redis: none lost, none twice
+    assert spent == statuses[200] * 5  # every answer charged once, in the store
+    assert spent + left == 2000  # and every credit either spent or back in Redis: none lost, none twice
 
 
 async def test_one_scrape_counts_every_worker_even_after_one_was_replaced(start: Start, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from tests.redis_server import RedisServer
+from tests.reply_cutter import ReplyCutter
 
 from .conftest import GatewayFactory, RunningGateway
 
@@ -91,6 +92,48 @@ async def test_leases_go_back_when_a_worker_stops(make_gateway: GatewayFactory, 
         assert await probe.sync.credits_left(account.id, day) == (left_before or 0) + held
     finally:
         await probe.close()
+
+
+async def test_a_lease_whose_reply_was_lost_is_recovered_not_stranded(make_gateway: GatewayFactory,
+                                                                      redis_server: RedisServer) -> None:
+    """Redis ran the lease script, the answer never came back: once Redis answers, the worker asks by id."""
+    cutter = await ReplyCutter("127.0.0.1", redis_server.port).start()
+    try:
+        gw = await make_gateway(redis_url=cutter.url)
+        key = await gw.add_key("cut", "pro")  # 2,000 credits a day
+        assert await call(gw, key, PREMIUM) == 200
+        gateway = gw.gateway
+        shared = gateway.meter.shared
+        assert shared is not None
+        cutter.cutting = b":lease:"  # the key of a credit lease's record: only lease trips lose their replies
+        statuses: Counter[int] = Counter()
+        for _ in range(500):  # until the lease in hand runs out and the next trip's answer is cut
+            statuses[await call(gw, key, PREMIUM)] += 1
+            if statuses[503]:
+                break
+        assert statuses[503] == 1 and cutter.cut > 0 and shared.unsettled
+        cutter.cutting = None
+        for _ in range(200):  # the write-behind timer settles once Redis answers (after the circuit's pause)
+            if not shared.unsettled:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the lost lease was never asked for again")
+        await gateway.flush_usage()
+        account = gateway.directory.accounts[max(gateway.directory.accounts)]
+        day = gateway.meter.today()
+        spent = (await gateway.store.credits_spent(day))[account.id]
+        assert spent == (statuses[200] + 1) * 5
+        held = gateway.meter.ledger.remaining(account.id, day)
+        probe = RedisSyncProbe(redis_server.url)
+        try:
+            left = await probe.sync.credits_left(account.id, day) or 0
+        finally:
+            await probe.close()
+        assert spent + held + left == 2000  # the lost lease is back in the ledger, not stranded in Redis
+        assert await call(gw, key, PREMIUM) == 200
+    finally:
+        await cutter.close()
 
 
 class RedisSyncProbe:
@@ -187,10 +230,10 @@ async def test_a_fail_open_plan_keeps_answering_and_is_charged_when_redis_return
     during = Counter([await call(gw, key, PREMIUM) for _ in range(30)])
     assert during == Counter({200: 30})  # beyond the lease, on this worker's own count
     gateway = gw.gateway
-    assert gateway.meter.shared is not None and gateway.meter.shared.owes
+    assert gateway.meter.shared is not None and gateway.meter.shared.unsettled
     redis_server.start()
     for _ in range(200):  # the write-behind timer settles the debt once Redis answers (after the circuit's pause)
-        if not gateway.meter.shared.owes:
+        if not gateway.meter.shared.unsettled:
             break
         await asyncio.sleep(0.05)
     else:
