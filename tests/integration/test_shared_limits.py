@@ -16,6 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from clexproxy.gateway import Gateway
 from tests.redis_server import RedisServer
 from tests.reply_cutter import ReplyCutter
 
@@ -37,6 +38,27 @@ async def call(gw: RunningGateway, key: str, model: str) -> int:
 async def flood(gateways: list[RunningGateway], key: str, model: str, calls: int) -> Counter[int]:
     statuses = await asyncio.gather(*(call(gateways[i % len(gateways)], key, model) for i in range(calls)))
     return Counter(statuses)
+
+
+async def totals_once_settled(gateway: Gateway, what: str) -> tuple[int, int, int]:
+    """The newest account's credits (spent in the store, held in the ledger, left on Redis), once an outage is squared.
+
+    The write-behind timer settles with Redis once it answers again (after the circuit's pause).
+    """
+    shared = gateway.meter.shared
+    assert shared is not None and gateway.redis is not None
+    for _ in range(200):
+        if not shared.unsettled:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail(f"{what} was never squared with Redis")
+    await gateway.flush_usage()
+    account = gateway.directory.accounts[max(gateway.directory.accounts)]
+    day = gateway.meter.today()
+    spent = (await gateway.store.credits_spent(day))[account.id]
+    left = await gateway.redis.credits_left(account.id, day) or 0
+    return spent, gateway.meter.ledger.remaining(account.id, day), left
 
 
 async def test_workers_spend_one_budget_exactly(make_gateway: GatewayFactory, redis_server: RedisServer) -> None:
@@ -113,23 +135,8 @@ async def test_a_lease_whose_reply_was_lost_is_recovered_not_stranded(make_gatew
                 break
         assert statuses[503] == 1 and cutter.cut > 0 and shared.unsettled
         cutter.cutting = None
-        for _ in range(200):  # the write-behind timer settles once Redis answers (after the circuit's pause)
-            if not shared.unsettled:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the lost lease was never asked for again")
-        await gateway.flush_usage()
-        account = gateway.directory.accounts[max(gateway.directory.accounts)]
-        day = gateway.meter.today()
-        spent = (await gateway.store.credits_spent(day))[account.id]
+        spent, held, left = await totals_once_settled(gateway, "the lost lease")
         assert spent == (statuses[200] + 1) * 5
-        held = gateway.meter.ledger.remaining(account.id, day)
-        probe = RedisSyncProbe(redis_server.url)
-        try:
-            left = await probe.sync.credits_left(account.id, day) or 0
-        finally:
-            await probe.close()
         assert spent + held + left == 2000  # the lost lease is back in the ledger, not stranded in Redis
         assert await call(gw, key, PREMIUM) == 200
     finally:
@@ -232,20 +239,8 @@ async def test_a_fail_open_plan_keeps_answering_and_is_charged_when_redis_return
     gateway = gw.gateway
     assert gateway.meter.shared is not None and gateway.meter.shared.unsettled
     redis_server.start()
-    for _ in range(200):  # the write-behind timer settles the debt once Redis answers (after the circuit's pause)
-        if not gateway.meter.shared.unsettled:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the outage's spending was never charged to Redis")
-    await gateway.flush_usage()
-    account = gateway.directory.accounts[max(gateway.directory.accounts)]
-    day = gateway.meter.today()
-    spent = (await gateway.store.credits_spent(day))[account.id]
+    spent, held, left = await totals_once_settled(gateway, "the outage's spending")
     assert spent == 31 * 5
-    assert gateway.redis is not None
-    left = await gateway.redis.credits_left(account.id, day) or 0
-    held = gateway.meter.ledger.remaining(account.id, day)
     assert left + held + spent == 1000  # nothing lost, nothing charged twice
 
 
