@@ -123,6 +123,7 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         options = body.get("stream_options")
         body["stream_options"] = {**options, "include_usage": True} if options else {"include_usage": True}
     send = gateway.upstream.send(model, endpoint, body, request.headers, call)
+    del body  # the upstream call holds it until sent; a long stream should not keep it after
     try:
         if call.stream:
             gateway.metrics.stream_opened()

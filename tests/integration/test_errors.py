@@ -6,10 +6,12 @@ call charges nothing; no provider URL or credential leaks into any error.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import openai
+import orjson
 import pytest
 
 from clexproxy.demo_upstream import DemoRecorder
@@ -148,6 +150,29 @@ async def test_413_body_over_the_limit(make_gateway: GatewayFactory) -> None:
     status, doc, headers = await post(gw, key, body)
     assert_error(status, doc, 413, "request_too_large")
     assert headers["X-Clex-Credits-Remaining"] == "2000"
+
+
+async def chunked(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
+    """A body sent without Content-Length: the gateway only learns its size by reading it."""
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+
+
+async def test_413_for_a_chunked_body_over_the_limit_and_200_under_it(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(max_body_bytes=4096)
+    key = await gw.add_key("chunky", "pro")
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    over = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 10_000}]})
+    under = orjson.dumps({"model": MODEL, "stream": False, "messages": [{"role": "user", "content": "x" * 3_000}]})
+    async with aiohttp.ClientSession() as session:
+        async with session.post(gw.base_url + "/v1/chat/completions", data=chunked(over), headers=headers) as resp:
+            assert "Content-Length" not in resp.request_info.headers
+            error = assert_error(resp.status, await resp.json(), 413, "request_too_large")
+            assert "4096 bytes" in error["message"]
+            assert resp.headers["X-Clex-Credits-Remaining"] == "2000"
+        async with session.post(gw.base_url + "/v1/chat/completions", data=chunked(under), headers=headers) as resp:
+            assert resp.status == 200  # read in several pieces, parsed whole
+            assert (await resp.json())["object"] == "chat.completion"
 
 
 async def test_413_default_limit_is_16_mib(gw: RunningGateway, key: str) -> None:
