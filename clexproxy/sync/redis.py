@@ -165,6 +165,10 @@ class RedisSync:
     def _budget_key(self, account_id: int, day: int) -> str:
         return f"{self.prefix}:{{{account_id}}}:credits:{day}"
 
+    def _lease_key(self, account_id: int, lease_id: str) -> str:
+        """The record of what one lease took: how a retried or recovered lease gets the same answer."""
+        return f"{self.prefix}:{{{account_id}}}:lease:{lease_id}"
+
     @staticmethod
     def new_lease_id() -> str:
         """Unique, and naming the process: what a dead worker had leased can be read back from Redis."""
@@ -183,7 +187,7 @@ class RedisSync:
         if deficit < 1:
             raise ValueError("a lease covers at least one credit (deficit 0 is how recover_credits asks)")
         granted, left = await self._take_credits(
-            keys=[self._budget_key(account_id, day), f"{self.prefix}:{{{account_id}}}:lease:{lease_id}"],
+            keys=[self._budget_key(account_id, day), self._lease_key(account_id, lease_id)],
             args=[limit, spent, max(want, deficit), deficit, max(1, divisor), DAY_TTL_SECONDS, GRANT_MEMORY_SECONDS,
                   max(1, unit)],
         )
@@ -192,7 +196,7 @@ class RedisSync:
     async def recover_credits(self, account_id: int, day: int, lease_id: str) -> int:
         """What a lease whose reply was lost took: the same grant, or 0, after which that id can take nothing."""
         granted, _ = await self._take_credits(
-            keys=[self._budget_key(account_id, day), f"{self.prefix}:{{{account_id}}}:lease:{lease_id}"],
+            keys=[self._budget_key(account_id, day), self._lease_key(account_id, lease_id)],
             args=[0, -1, 0, 0, 1, DAY_TTL_SECONDS, GRANT_MEMORY_SECONDS, 1],
         )
         return max(0, int(granted))
