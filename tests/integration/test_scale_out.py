@@ -227,48 +227,58 @@ async def test_a_killed_worker_loses_at_most_its_lease_and_is_replaced(start: St
 
 RESTART_PLAN = """
 [plans.restarts]
-credits_per_day = 2000
-requests_per_minute = 100000
+credits_per_day = 50000
+requests_per_minute = 1000000
 max_keys = 1
 """
+RESTART_BUDGET = 50_000  # more than the flood can spend: leases are still being taken at every crash
 
 
 async def test_redis_restarts_mid_flood_lose_nothing(start: Start, tmp_path: Path, redis_server: RedisServer) -> None:
     """Redis crashes and restarts twice while calls are in flight on eight workers: each credit spent once or held.
 
-    A lease trip cut by a restart may have been granted on Redis with its reply lost; the worker
+    A lease trip cut by a crash may have been granted on Redis with its reply lost; the worker
     asks for it again by id once Redis is back, so nothing is stranded.
     """
     config = tmp_path / "restarts.toml"
-    config.write_text(RESTART_PLAN)  # the budget, not the rate, is what the flood runs into
+    config.write_text(RESTART_PLAN)
     first, second = await start("a", config=config), await start("b", config=config)
     data = tmp_path / "data"
     key = new_key(data, "restart", "restarts", config=config)
     await key_is_live([first, second], key)
-    calls, restart_at = iter(range(600)), {100, 250}
     statuses: Counter[int] = Counter()
+    crashing = True
 
-    async def caller(http: aiohttp.ClientSession) -> None:
-        for i in calls:
-            if i in restart_at:  # this caller crashes Redis and brings it back; the other 31 keep calling
-                redis_server.kill()
-                await asyncio.sleep(0.3)
-                await asyncio.to_thread(redis_server.start)
-            statuses[await chat(http, (first, second)[i % 2].url, key, PREMIUM)] += 1
+    async def caller(http: aiohttp.ClientSession, instance: Instance) -> None:
+        for _ in range(2_000):  # bounded; ends once the crashes are over
+            if not crashing:
+                return
+            statuses[await chat(http, instance.url, key, CHEAP)] += 1
+
+    async def crash_twice() -> None:
+        """One crash at a time (a second start while the first is under way would orphan a redis-server)."""
+        nonlocal crashing
+        for _ in range(2):
+            await asyncio.sleep(0.4)  # calls flow, leases are taken and spent
+            redis_server.kill()
+            await asyncio.sleep(0.3)  # calls meet the outage
+            await asyncio.to_thread(redis_server.start)
+        await asyncio.sleep(0.4)
+        crashing = False
 
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
-        await asyncio.gather(*(caller(http) for _ in range(32)))
-        assert set(statuses) <= {200, 429, 503} and statuses[200] <= 400
+        await asyncio.gather(crash_twice(), *(caller(http, (first, second)[i % 2]) for i in range(32)))
+        assert set(statuses) <= {200, 503} and statuses[200] > 0, statuses
         probes: Counter[int] = Counter()
         for _ in range(100):  # Redis decides calls again once the circuit lets a worker try it
-            probes[status := await chat(http, first.url, key, PREMIUM)] += 1
+            probes[status := await chat(http, first.url, key, CHEAP)] += 1
             if status != 503:
                 break
             await asyncio.sleep(0.1)
         else:
             pytest.fail(f"calls still got 503 after Redis came back: {probes}\n{first.log.read_text()[-3000:]}")
-        assert status == (200 if statuses[200] < 400 else 429), probes  # a 429 only when the flood spent it all
+        assert status == 200, probes
         statuses[status] += 1
     first.stop()
     second.stop()
@@ -282,8 +292,8 @@ async def test_redis_restarts_mid_flood_lose_nothing(start: Start, tmp_path: Pat
         left = await sync.credits_left(account.id, day) or 0
     finally:
         await sync.close()
-    assert spent == statuses[200] * 5  # every answer charged once, in the store
-    assert spent + left == 2000  # and every credit either spent or back in Redis: none lost, none twice
+    assert spent == statuses[200]  # every answer charged once (1 credit each), in the store
+    assert spent + left == RESTART_BUDGET  # and every credit either spent or back in Redis: none lost, none twice
 
 
 async def test_one_scrape_counts_every_worker_even_after_one_was_replaced(start: Start, tmp_path: Path) -> None:
