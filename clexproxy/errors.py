@@ -92,9 +92,16 @@ class RequestTooLarge(ApiError):
 
 
 def retry_after_values(retry_after: float) -> tuple[int, int]:
-    """`Retry-After` (whole seconds) and `retry-after-ms` for a wait of `retry_after` seconds, never 0."""
+    """`Retry-After` (whole seconds) and `retry-after-ms` for a wait of `retry_after` seconds, never 0.
+
+    Any float is accepted: a bucket that never refills says "inf", and an upstream's header can
+    say "1e308" or "nan"; both headers stay between 1 and `MAX_RETRY_AFTER` (a day), so an
+    integer conversion never overflows into a 500.
+    """
     if retry_after > MAX_RETRY_AFTER:
-        retry_after = MAX_RETRY_AFTER  # a bucket that never refills says "inf"
+        retry_after = MAX_RETRY_AFTER
+    elif not retry_after > 0:  # negative, zero or NaN (every comparison with NaN is false)
+        retry_after = 0.0
     return max(1, int(retry_after + 0.999)), max(1, int(retry_after * 1000 + 0.999))
 
 
@@ -128,9 +135,7 @@ class ServiceUnavailable(ApiError):
     type = "service_unavailable_error"
 
     def __init__(self, message: str, *, retry_after: float = 1.0, error_type: str | None = None) -> None:
-        seconds = max(1, int(retry_after + 0.999))
+        seconds, ms = retry_after_values(retry_after)  # capped and sanitized as RateLimited's are
         super().__init__(
-            message,
-            headers={"Retry-After": str(seconds), "retry-after-ms": str(int(retry_after * 1000) or 1)},
-            error_type=error_type,
+            message, headers={"Retry-After": str(seconds), "retry-after-ms": str(ms)}, error_type=error_type
         )
