@@ -57,7 +57,13 @@ class Settings:
     upstream_retry_backoff: float = 0.05
     # Extra tries of the same deployment list before falling back; 0 means each deployment once.
     upstream_retries: int = 0
+    # Upstream attempts per call at most, counting retries, every deployment and the fallback's.
+    upstream_max_attempts: int = 6
     sse_keepalive_seconds: float = 5.0
+    # User-Agent product prefixes (comma-separated, any case) of clients that follow OpenAI's "absent
+    # means false": a chat call from one that leaves `stream` out gets JSON, not SSE. The Vercel AI
+    # SDK's: `ai-sdk/openai-compatible/1.0.19 ai-sdk/provider-utils/3.0.10 ...`, later `ai-sdk-provider-utils/4.0.15`.
+    sse_json_user_agents: str = "ai-sdk/, ai-sdk-"
     store_flush_seconds: float = 0.5
     store_poll_seconds: float = 0.25
     # With `demo`: an already running demo upstream to use instead of starting one in-process.
@@ -156,6 +162,7 @@ def _plan(name: str, p: Mapping[str, Any], old: Plan | None) -> Plan:
         _int(p, "requests_per_minute", old.requests_per_minute if old else 0),
         _int(p, "max_keys", old.max_keys if old else 0),
         _bool(p, "fail_open", old.fail_open if old else False),
+        _bool(p, "default_stream", old.default_stream if old else True),
     )
 
 
@@ -186,6 +193,7 @@ def _model(mid: str, m: Mapping[str, Any], old: Model | None) -> Model:
         _int(m, "max_output_tokens", old.max_output_tokens if old else 4_096),
         deployments,
         m.get("kind", old.kind if old else "chat"),
+        sampling_defaults=_bool(m, "sampling_defaults", old.sampling_defaults if old else True),
     )
 
 
@@ -266,6 +274,8 @@ def load_settings(
         raise ConfigError(f"log_format must be 'text' or 'json', got {settings.log_format!r}")
     if settings.max_body_bytes < 1024:
         raise ConfigError("max_body_bytes must be at least 1024")
+    if settings.upstream_max_attempts < 1:
+        raise ConfigError(f"upstream_max_attempts must be at least 1, got {settings.upstream_max_attempts}")
     if settings.workers < 1:
         raise ConfigError(f"workers must be at least 1, got {settings.workers}")
     if settings.workers > 1 and not settings.redis_url:
