@@ -24,6 +24,9 @@ class Plan:
     # With Redis unreachable and the lease in hand spent: refuse with a 503 (False, the default) or
     # admit on this worker's own count, up to 1/N of the daily credits, settled with Redis on its return.
     fail_open: bool = False
+    # What a chat call that leaves `stream` out gets when the client declared nothing either
+    # (`validation.default_stream`): SSE (True, SPEC's default) or JSON.
+    default_stream: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,9 @@ class Model:
     deployments: tuple[Deployment, ...]
     kind: ModelKind = "chat"
     created: int = 1_735_689_600  # 2025-01-01, a stable value for OpenAI's `created`
+    # SPEC's temperature/top_p defaults are added to calls that leave them out; False for models
+    # that reject them (reasoning models whose provider allows only its own values).
+    sampling_defaults: bool = True
 
     @property
     def publisher(self) -> str:
@@ -119,8 +125,15 @@ _SHIPPED: tuple[tuple[str, str, int, int, ModelKind], ...] = (
     ("mistralai/mistral-large-3-675b-instruct-2512", "premium", 262_144, 8_192, "chat"),
 )
 
+# Thinking models whose vendor's API refuses any temperature but its own (Moonshot's Kimi K2.5 answers
+# "invalid temperature: only 1 is allowed for this model"; K2 Thinking asks for 1.0 too): SPEC's
+# 0.7 / 0.9 are not added, and the provider's defaults apply. A client's own values still pass.
+_NO_SAMPLING_DEFAULTS = frozenset({"moonshotai/kimi-k2-thinking", "moonshotai/kimi-k2.5"})
+
 DEFAULT_MODELS: Mapping[str, Model] = {
-    mid: Model(mid, tier, ctx, out, (Deployment(NVIDIA.name, mid),), kind) for mid, tier, ctx, out, kind in _SHIPPED
+    mid: Model(mid, tier, ctx, out, (Deployment(NVIDIA.name, mid),), kind,
+               sampling_defaults=mid not in _NO_SAMPLING_DEFAULTS)
+    for mid, tier, ctx, out, kind in _SHIPPED
 }
 
 
