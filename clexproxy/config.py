@@ -73,6 +73,9 @@ class Settings:
     # Worker processes sharing the port (SO_REUSEPORT); more than one needs `redis_url`, so that
     # N workers never each grant an account its whole budget.
     workers: int = 1
+    # SIGTERM/SIGINT: how long calls in flight may finish; then streams end with SPEC's 503 error event and
+    # `[DONE]`, unanswered calls get a 503. The supervisor kills a worker still running a few seconds later.
+    shutdown_grace_seconds: float = 10.0
     # Redis for limits shared across processes and hosts (credit leases, per-minute slots); "" = this process alone.
     redis_url: str = ""
     # PostgreSQL for the key store several hosts share (postgresql://user:password@host/db); "" = SQLite in data_dir.
@@ -276,6 +279,8 @@ def load_settings(
         raise ConfigError("max_body_bytes must be at least 1024")
     if settings.upstream_max_attempts < 1:
         raise ConfigError(f"upstream_max_attempts must be at least 1, got {settings.upstream_max_attempts}")
+    if not 0 <= settings.shutdown_grace_seconds <= 3600:
+        raise ConfigError(f"shutdown_grace_seconds must be 0 to 3600, got {settings.shutdown_grace_seconds}")
     if settings.workers < 1:
         raise ConfigError(f"workers must be at least 1, got {settings.workers}")
     if settings.workers > 1 and not settings.redis_url:
