@@ -37,6 +37,15 @@ class Settings:
     demo: bool = False
     # The body limit: long conversations and inline images are large.
     max_body_bytes: int = 16 * 1024 * 1024
+    # Client connections (clexproxy/connections.py): an idle keep-alive connection is closed after
+    # `client_keepalive_timeout` s; a request head must arrive whole within `client_header_timeout` s of
+    # its first byte, and a body may not fall silent for `client_body_timeout` s (408 either way).
+    client_keepalive_timeout: float = 75.0
+    client_header_timeout: float = 30.0
+    client_body_timeout: float = 30.0
+    # Open client connections at most; one more is answered 503 and closed. 0: half of what the
+    # open-file limit leaves after the reserve (the other half is for upstream connections).
+    client_max_connections: int = 0
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line
     metrics_enabled: bool = True
@@ -277,6 +286,12 @@ def load_settings(
         raise ConfigError(f"log_format must be 'text' or 'json', got {settings.log_format!r}")
     if settings.max_body_bytes < 1024:
         raise ConfigError("max_body_bytes must be at least 1024")
+    for name in ("client_keepalive_timeout", "client_header_timeout", "client_body_timeout"):
+        if not 0 < getattr(settings, name) <= 86_400:
+            raise ConfigError(f"{name} must be more than 0 and at most 86400 seconds, got {getattr(settings, name)}")
+    if settings.client_max_connections < 0:
+        raise ConfigError(f"client_max_connections must be 0 (from the open-file limit) or more, "
+                          f"got {settings.client_max_connections}")
     if settings.upstream_max_attempts < 1:
         raise ConfigError(f"upstream_max_attempts must be at least 1, got {settings.upstream_max_attempts}")
     if not 0 <= settings.shutdown_grace_seconds <= 3600:
