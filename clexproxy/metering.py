@@ -227,6 +227,25 @@ class Meter:
         self.ledger.refund(admission.account_id, admission.cost, admission.day)
         admission.headers["X-Clex-Credits-Remaining"] = str(self._credits_left(admission.account_id, self.today()))
 
+    def charge_served(self, admission: Admission, served_cost: int) -> None:
+        """Move a reservation to the cost of the model that answered (a fallback's), before the answer is sent.
+
+        A cheaper fallback gets the difference back. A dearer one is charged what was reserved and
+        no more: that is the price of the model the client asked for, the most it agreed to pay, and
+        taking more could overspend a budget the reservation was checked against. Shared limits need
+        nothing else: the credits go back to this worker's lease, as a refund's do. Usage keeps the
+        one call: its reservation is undone and the lower cost reserved out of what that freed
+        (which cannot fail, nor let another call in between). A call that crossed midnight since its
+        admission keeps its charge: its day's usage can only be corrected by a refund, not re-reserved.
+        """
+        cost = served_cost if served_cost < admission.cost else admission.cost
+        if cost == admission.cost or admission.refunded or admission.day != self.today():
+            return
+        self.ledger.refund(admission.account_id, admission.cost, admission.day)
+        self.ledger.reserve(admission.account_id, cost, admission.day)
+        admission.cost = cost
+        admission.headers["X-Clex-Credits-Remaining"] = str(self._credits_left(admission.account_id, admission.day))
+
     def record_tokens(self, admission: Admission, prompt: int, completion: int) -> None:
         self.ledger.record_tokens(admission.account_id, prompt, completion, admission.day)
 

@@ -2,10 +2,17 @@
 
 Only the fields SPEC constrains are checked; every other OpenAI field passes through
 untouched. Each error names the offending field, and nothing has been charged yet.
+
+`stream` absent is SPEC's SSE for a client that says nothing (the reference's own `requests`
+example relies on it) and JSON for one that declares OpenAI's "absent means false" (see
+`default_stream`). The checks (`check_chat`) and the defaults are separate steps because the
+sampling defaults depend on the model the call routes to: reasoning models that reject them
+are marked in the catalog (`Model.sampling_defaults`).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from clexproxy.errors import InvalidRequest
@@ -14,18 +21,60 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 
 CHAT_DEFAULTS: tuple[tuple[str, Any], ...] = (("temperature", 0.7), ("top_p", 0.9))
 
+# The deepest nesting orjson writes (it reads up to 1,024): a body nested deeper could not be sent upstream.
+MAX_DEPTH = 254
 
-def default_stream(accept: str | None) -> bool:
-    """SPEC's `stream: true` default, except for a client that said it accepts JSON only.
 
-    The OpenAI SDKs leave `stream` out of non-streaming calls and send `Accept: application/json`;
-    a stream would break them ("any OpenAI SDK must work unchanged"). curl, `requests` and browsers
-    send `*/*` (or nothing) and get the documented default.
+def default_stream(
+    accept: str | None, user_agent: str | None = None, json_agents: tuple[str, ...] = (), plan_default: bool = True
+) -> bool:
+    """What a chat call without `stream` gets: SSE (True) or JSON (False).
+
+    In order: an `Accept` that names only one of `application/json` and `text/event-stream`
+    (without `*/*`) decides; then a User-Agent with a product token that starts with one of
+    `json_agents` gets JSON (clients known to follow OpenAI's "absent means false": the Vercel AI
+    SDK's `generateText` sends `Accept: */*` and fails on SSE); then the plan's `default_stream`.
+    The OpenAI SDKs send `Accept: application/json` for their non-streaming calls; curl,
+    `requests` and browsers send `*/*` (or nothing) and get the documented default.
     """
-    if not accept:
-        return True
-    accept = accept.lower()
-    return "application/json" not in accept or "text/event-stream" in accept or "*/*" in accept
+    if accept:
+        accept = accept.lower()
+        if "*/*" not in accept:
+            json = "application/json" in accept
+            if json != ("text/event-stream" in accept):
+                return not json
+    if user_agent and json_agents and _declares(user_agent.lower(), json_agents):
+        return False
+    return plan_default
+
+
+def _declares(user_agent: str, prefixes: tuple[str, ...]) -> bool:
+    """A product token of `user_agent` (lowercased) starts with one of `prefixes`."""
+    for prefix in prefixes:
+        if user_agent.startswith(prefix) or " " + prefix in user_agent:
+            return True
+    return False
+
+
+@lru_cache(maxsize=8)
+def user_agent_prefixes(setting: str) -> tuple[str, ...]:
+    """The comma-separated `sse_json_user_agents` setting as lowercased prefixes (parsed once per value)."""
+    return tuple(p.strip().lower() for p in setting.split(",") if p.strip())
+
+
+def too_deep(doc: Any) -> bool:
+    """`doc` nests containers more than MAX_DEPTH deep (what orjson.dumps refuses); iterative, for 1,024 levels."""
+    if not isinstance(doc, (dict, list)):
+        return False
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
 
 
 def _is_number(value: Any) -> bool:
@@ -79,26 +128,38 @@ def _check_messages(messages: Any) -> None:
         role = message.get("role")
         if role is None:
             raise InvalidRequest(f"Missing required parameter: '{where}.role'.", extra={"param": f"{where}.role"})
-        if role not in ROLES:
-            raise InvalidRequest(
-                f"Invalid value for '{where}.role': {role!r}. Supported roles: {', '.join(sorted(ROLES))}.",
-                extra={"param": f"{where}.role"},
-            )
+        try:
+            known = role in ROLES
+        except TypeError:  # an array or an object cannot be looked up in a set
+            known = False
+        if not known:
+            raise _bad_role(where, role)
 
 
-def validate_chat(body: Any, stream_default: bool = True) -> tuple[str, bool, bool]:
-    """Check a chat body and apply defaults in place; returns (model, stream, client_wants_usage)."""
+def _bad_role(where: str, role: Any) -> InvalidRequest:
+    if not isinstance(role, str):
+        return InvalidRequest(
+            f"Invalid type for '{where}.role': expected a string, got {_type_name(role)}.",
+            extra={"param": f"{where}.role"},
+        )
+    shown = role if len(role) <= 40 else role[:40] + "..."
+    return InvalidRequest(
+        f"Invalid value for '{where}.role': {shown!r}. Supported roles: {', '.join(sorted(ROLES))}.",
+        extra={"param": f"{where}.role"},
+    )
+
+
+def check_chat(body: Any) -> tuple[str, bool | None, bool]:
+    """Check a chat body without changing it: (model, stream or None when absent, client_wants_usage)."""
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, got {_type_name(body)}.")
     model = _require_model(body)
     _check_messages(body.get("messages"))
-    if "stream" not in body:
-        body["stream"] = stream_default
-    for name, default in CHAT_DEFAULTS:
-        if name not in body:
-            body[name] = default
-    stream = body["stream"]
-    if not isinstance(stream, bool):
+    stream = body.get("stream")
+    if stream is None:
+        if "stream" in body:
+            raise InvalidRequest("Invalid type for 'stream': expected a boolean, got null.", extra={"param": "stream"})
+    elif not isinstance(stream, bool):
         raise InvalidRequest(
             f"Invalid type for 'stream': expected a boolean, got {_type_name(stream)}.", extra={"param": "stream"}
         )
@@ -117,6 +178,22 @@ def validate_chat(body: Any, stream_default: bool = True) -> tuple[str, bool, bo
                 extra={"param": "stream_options"},
             )
         wants_usage = options.get("include_usage") is True
+    return model, stream, wants_usage
+
+
+def sampling_defaults(body: dict[str, Any]) -> None:
+    """SPEC's temperature and top_p where absent (for a model that takes them: `Model.sampling_defaults`)."""
+    for name, default in CHAT_DEFAULTS:
+        if name not in body:
+            body[name] = default
+
+
+def validate_chat(body: Any, stream_default: bool = True) -> tuple[str, bool, bool]:
+    """`check_chat` and every default, for a model that takes the sampling defaults; returns (model, stream, usage)."""
+    model, stream, wants_usage = check_chat(body)
+    if stream is None:
+        stream = body["stream"] = stream_default
+    sampling_defaults(body)
     return model, stream, wants_usage
 
 

@@ -1,4 +1,8 @@
-"""What every handler needs: the request id, the gateway state, and a bounded JSON body read."""
+"""What every handler needs: the request id, the gateway state, and a bounded JSON body read.
+
+Request ids are `req_<pid><random>_<n>`: the prefix is made again in every forked worker
+(`os.register_at_fork`), so workers forked from one parent never issue the same ids.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,27 @@ from aiohttp import web
 
 from clexproxy.errors import InvalidRequest, RequestTooLarge
 from clexproxy.gateway import Gateway
+from clexproxy.validation import MAX_DEPTH, too_deep
 
 GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
 MAX_CLIENT_REQUEST_ID = 128
+# The codings aiohttp decodes on a request body; any other is its own 4xx before a handler runs.
+CONTENT_CODINGS = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
 
-_prefix = f"req_{os.getpid():x}{os.urandom(3).hex()}_"
+_prefix = ""
 _counter = itertools.count(1)
+
+
+def _new_prefix() -> None:
+    """This process's request-id prefix and counter; run at import and again in every forked child."""
+    global _prefix, _counter
+    _prefix = f"req_{os.getpid():x}{os.urandom(3).hex()}_"
+    _counter = itertools.count(1)
+
+
+_new_prefix()
+os.register_at_fork(after_in_child=_new_prefix)
 
 
 def request_id(request: web.Request) -> str:
@@ -46,15 +64,46 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
         raise RequestTooLarge(f"Request body is {length} bytes; the limit is {max_bytes} bytes.")
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > max_bytes:
-            raise RequestTooLarge(f"Request body exceeds the limit of {max_bytes} bytes.")
-        chunks.append(chunk)
+    try:
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > max_bytes:
+                raise RequestTooLarge(f"Request body exceeds the limit of {max_bytes} bytes.")
+            chunks.append(chunk)
+    except web.RequestPayloadError:
+        raise _undecodable(request) from None
     raw = b"".join(chunks)  # one chunk, the usual case, is not copied
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        return orjson.loads(raw)
+        doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"Malformed JSON in request body: {exc}.") from None
+    # orjson reads JSON nested up to 1,024 deep but writes no more than MAX_DEPTH: a body it could
+    # not send upstream is refused here. Nesting that deep needs that many brackets, so a normal
+    # body is passed by a length test or two C-level counts, never walked.
+    if len(raw) > 2 * MAX_DEPTH and raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and too_deep(doc):
+        raise InvalidRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.")
+    return doc
+
+
+def _undecodable(request: web.Request) -> InvalidRequest:
+    """The 400 for a body aiohttp could not decode (a `Content-Encoding` it is not in, or broken framing).
+
+    The connection cannot carry another request (its parser stopped mid-body): the handler's answer
+    closes it (`body_unreadable`), and the stream is marked ended so aiohttp does not read it again
+    after that answer, which would log the same failure as an unhandled exception.
+    """
+    request.content.feed_eof()
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in CONTENT_CODINGS:
+        return InvalidRequest(
+            f"The request body is not valid {encoding} data, as its Content-Encoding header says it is.",
+            extra={"param": "Content-Encoding"},
+        )
+    return InvalidRequest("The request body could not be read: its framing is malformed.")
+
+
+def body_unreadable(request: web.Request) -> bool:
+    """The request's body could not be read to its end: its answer must close the connection."""
+    return request.content.exception() is not None

@@ -4,6 +4,11 @@ Settlement runs in `finally` and is synchronous, so a client that leaves (which 
 handler, and with it the upstream request) cannot interrupt it: a call whose answer had not
 started is refunded, one whose answer started is charged. The call's `CallOutcome` then feeds
 the metrics and the access log in one pass.
+
+A call answered by the fallback model is charged that model's credits (`Meter.charge_served`)
+once the upstream has answered and before the answer's headers leave, which say so
+(`X-Clex-Served-Model`, and the credits remaining after the new charge). Every answer after
+authentication carries the metering headers, a 500 from a bug in this path included.
 """
 
 from __future__ import annotations
@@ -17,13 +22,27 @@ from typing import Any
 from aiohttp import web
 
 from clexproxy import relay
-from clexproxy.catalog import Model
+from clexproxy.catalog import Model, Plan
+from clexproxy.config import Settings
 from clexproxy.errors import ApiError, InternalError, InvalidRequest, ModelNotFound, RateLimited
 from clexproxy.gateway import Gateway
-from clexproxy.handlers.common import GATEWAY, REQUEST_ID, pick_request_id, read_json, request_id
+from clexproxy.handlers.common import (
+    GATEWAY,
+    REQUEST_ID,
+    body_unreadable,
+    pick_request_id,
+    read_json,
+    request_id,
+)
 from clexproxy.metering import Admission
 from clexproxy.outcome import CallOutcome
-from clexproxy.validation import default_stream, validate_chat, validate_embeddings
+from clexproxy.validation import (
+    check_chat,
+    default_stream,
+    sampling_defaults,
+    user_agent_prefixes,
+    validate_embeddings,
+)
 
 log = logging.getLogger("clexproxy.proxy")
 
@@ -34,6 +53,8 @@ PROXIED_PATHS = {
     "/api/chat": "/chat/completions",
     "/v1/embeddings": "/embeddings",
 }
+_KINDS = {"chat": "a chat model", "embedding": "an embedding model"}
+_NO_HEADERS: Mapping[str, str] = {}
 
 
 def _route(models: Mapping[str, Model], model_id: str, kind: str) -> Model:
@@ -46,7 +67,7 @@ def _route(models: Mapping[str, Model], model_id: str, kind: str) -> Model:
     if model.kind != kind:
         endpoint = "/v1/embeddings" if model.kind == "embedding" else "/v1/chat/completions"
         raise InvalidRequest(
-            f"Model '{model_id}' is an {model.kind} model; call it through {endpoint}.", extra={"param": "model"}
+            f"Model '{model_id}' is {_KINDS[model.kind]}; call it through {endpoint}.", extra={"param": "model"}
         )
     return model
 
@@ -57,6 +78,26 @@ def _refused(gateway: Gateway, call: CallOutcome, error: ApiError, headers: dict
         call.limit = error.limit
     settle_refusal(gateway, call)
     return error.to_response(headers)
+
+
+def _stream_default(request: web.Request, plan: Plan, settings: Settings) -> bool:
+    """SSE or JSON for a chat call that left `stream` out (`validation.default_stream`)."""
+    headers = request.headers
+    agents = user_agent_prefixes(settings.sse_json_user_agents)
+    return default_stream(headers.get("Accept"), headers.get("User-Agent"), agents, plan.default_stream)
+
+
+def _charge_served(gateway: Gateway, admission: Admission, call: CallOutcome) -> Mapping[str, str]:
+    """Charge a fallback's answer at the model that answered; the headers that say so."""
+    gateway.meter.charge_served(admission, gateway.catalog.cost(call.served_model))
+    headers = admission.headers
+    headers["X-Clex-Served-Model"] = call.served_model
+    return {"X-Clex-Served-Model": call.served_model, "X-Clex-Credits-Remaining": headers["X-Clex-Credits-Remaining"]}
+
+
+def _bug(call: CallOutcome) -> InternalError:
+    log.exception("unhandled error, request_id=%s", call.request_id)
+    return InternalError("The gateway failed to handle this request.")
 
 
 def settle_refusal(gateway: Gateway, call: CallOutcome) -> None:
@@ -90,8 +131,13 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
             bucket = await gateway.meter.take_request_remote(account)
         body = await read_json(request, gateway.settings.max_body_bytes)
         if endpoint == "/chat/completions":
-            model_id, call.stream, wants_usage = validate_chat(body, default_stream(request.headers.get("Accept")))
+            model_id, stream, wants_usage = check_chat(body)
             model = _route(gateway.catalog.models, model_id, "chat")
+            if stream is None:
+                stream = body["stream"] = _stream_default(request, account.plan, gateway.settings)
+            if model.sampling_defaults:
+                sampling_defaults(body)
+            call.stream = stream
         else:
             model = _route(gateway.catalog.models, validate_embeddings(body), "embedding")
         call.model, call.tier = model.id, model.tier
@@ -103,7 +149,13 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         if isinstance(error, RateLimited) and error.limit == "requests_per_minute":
             gateway.refusals.note(authorization, call.started)
         headers = error.headers if "X-Clex-Credits-Limit" in error.headers else gateway.meter.peek_headers(account)
-        return _refused(gateway, call, error, {**headers, "X-Request-Id": call.request_id})
+        response = _refused(gateway, call, error, {**headers, "X-Request-Id": call.request_id})
+        if body_unreadable(request):
+            response.force_close()  # the parser stopped mid-body: the connection cannot carry another request
+        return response
+    except Exception:  # a bug, not a refusal: SPEC's 500, with the headers of any authenticated answer
+        headers = {**gateway.meter.peek_headers(account), "X-Request-Id": call.request_id}
+        return _refused(gateway, call, _bug(call), headers)
     except BaseException:
         call.status, call.disconnected, call.finished_at = 499, True, time.monotonic()
         gateway.metrics.call_finished(call)
@@ -137,6 +189,8 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
             raw = await relay.unary(send, call)
         except ApiError as error:
             return error.to_response(settle_error(error))
+        if call.fallback:
+            _charge_served(gateway, admission, call)
         call.answer_started = True
         overhead = time.monotonic() - call.started - call.upstream_seconds
         headers["X-Clex-Overhead-Ms"] = f"{overhead * 1000:.3f}"
@@ -144,6 +198,12 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     except asyncio.CancelledError:
         call.disconnected = True
         raise
+    except Exception:
+        if call.answer_started or request.writer.output_size:  # bytes of an answer left: none other can follow
+            call.status = 500 if call.status == 200 else call.status
+            raise
+        failure = _bug(call)
+        return failure.to_response(settle_error(failure))
     except BaseException:
         call.status = 500 if call.status == 200 else call.status
         raise
