@@ -8,6 +8,14 @@ Access lines skip the `logging` machinery (a record, handlers, a lock and a flus
 more than the rest of the line): `AccessLog` formats each line in place and a timer writes the
 batch every `FLUSH_SECONDS`, and at shutdown. Other log records go through `logging` with the
 same formats.
+
+A text line must not be forgeable by what a client sends (an X-Request-Id with spaces and
+`key=value` pairs, a path with CR, ESC sequences or raw bytes), so every string value that is
+not plain (printable ASCII without a space, a quote or a backslash) is written quoted, with
+escapes (`text_value`): a line always splits into the pairs the gateway wrote, one line per
+request. The common values need no quoting and cost one cheap check: our own request ids, and
+catalog names, checked once each (`_plain`). The JSON format is safe by construction. Other log
+records in the text format have their control characters escaped (`TextFormatter`).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sys
 import time
 from typing import Any, BinaryIO, Literal
@@ -25,6 +34,51 @@ from clexproxy.outcome import CallOutcome
 
 LogFormat = Literal["text", "json"]
 ACCESS = logging.getLogger("clexproxy.access")
+
+# Written as is in a text line: printable ASCII but the space, the double quote and the backslash.
+_NEEDS_QUOTES = re.compile(r'[^!#-\[\]-~]')
+# Escaped inside quotes: the quote and the backslash, and everything but printable ASCII.
+_ESCAPED = re.compile(r'[^ !#-\[\]-~]')
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return "\\" + char if char == '"' or char == "\\" else _escape_char(char)
+
+
+def text_value(value: str) -> str:
+    """`value` as a text log line carries it: as is when plain, else in double quotes with escapes.
+
+    Plain is printable ASCII without a space, `"` or `\\`; the empty string is `""`. Inside the
+    quotes `"` and `\\` are backslashed and every other byte outside printable ASCII is a `\\xNN`
+    (`\\uNNNN` beyond Latin-1), so the line stays one line of ASCII whatever the client sent.
+    """
+    if value and _NEEDS_QUOTES.search(value) is None:
+        return value
+    return '"' + _ESCAPED.sub(_escape, value) + '"'
+
+
+# Catalog names (models, providers) and the code's constants as text lines carry them, each checked once.
+# Only names from the configuration and the code land here, never a client's bytes; the cap is a backstop.
+_PLAIN: dict[str, str] = {}
+_PLAIN_MAX = 4096
+
+
+def _plain(value: str) -> str:
+    out = _PLAIN.get(value)
+    if out is None:
+        out = text_value(value)
+        if len(_PLAIN) < _PLAIN_MAX:
+            _PLAIN[value] = out
+    return out
+
 
 
 def call_fields(call: CallOutcome) -> dict[str, Any]:
@@ -68,29 +122,37 @@ def call_text(call: CallOutcome) -> str:
     The text line is the default and is written for every call; building the dict and joining
     its pairs cost several times this single format (tests hold the two to the same values).
     Milliseconds always show three decimals here (`12.500`), which formats faster than the
-    shortest repr of a rounded float (`12.5`) that the JSON line carries.
+    shortest repr of a rounded float (`12.5`) that the JSON line carries. Strings go through
+    `text_value`: the request id may be the client's, the rest are names from the catalog.
     """
     total = call.finished_at - call.started
     upstream = call.upstream_seconds
     overhead = total - upstream if total > upstream else 0.0
     account_id, key_id = call.account_id, call.key_id
-    text = (
-        f"request_id={call.request_id} account_id={'-' if account_id is None else account_id} "
-        f"key_id={'-' if key_id is None else key_id} endpoint={call.endpoint} model={call.model} "
-        f"provider={call.provider or '-'} stream={call.stream} status={call.status} credits={call.credits_charged} "
-        f"prompt_tokens={call.prompt_tokens} completion_tokens={call.completion_tokens} "
+    rid = call.request_id
+    if not (rid.isidentifier() and rid.isascii()):  # ours (`req_<hex>_<hex>`) pass
+        rid = text_value(rid)
+    plain = _PLAIN
+    model = plain.get(call.model) or _plain(call.model)
+    provider = call.provider
+    provider = (plain.get(provider) or _plain(provider)) if provider else "-"
+    text = (  # the endpoint is one of the handler's constants, never data
+        f"request_id={rid} account_id={'-' if account_id is None else account_id} "
+        f"key_id={'-' if key_id is None else key_id} endpoint={call.endpoint} "
+        f"model={model} provider={provider} stream={call.stream} status={call.status} "
+        f"credits={call.credits_charged} prompt_tokens={call.prompt_tokens} completion_tokens={call.completion_tokens} "
         f"duration_ms={total * 1000:.3f} overhead_ms={overhead * 1000:.3f} upstream_ms={upstream * 1000:.3f}"
     )
     if call.error_code:
-        text += f" error={call.error_code}"
+        text += f" error={_plain(call.error_code)}"
     if call.limit:
-        text += f" limit={call.limit}"
+        text += f" limit={_plain(call.limit)}"
     if call.credits_refunded:
         text += f" refunded={call.credits_refunded}"
     if call.first_token_at is not None:
         text += f" ttft_ms={(call.first_token_at - call.started) * 1000:.3f}"
     if call.fallback:
-        text += f" fallback_from={call.model} served_model={call.served_model}"
+        text += f" fallback_from={model} served_model={_plain(call.served_model)}"
     if call.retries:
         text += f" retries={call.retries}"
     if call.disconnected:
@@ -122,7 +184,9 @@ class AccessLog:
         if self._json:
             doc = {"ts": round(time.time(), 6), "level": level.lower(), "logger": ACCESS.name, **fields}
             return orjson.dumps(doc) + b"\n"
-        pairs = " ".join([f"{k}={v}" if v is not None else f"{k}=-" for k, v in fields.items()])
+        pairs = " ".join([
+            f"{k}={text_value(v) if isinstance(v, str) else '-' if v is None else v}" for k, v in fields.items()
+        ])
         return self._text_line(level, pairs)
 
     def _text_line(self, level: str, pairs: str) -> bytes:
@@ -141,7 +205,11 @@ class AccessLog:
                 self._append(self._text_line("INFO", call_text(call)))
 
     def request(self, request_id: str, method: str, path: str, status: int, started: float) -> None:
-        """The access line of a request that is not a proxied call (models, pricing, admin, probes, errors)."""
+        """The access line of a request that is not a proxied call (models, pricing, admin, probes, errors).
+
+        `path` is the path as sent, still percent-encoded (`request.rel_url.raw_path`), without the
+        query string (which may carry a credential); the text line quotes it when it must.
+        """
         level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
         if ACCESS.isEnabledFor(level):
             fields = {
@@ -200,9 +268,32 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
+def _escape_unprintable(text: str, keep: str = "") -> str:
+    """`text` with each character that is not printable (but those in `keep`) as a backslash escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else _escape_char(c) for c in text)
+
+
+class TextFormatter(logging.Formatter):
+    """The other log records as text, one record per line whatever their arguments hold.
+
+    A message can carry bytes from outside (a client's request id, an upstream's error text):
+    its CR, LF, ESC and other unprintable characters are written as escapes, so it can neither
+    start a line of its own nor drive a terminal. A traceback keeps its line breaks.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _escape_unprintable(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _escape_unprintable(super().formatException(ei), keep="\n")
+
+
 def configure_logging(level: str, fmt: LogFormat) -> None:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
