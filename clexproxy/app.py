@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import BinaryIO
 
+import orjson
 from aiohttp import web
 
-from clexproxy.catalog import Provider
+from clexproxy.accesslog import text_value
+from clexproxy.catalog import Catalog, Provider
 from clexproxy.clock import Clock, SystemClock
 from clexproxy.config import Settings
 from clexproxy.errors import ApiError, InternalError, MethodNotAllowed, NotFound, RequestTooLarge
@@ -40,8 +42,9 @@ def guarded(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         response = await _respond(request, handler)
+        # The path as sent (still percent-encoded, no query string): what the client wrote, never forgeable.
         request.app[GATEWAY].access_log.request(
-            request_id(request), request.method, request.path, response.status, started
+            request_id(request), request.method, request.rel_url.raw_path, response.status, started
         )
         return response
 
@@ -53,22 +56,52 @@ async def _not_found(request: web.Request) -> web.Response:
     raise NotFound(f"No such endpoint: {request.path}.")
 
 
-def _method_not_allowed(allowed: str) -> Handler:
+def _method_not_allowed(methods: list[str], example: bytes | None) -> Handler:
+    """The answer to any other method on a known path: OPTIONS learns the methods, the rest get a JSON 405.
+
+    `example` is a body the path takes (the API endpoints): a GET there (a browser, a curl
+    without a body) is told how to call it instead.
+    """
+    allow = ", ".join([*methods, *(["HEAD"] if "GET" in methods else []), "OPTIONS"])
+    use = " or ".join(methods)
+
     async def refuse(request: web.Request) -> web.Response:
-        raise MethodNotAllowed(
-            f"Method {request.method} is not allowed on {request.path}; use {allowed}.", headers={"Allow": allowed}
-        )
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers={"Allow": allow})
+        path = request.path
+        if example is not None and request.method in ("GET", "HEAD"):
+            raise MethodNotAllowed(
+                f"{path} is an API endpoint for SDKs and HTTP clients, not a web page: send it a POST with a "
+                f"JSON body (Content-Type: application/json) and your key as 'Authorization: Bearer <key>', "
+                f"e.g. {example.decode()}.",
+                headers={"Allow": allow},
+            )
+        raise MethodNotAllowed(f"{path} does not take {request.method}; use {use}.", headers={"Allow": allow})
 
     return refuse
 
 
-def _json_for_unrouted(router: web.UrlDispatcher) -> None:
+def _examples(catalog: Catalog) -> dict[str, bytes]:
+    """A body each API endpoint takes, for its 405 to a GET: the fallback (cheap) model, or the first of its kind."""
+    def model(kind: str) -> str:
+        fallback = catalog.models.get(catalog.fallback_model or "")
+        if fallback is not None and fallback.kind == kind:
+            return fallback.id
+        return next((m.id for m in catalog.models.values() if m.kind == kind), "<model id>")
+
+    chat = orjson.dumps({"model": model("chat"), "messages": [{"role": "user", "content": "Hello!"}]})
+    embedding = orjson.dumps({"model": model("embedding"), "input": "Hello!"})
+    return {path: embedding if endpoint == "/embeddings" else chat for path, endpoint in PROXIED_PATHS.items()}
+
+
+def _json_for_unrouted(router: web.UrlDispatcher, examples: Mapping[str, bytes]) -> None:
     """405s and 404s as SPEC's JSON: a catch-all method on every resource, then a catch-all path."""
     for resource in list(router.resources()):
         if not isinstance(resource, web.Resource):
             continue
         methods = sorted({route.method for route in resource} - {"HEAD"})
-        resource.add_route("*", guarded(_method_not_allowed(", ".join(methods))))
+        example = examples.get(resource.canonical)
+        resource.add_route("*", guarded(_method_not_allowed(methods, example)))
     router.add_route("*", "/{path:.*}", guarded(_not_found))
 
 
@@ -88,19 +121,11 @@ async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse
             return other.to_response(rid)
         raise
     except Exception:
-        log.exception("unhandled error, request_id=%s", rid["X-Request-Id"])
+        log.exception("unhandled error, request_id=%s", text_value(rid["X-Request-Id"]))
         return InternalError("The gateway failed to handle this request.").to_response(rid)
     if not response.prepared and "X-Request-Id" not in response.headers:
         response.headers["X-Request-Id"] = rid["X-Request-Id"]
     return response
-
-
-async def chat_get(request: web.Request) -> web.Response:
-    raise MethodNotAllowed(
-        "This endpoint expects a POST request with a JSON body, e.g. "
-        '{"model": "meta/llama-3.3-70b-instruct", "messages": [{"role": "user", "content": "Hello!"}]}. '
-        "It is an API endpoint for SDKs and HTTP clients, not a web page."
-    )
 
 
 def _gateway_context(
@@ -139,9 +164,7 @@ def build_app(settings: Settings, clock: Clock | None = None, access_stream: Bin
     router = app.router
     handlers = {endpoint: make_handler(endpoint) for endpoint in set(PROXIED_PATHS.values())}
     for path, endpoint in PROXIED_PATHS.items():
-        router.add_post(path, handlers[endpoint])
-        if path == "/v1/chat/completions":  # right after its POST: aiohttp merges them into one resource
-            router.add_get(path, guarded(chat_get))  # a browser's GET gets a JSON 405 that explains
+        router.add_post(path, handlers[endpoint])  # a GET gets a JSON 405 that says what to send (_json_for_unrouted)
     router.add_get("/v1/models", guarded(models.list_models))
     router.add_get("/v1/models/{model_id:.+}", guarded(models.get_model))
     router.add_get("/api/credits/pricing", guarded(models.pricing))
@@ -150,5 +173,5 @@ def build_app(settings: Settings, clock: Clock | None = None, access_stream: Bin
     router.add_get("/metrics", guarded(health.metrics))
     for method, path, handler in admin.ROUTES:
         router.add_route(method, path, guarded(handler))
-    _json_for_unrouted(router)
+    _json_for_unrouted(router, _examples(settings.catalog))
     return app

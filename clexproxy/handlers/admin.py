@@ -6,6 +6,7 @@ process's memory at once; other processes pick them up from the store's change f
 
 from __future__ import annotations
 
+import datetime
 import hmac
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -37,6 +38,14 @@ def _ok(payload: Any, request: web.Request, status: int = 200) -> web.Response:
         body=orjson.dumps(payload), status=status, content_type="application/json",
         headers={"X-Request-Id": request_id(request)},
     )
+
+
+_EPOCH = datetime.date(1970, 1, 1)
+
+
+def iso_day(day: int) -> str:
+    """A UTC day as the store keys it (days since 1970-01-01) as the report shows it: `2026-11-30`."""
+    return (_EPOCH + datetime.timedelta(days=day)).isoformat()
 
 
 def _account(row: AccountRow) -> dict[str, Any]:
@@ -141,7 +150,7 @@ async def account_usage(request: web.Request) -> web.Response:
     await gateway.flush_usage()
     rows = await gateway.store.usage(name)
     usage = [
-        {"day": r.day, "credits": r.credits, "calls": r.calls,
+        {"day": iso_day(r.day), "credits": r.credits, "calls": r.calls,
          "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens}
         for r in rows
     ]
