@@ -26,11 +26,14 @@ run: build
 test: build test-tools
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-# The servers the tests start for real (never mocks): Redis, and PostgreSQL for the multi-host store.
+# The servers the tests start for real (never mocks): Redis, and PostgreSQL for the multi-host store;
+# and promtool (Debian's prometheus package), which unit-tests deploy/alerts.yml on deploy/alerts.test.yml.
 test-tools:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
+	@command -v promtool >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 
 # The same suite on the pure-Python twin of _fastpath.
 test-pure: build test-tools

@@ -53,12 +53,13 @@ class Gateway:
         self.store = store
         self.directory = Directory(self.catalog)
         self.meter = Meter(clock, shared=bool(settings.redis_url))
+        self.metrics = _metrics(settings)
         self.redis: RedisSync | None = None
         if settings.redis_url:
-            self.redis = RedisSync(settings.redis_url)
-            self.meter.share(SharedLimits(self.redis, self.meter.ledger, settings.workers, self._stored_spend))
+            self.redis = RedisSync(settings.redis_url, observer=self.metrics)
+            self.meter.share(SharedLimits(self.redis, self.meter.ledger, settings.workers, self._stored_spend,
+                                          observer=self.metrics))
         self.upstream = UpstreamPool(settings, self.catalog)
-        self.metrics = _metrics(settings)
         self.access_log = AccessLog(access_stream, settings.log_format)
         self.keepalives = KeepAlives(settings.sse_keepalive_seconds)
         self.refusals = RecentRefusals()

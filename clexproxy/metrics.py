@@ -6,10 +6,17 @@ collector. With a metrics directory configured, every process writes a snapshot 
 there every `flush_seconds` (and when it stops); a scrape served by any of them merges all
 snapshots, so one scrape reports the whole host. Counters and histograms of a process that has
 gone keep counting in the merge (its file stays), so totals never go backwards when a worker is
-replaced; gauges count only live processes.
+replaced; gauges count only live processes, summed, except a state every process reports
+(`clexproxy_redis_up`), where the host shows its lowest: one worker cut off from Redis is enough
+to page.
+
+With Redis configured, `RedisSync` reports each round trip (its duration, or its failure) and
+`SharedLimits` each credit lease it is granted (`redis_call`, `redis_failed`, `lease_granted`):
+a few dict updates after a trip that took a network round trip, never on a call that stays in
+memory. Without Redis there are no Redis series at all, so its alerts stay silent.
 
 Label sets are bounded: endpoint, model and tier (from the catalog), plan, provider, status
-class, kind, limit, phase. Never an account or key id.
+class, kind, limit, phase, Redis operation. Never an account or key id.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ SEP = "\x1f"  # joins label values in snapshot keys; cannot occur in our label v
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 RATE_BUCKETS = (1.0, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0)
+# Redis round trips: sub-millisecond on a LAN, and the alert's 100 ms p99 threshold is a bound.
+REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class _Family:
@@ -76,6 +85,10 @@ class GaugeVec(CounterVec):
 
     def set(self, labels: Labels, value: float) -> None:
         self.values[labels] = value
+
+
+class LowestGauge(GaugeVec):
+    """A state each process reports, 1 for fine and 0 for not: a host's scrape shows its lowest (not the sum)."""
 
 
 class HistogramVec(_Family):
@@ -117,11 +130,20 @@ def _add_slots(histogram: HistogramVec, labels: Labels, slots: list[float]) -> N
 
 
 def _merge_into(
-    target: dict[str, dict[str, Any]], snapshot: dict[str, dict[str, Any]], gauge_names: frozenset[str], gauges: bool
+    target: dict[str, dict[str, Any]], snapshot: dict[str, dict[str, Any]], gauge_names: frozenset[str], gauges: bool,
+    lowest: frozenset[str] = frozenset(),
 ) -> None:
-    """Add one process's snapshot to the host's totals; its gauges only when `gauges` (the process is alive)."""
+    """Add one process's snapshot to the host's totals; its gauges only when `gauges` (the process is alive).
+
+    The gauges named in `lowest` take the smallest value any live process reports instead of the sum.
+    """
     for name, series in snapshot.items():
         merged = target.setdefault(name, {})
+        if name in lowest:
+            if gauges:
+                for key, value in series.items():
+                    merged[key] = min(merged.get(key, value), value)
+            continue
         for key, value in series.items():
             if isinstance(value, list):
                 slots = merged.get(key)
@@ -198,12 +220,22 @@ class Metrics:
         self.config_info = add(GaugeVec("clexproxy_config_info", "Shape of the running configuration.",
                                         tuple(sorted(info or {}))))
         self.workers = add(GaugeVec("clexproxy_workers", "Worker processes reporting into this scrape.", ()))
+        # Scale-out (Redis): no series until a Redis trip is made, so a gateway without Redis exports none.
+        self.redis_up = add(LowestGauge("clexproxy_redis_up",
+                                        "1 when the last Redis round trip of every process succeeded, else 0.", ()))
+        self.redis_sync = add(HistogramVec("clexproxy_redis_sync_seconds",
+                                           "Duration of successful Redis round trips (leases, slots, key changes).",
+                                           ("operation",), REDIS_BUCKETS))
+        self.redis_errors = add(CounterVec("clexproxy_redis_errors", "Failed Redis round trips.", ("operation",)))
+        self.lease_grants = add(CounterVec("clexproxy_lease_grants", "Credit leases Redis granted to a worker.",
+                                           ("plan",)))
         self.build_info.set(
             (__version__, "compiled" if USING_EXTENSION else "pure", platform.python_version(), aiohttp.__version__), 1
         )
         self.config_info.set(tuple(v for _, v in sorted((info or {}).items())), 1)
         self.workers.set((), 1)
         self._gauge_names = frozenset(f.name for f in fam if f.kind == "gauge")
+        self._lowest_names = frozenset(f.name for f in fam if isinstance(f, LowestGauge))
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
 
@@ -272,6 +304,22 @@ class Metrics:
         if call.fallback:
             self.fallbacks.inc((call.model,))
 
+    # Redis (RedisSync and SharedLimits call these after a round trip, never per request) --------
+
+    def redis_call(self, operation: str, seconds: float) -> None:
+        """A Redis round trip that succeeded: Redis is up, and how long it took."""
+        self.redis_up.values[()] = 1.0
+        self.redis_sync.observe((operation,), seconds)
+
+    def redis_failed(self, operation: str) -> None:
+        """A Redis round trip that failed (connection, timeout or an error reply): Redis is down until one succeeds."""
+        self.redis_up.values[()] = 0.0
+        self.redis_errors.inc((operation,))
+
+    def lease_granted(self, plan: str) -> None:
+        """Redis granted this worker a lease of an account's credits."""
+        self.lease_grants.inc((plan,))
+
     def _fold(self) -> None:
         """Spread the per-call rows over the exposed families (at snapshot time, not per request)."""
         rows, self._rows = self._rows, {}
@@ -317,8 +365,8 @@ class Metrics:
                     continue
                 alive = _pid_alive(int(doc.get("pid", 0))) and not doc.get("stopped", False)
                 live_workers += alive
-                _merge_into(merged, doc.get("metrics", {}), self._gauge_names, gauges=alive)
-        _merge_into(merged, self.snapshot(), self._gauge_names, gauges=True)
+                _merge_into(merged, doc.get("metrics", {}), self._gauge_names, gauges=alive, lowest=self._lowest_names)
+        _merge_into(merged, self.snapshot(), self._gauge_names, gauges=True, lowest=self._lowest_names)
         info = merged.get("clexproxy_workers", {})
         info[""] = float(live_workers)
         for name in ("clexproxy_build_info", "clexproxy_config_info"):
@@ -407,4 +455,13 @@ class NullMetrics(Metrics):
         return None
 
     def call_finished(self, call: CallOutcome) -> None:
+        return None
+
+    def redis_call(self, operation: str, seconds: float) -> None:
+        return None
+
+    def redis_failed(self, operation: str) -> None:
+        return None
+
+    def lease_granted(self, plan: str) -> None:
         return None

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from clexproxy.auth import Account
 from clexproxy.errors import ServiceUnavailable
@@ -31,6 +32,17 @@ from clexproxy.fastpath import BucketResult, CreditLedger, TokenBuckets
 from clexproxy.sync.redis import SLICE_DIVISOR, RedisError, RedisSync
 
 log = logging.getLogger("clexproxy.shared")
+
+
+class LeaseObserver(Protocol):
+    """What is told about each credit lease Redis grants (clexproxy.metrics.Metrics is one)."""
+
+    def lease_granted(self, plan: str) -> None: ...
+
+
+class _Unobserved:
+    def lease_granted(self, plan: str) -> None:
+        return None
 
 LEASE_CALLS = 8  # a first lease asks for this many calls' worth (Redis caps any lease at 1/(4N) of what is left)
 LEASE_MAX_CALLS = 65_536
@@ -55,8 +67,9 @@ class _Slots:
 
 class SharedLimits:
     def __init__(self, sync: RedisSync, ledger: CreditLedger, workers: int,
-                 stored_spend: Callable[[int, int], Awaitable[int]]) -> None:
+                 stored_spend: Callable[[int, int], Awaitable[int]], observer: LeaseObserver | None = None) -> None:
         self.sync = sync
+        self.observer: LeaseObserver = observer or _Unobserved()
         self.ledger = ledger
         self.workers = max(1, workers)
         # A lease is at most 1/(4N) of what is left (N: this host's workers), so the leases of every
@@ -157,6 +170,7 @@ class SharedLimits:
             return False
         self.ledger.grant(account.id, grant.granted, day)
         self._leased.add((account.id, day))
+        self.observer.lease_granted(account.plan.name)
         return True
 
     def _lease_without_redis(self, account: Account, cost: int, day: int, deficit: int) -> bool:

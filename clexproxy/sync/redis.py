@@ -18,21 +18,29 @@ Slots: GCRA (the algorithm of redis-cell and Stripe's limiters) on Redis's own c
 same shape as the in-process bucket: a burst of `rpm`, refilled at `rpm` per minute. A worker
 takes up to k slots at once; a refusal says how long until the next slot frees, and the worker
 caches it until then.
+
+Every round trip is reported to an observer (the metrics): its duration by operation when it
+succeeds, the operation when it fails. The key-change subscription counts too, so a Redis that
+goes away shows within seconds even when no call needs it.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-__all__ = ("CreditGrant", "RedisError", "RedisSync", "SlotGrant")
+__all__ = ("CreditGrant", "RedisError", "RedisObserver", "RedisSync", "SlotGrant")
+
+T = TypeVar("T")
 
 DAY_TTL_SECONDS = 26 * 3600  # a day's budget outlives its UTC day by two hours, then Redis drops it
 GRANT_MEMORY_SECONDS = 600  # how long a lease id is remembered for a retried request
@@ -139,12 +147,30 @@ class SlotGrant:
     left: int  # slots still free on Redis after this grant
 
 
+class RedisObserver(Protocol):
+    """What is told about each Redis round trip (clexproxy.metrics.Metrics is one)."""
+
+    def redis_call(self, operation: str, seconds: float) -> None: ...
+
+    def redis_failed(self, operation: str) -> None: ...
+
+
+class _Unobserved:
+    def redis_call(self, operation: str, seconds: float) -> None:
+        return None
+
+    def redis_failed(self, operation: str) -> None:
+        return None
+
+
 class RedisSync:
     """One process's connection to the shared limits. Every call is one Redis round trip."""
 
-    def __init__(self, url: str, *, prefix: str = "clex", timeout: float = 1.0) -> None:
+    def __init__(self, url: str, *, prefix: str = "clex", timeout: float = 1.0,
+                 observer: RedisObserver | None = None) -> None:
         self.url = url
         self.prefix = prefix
+        self.observer: RedisObserver = observer or _Unobserved()
         # A dropped connection (a Redis restart) is retried: every script here is safe to run twice.
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout,
@@ -158,8 +184,19 @@ class RedisSync:
     async def close(self) -> None:
         await self._redis.aclose()
 
+    async def _trip(self, operation: str, trip: Awaitable[T]) -> T:
+        """Await one round trip, and tell the observer how it went."""
+        started = time.perf_counter()
+        try:
+            result = await trip
+        except RedisError:
+            self.observer.redis_failed(operation)
+            raise
+        self.observer.redis_call(operation, time.perf_counter() - started)
+        return result
+
     async def ping(self) -> bool:
-        return bool(await self._redis.ping())
+        return bool(await self._trip("ping", self._redis.ping()))
 
     # One hash tag per account: an account's keys live on one Redis Cluster slot, as its scripts need.
     def _budget_key(self, account_id: int, day: int) -> str:
@@ -186,41 +223,41 @@ class RedisSync:
         """
         if deficit < 1:
             raise ValueError("a lease covers at least one credit (deficit 0 is how recover_credits asks)")
-        granted, left = await self._take_credits(
+        granted, left = await self._trip("take_credits", self._take_credits(
             keys=[self._budget_key(account_id, day), self._lease_key(account_id, lease_id)],
             args=[limit, spent, max(want, deficit), deficit, max(1, divisor), DAY_TTL_SECONDS, GRANT_MEMORY_SECONDS,
                   max(1, unit)],
-        )
+        ))
         return CreditGrant(int(granted), int(left))
 
     async def recover_credits(self, account_id: int, day: int, lease_id: str) -> int:
         """What a lease whose reply was lost took: the same grant, or 0, after which that id can take nothing."""
-        granted, _ = await self._take_credits(
+        granted, _ = await self._trip("recover_credits", self._take_credits(
             keys=[self._budget_key(account_id, day), self._lease_key(account_id, lease_id)],
             args=[0, -1, 0, 0, 1, DAY_TTL_SECONDS, GRANT_MEMORY_SECONDS, 1],
-        )
+        ))
         return max(0, int(granted))
 
     async def give_credits(self, account_id: int, day: int, credits: int, return_id: str) -> int | None:
         """Return an unused lease (once per `return_id`); the day's credits left, or None if Redis dropped the day."""
         if credits <= 0:
             return None
-        left = await self._give_credits(
+        left = await self._trip("give_credits", self._give_credits(
             keys=[self._budget_key(account_id, day), f"{self.prefix}:{{{account_id}}}:return:{return_id}"],
             args=[credits, GRANT_MEMORY_SECONDS],
-        )
+        ))
         return None if left is None or int(left) < 0 else int(left)
 
     async def debit_credits(self, account_id: int, day: int, credits: int, debit_id: str) -> int | None:
         """Charge credits spent without a lease (once per `debit_id`); the day's credits left, or None if not held."""
-        held, left = await self._debit_credits(
+        held, left = await self._trip("debit_credits", self._debit_credits(
             keys=[self._budget_key(account_id, day), f"{self.prefix}:{{{account_id}}}:debit:{debit_id}"],
             args=[credits, GRANT_MEMORY_SECONDS],
-        )
+        ))
         return int(left) if int(held) else None
 
     async def credits_left(self, account_id: int, day: int) -> int | None:
-        left = await self._redis.hget(self._budget_key(account_id, day), "left")
+        left = await self._trip("credits_left", self._redis.hget(self._budget_key(account_id, day), "left"))
         return None if left is None else int(left)
 
     @property
@@ -229,15 +266,19 @@ class RedisSync:
 
     async def announce_key_change(self) -> None:
         """Tell every worker on every host to re-read the store's keys and accounts now (a revoke, a plan change)."""
-        await self._redis.publish(self.keys_channel, b"changed")
+        await self._trip("publish", self._redis.publish(self.keys_channel, b"changed"))
 
     async def key_changes(self) -> AsyncGenerator[None, None]:
         """One item per announced change, for as long as the subscription lives (a Redis error ends it)."""
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(self.keys_channel)
+            await self._trip("subscribe", pubsub.subscribe(self.keys_channel))
             while True:
-                message = await pubsub.get_message(timeout=None)
+                try:
+                    message = await pubsub.get_message(timeout=None)
+                except RedisError:  # the connection is lost: Redis is down as surely as when a trip fails
+                    self.observer.redis_failed("subscribe")
+                    raise
                 if message is not None:
                     yield None
         finally:
@@ -245,5 +286,7 @@ class RedisSync:
 
     async def take_slots(self, account_id: int, rpm: int, want: int) -> SlotGrant:
         """Take up to `want` of the account's per-minute slots, or learn how long until one frees."""
-        granted, wait_us, left = await self._take_slots(keys=[f"{self.prefix}:{{{account_id}}}:rpm"], args=[rpm, want])
+        granted, wait_us, left = await self._trip(
+            "take_slots", self._take_slots(keys=[f"{self.prefix}:{{{account_id}}}:rpm"], args=[rpm, want])
+        )
         return SlotGrant(int(granted), int(wait_us) / 1e6, int(left))

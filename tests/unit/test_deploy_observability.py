@@ -31,16 +31,7 @@ def _exposed_names() -> frozenset[str]:
     return frozenset(f.name + "_total" if f.kind == "counter" else f.name for f in metrics._families)
 
 
-# Scale-out (Redis) metrics arrive with the scale-out issue; the alerts and dashboard already watch them.
-FUTURE_METRICS = frozenset(
-    {
-        "clexproxy_redis_up",
-        "clexproxy_redis_sync_seconds",
-        "clexproxy_redis_errors_total",
-        "clexproxy_lease_grants_total",
-    }
-)
-KNOWN_METRICS = _exposed_names() | FUTURE_METRICS
+KNOWN_METRICS = _exposed_names()
 
 _METRIC_NAME = re.compile(r"clexproxy_[a-z_]+")
 _HISTOGRAM_SUFFIX = re.compile(r"_(bucket|sum|count)$")
