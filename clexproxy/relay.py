@@ -1,15 +1,24 @@
 """Relay an upstream answer to the client: SSE byte for byte as it arrives, or one JSON body.
 
-Streamed chunks are never parsed as JSON except the one that carries `usage`; events go out
-as the exact bytes the upstream sent (`SSEEvent.raw`). While the first token is slow, a
-`: keep-alive` comment keeps proxies and clients from timing out.
+Streamed chunks are never parsed as JSON except the few events that carry `usage` or an
+`"error"` key (one C-level scan of a chunk says whether there is any); events go out as the
+exact bytes the upstream sent (`SSEEvent.raw`). The exceptions, all rare: the usage the client
+did not ask for is stripped; an error event inside the answer becomes SPEC's error event and
+ends the stream (the provider's own bytes could carry its URL or credential); when a
+deployment's upstream model name is not the catalog id, each event's `model` is rewritten to
+the catalog id (never when the names agree, so the usual answer costs nothing more). While the
+first token is slow, a `: keep-alive` comment keeps proxies and clients from timing out.
+
+`[DONE]` completes a stream: whatever the upstream sends after it is not relayed, and its end
+is awaited off the client's response (`UpstreamResponse.finish`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -19,12 +28,17 @@ from aiohttp import web
 from clexproxy.errors import ApiError, InternalError, ServiceUnavailable
 from clexproxy.fastpath import SSEEvent, SSEParser, has_usage
 from clexproxy.outcome import CallOutcome
-from clexproxy.upstream import UpstreamReply
+from clexproxy.upstream import ERROR_KEY, UpstreamReply
 
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"[DONE]"
 DONE_EVENT = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# What makes an event need a look: a usage object (`has_usage`'s rule; OpenAI's `"usage":null` on every chunk
+# is not one) or an `"error"` member that is not null. Counted in a chunk to find the first event to look at.
+_MARK = re.compile(rb'"usage"[ \t\r\n]*:[ \t\r\n]*\{|"error"[ \t\r\n]*:[ \t\r\n]*[^ \t\r\nn]')
+# A `"model": "..."` member (JSON whitespace allowed); in a chunk only the top-level one exists.
+_MODEL_FIELD = re.compile(rb'"model"[ \t\r\n]*:[ \t\r\n]*"(?:[^"\\]|\\.)*"')
 
 
 def error_event(error: ApiError) -> bytes:
@@ -36,6 +50,22 @@ def _read_usage(usage: Any, outcome: CallOutcome) -> None:
         p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
         outcome.prompt_tokens = p if isinstance(p, int) else 0
         outcome.completion_tokens = c if isinstance(c, int) else 0
+
+
+def _carries_nothing(choices: Any) -> bool:
+    """Whether a chunk's `choices` say nothing once its usage is gone (LiteLLM's `[{"index": 0, "delta": {}}]`)."""
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            return False
+        for name, value in choice.items():
+            if name == "index" or not value:
+                continue
+            if name == "delta" and isinstance(value, dict) and not any(value.values()):
+                continue
+            return False
+    return True
 
 
 class SSEResponse(web.StreamResponse):
@@ -57,11 +87,19 @@ async def stream(
     keepalives: KeepAlives,
     outcome: CallOutcome,
     on_error: Any,
+    *,
+    answer_headers: Callable[[], Mapping[str, str]] | None = None,
 ) -> web.StreamResponse:
-    """Relay an SSE answer. `on_error(error)` settles a failure and returns the headers to send with it."""
+    """Relay an SSE answer. `on_error(error)` settles a failure and returns the headers to send with it.
+
+    `answer_headers()`, when given, is called once the upstream has answered (after any retry or
+    fallback) and before the response goes out; what it returns joins the response headers. It is
+    called even when a keep-alive comment already sent the headers, though it can then no longer
+    change them.
+    """
     response = SSEResponse(status=200, headers={**headers, **SSE_HEADERS})
     try:
-        return await _relay_stream(request, response, send, wants_usage, keepalives, outcome, on_error)
+        return await _relay_stream(request, response, send, wants_usage, keepalives, outcome, on_error, answer_headers)
     except ConnectionResetError:
         # The client left while we wrote to it (before its disconnect cancelled us): nothing more to send.
         outcome.disconnected = True
@@ -76,12 +114,13 @@ async def _relay_stream(
     keepalives: KeepAlives,
     outcome: CallOutcome,
     on_error: Any,
+    answer_headers: Callable[[], Mapping[str, str]] | None,
 ) -> web.StreamResponse:
     started = time.monotonic()
     keep = keepalives.watch(request, response)
     try:
         try:
-            reply = await send
+            reply = await send  # returns once the upstream's first answer event is in
         except ApiError as error:
             await keep.stop()
             error_headers = on_error(error)
@@ -89,13 +128,37 @@ async def _relay_stream(
                 await response.write_eof(error_event(error))
                 return response
             return error.to_response(error_headers)
+        await keep.stop()  # the upstream has spoken: from here on, only its bytes go out
         outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
         upstream = reply.response
         content = upstream.content
-        frames = _Frames(wants_usage, outcome)
+        frames = _Frames(reply, wants_usage, outcome)
         failure: ApiError | None = None
+        complete = False
         try:
-            while failure is None:
+            if answer_headers is not None:
+                extra = answer_headers()
+                if not response.prepared:
+                    response.headers.update(extra)
+            out = frames.first(reply.received, reply.events or [])
+            if not response.prepared:
+                await response.prepare(request)
+            while True:
+                if frames.finished:
+                    # `[DONE]`: the answer is whole. Its last bytes and the end of the response go out
+                    # in one write; the upstream's own end is not waited for.
+                    await response.write_eof(out)
+                    complete = True
+                    if outcome.first_token_at is None and outcome.answer_started:
+                        outcome.first_token_at = time.monotonic()
+                    return response
+                if out:
+                    await response.write(out)
+                    if outcome.first_token_at is None and outcome.answer_started:
+                        outcome.first_token_at = time.monotonic()
+                failure = frames.failure or failure
+                if failure is not None:
+                    break
                 try:
                     chunk = await content.readany()
                 except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
@@ -104,58 +167,24 @@ async def _relay_stream(
                     outcome.upstream_failures.append((outcome.provider, kind))
                     failure = ServiceUnavailable("The upstream connection was lost mid-stream.",
                                                  error_type="upstream_error")
-                if keep.running:
-                    await keep.stop()  # the upstream has spoken: from here on, only its bytes go out
-                if not response.prepared:
-                    await response.prepare(request)
                 if not chunk:
+                    if failure is None:
+                        outcome.upstream_failures.append((outcome.provider, "midstream_drop"))
+                        failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
+                                                     error_type="upstream_error")
                     break
-                try:
-                    out = frames.feed(chunk)
-                except orjson.JSONDecodeError:
-                    failure = InternalError("The upstream sent a malformed usage chunk.", error_type="upstream_error")
-                    break
-                if frames.finished:
-                    # `[DONE]`: the answer is whole. Its last bytes and the end of the response go out
-                    # in one write; the upstream's own end is awaited after the client has it.
-                    await response.write_eof(out)
-                    if outcome.first_token_at is None and outcome.answer_started:
-                        outcome.first_token_at = time.monotonic()
-                    await _drain(content)
-                    return response
-                if out:
-                    await response.write(out)
-                    if outcome.first_token_at is None and outcome.answer_started:
-                        outcome.first_token_at = time.monotonic()
-            if failure is None:
-                outcome.upstream_failures.append((outcome.provider, "midstream_drop"))
-                failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
-                                             error_type="upstream_error")
+                out = frames.feed(chunk)
         finally:
             outcome.upstream_seconds = time.monotonic() - started
-            if frames.finished and content.is_eof():
-                upstream.release()
+            if complete:
+                upstream.finish()
             else:
                 upstream.close()
     finally:
         keep.cancel()
-    assert failure is not None
     on_error(failure)
     await response.write_eof(error_event(failure))
     return response
-
-
-async def _drain(content: aiohttp.StreamReader) -> None:
-    """Read what the upstream sends after `[DONE]` (normally just the end of its chunked body).
-
-    The connection can carry another call only once the upstream's answer has ended; bytes
-    after `[DONE]` carry nothing for a client and are not relayed.
-    """
-    try:
-        while not content.is_eof() and await content.readany():
-            pass
-    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-        pass
 
 
 class KeepAlives:
@@ -251,15 +280,33 @@ class _KeepAlive:
 
 
 class _Frames:
-    """Decides, event by event, what of an upstream chunk goes to the client."""
+    """Decides, event by event, what of an upstream chunk goes to the client.
 
-    __slots__ = ("finished", "outcome", "parser", "wants_usage")
+    `finished` once `[DONE]` is in; `failure` once the answer must end in an error event (an
+    upstream error event, a usage chunk that is not JSON): the bytes returned with it are the
+    events before it, which the client still gets.
+    """
 
-    def __init__(self, wants_usage: bool, outcome: CallOutcome) -> None:
-        self.parser = SSEParser()
+    __slots__ = ("failure", "finished", "outcome", "parser", "rename", "reply", "wants_usage")
+
+    def __init__(self, reply: UpstreamReply, wants_usage: bool, outcome: CallOutcome) -> None:
+        self.parser = reply.parser or SSEParser()
+        self.reply = reply
         self.wants_usage = wants_usage
         self.outcome = outcome
         self.finished = False
+        self.failure: ApiError | None = None
+        self.rename: bytes | None = None  # the replacement `"model":"<catalog id>"`, when the upstream's name differs
+        if reply.deployment.model != reply.model.id:
+            self.rename = (b'"model":' + orjson.dumps(reply.model.id)).replace(b"\\", b"\\\\")
+
+    def first(self, received: bytes, events: list[SSEEvent]) -> bytes:
+        """The bytes to relay for what `send` read (`events` parsed from `received`, from the stream's start)."""
+        if self.parser.pending == 0:
+            return self._whole(received, events)
+        out: list[bytes] = []
+        self._each(events, out)
+        return b"".join(out)
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes to relay for `chunk`: the chunk itself when it holds whole events only and none is dropped."""
@@ -269,49 +316,106 @@ class _Frames:
         if aligned and parser.pending == 0:
             return self._whole(chunk, events)
         out: list[bytes] = []
+        self._each(events, out)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _each(self, events: list[SSEEvent], out: list[bytes]) -> None:
+        """Append to `out` what goes out of `events`, one by one; stops at `[DONE]` or at a failure."""
+        rename = self.rename
         for event in events:
+            raw = event.raw
             data = event.data
             if data is not None:
                 if data == DONE:
                     self.finished = True
-                elif has_usage(data):
-                    doc = orjson.loads(data)
-                    _read_usage(doc.get("usage"), self.outcome)
-                    if not self.wants_usage and not doc.get("choices"):
-                        continue  # the usage-only chunk the client did not ask for
+                    out.append(raw)
+                    return
+                if ERROR_KEY in data or has_usage(data):
+                    kept = self._marked(raw, data)
+                    if self.failure is not None:
+                        return
+                    if kept is None:
+                        continue  # the usage the client did not ask for, and nothing else
+                    raw = kept
+                elif rename is not None:
+                    raw = _MODEL_FIELD.sub(rename, raw)
                 self.outcome.answer_started = True
-            out.append(event.raw)
-        return out[0] if len(out) == 1 else b"".join(out)
+            out.append(raw)
+
+    def _marked(self, raw: bytes, data: bytes) -> bytes | None:
+        """An event holding `"error"` or usage: what goes out of it (None: nothing); sets `failure` to end here."""
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            if has_usage(data):
+                self.failure = InternalError("The upstream sent a malformed usage chunk.", error_type="upstream_error")
+                return None
+            doc = None  # text that merely mentions "error"
+        if not isinstance(doc, dict):
+            return raw if self.rename is None else _MODEL_FIELD.sub(self.rename, raw)
+        error = doc.get("error")
+        if error is not None:
+            self.failure = self.reply.midstream_error(error)
+            return None
+        if has_usage(data):
+            _read_usage(doc.get("usage"), self.outcome)
+            if not self.wants_usage:
+                if _carries_nothing(doc.get("choices") or []):
+                    return None
+                del doc["usage"]
+                if self.rename is not None and "model" in doc:
+                    doc["model"] = self.reply.model.id
+                return b"data: " + orjson.dumps(doc) + b"\n\n"
+        return raw if self.rename is None else _MODEL_FIELD.sub(self.rename, raw)
 
     def _whole(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
         """A chunk of whole events: visit only the few that matter instead of all of them.
 
         A whole answer can arrive in one read (dozens of events); the usage event and `[DONE]`
-        sit at its end, and one C-level scan of the chunk says whether usage is there at all.
+        sit at its end, and one C-level scan of the chunk says whether usage (or an error) is
+        there at all. The events before the first one that needs a look go out as they came.
         """
         if not events:
             return chunk
-        strip: SSEEvent | None = None
-        if has_usage(chunk):
-            for event in reversed(events):
-                data = event.data
-                if data is not None and data != DONE and has_usage(data):
-                    doc = orjson.loads(data)
-                    _read_usage(doc.get("usage"), self.outcome)
-                    if not self.wants_usage and not doc.get("choices"):
-                        strip = event  # the usage-only chunk the client did not ask for
+        n = len(events)
+        done = False
+        if DONE in chunk:
+            k = n
+            while k:
+                k -= 1
+                if events[k].data == DONE:
+                    done = True
+                    if k + 1 < n:  # bytes after `[DONE]` carry nothing for the client
+                        chunk = chunk[: len(chunk) - _size(events, k + 1, n)]
+                        n = k + 1
                     break
-        if not self.outcome.answer_started:
-            for event in events:
-                if event.data is not None and event is not strip:
-                    self.outcome.answer_started = True
-                    break
-        if not self.finished and DONE in chunk:
-            for event in reversed(events):
-                if event.data == DONE:
-                    self.finished = True
-                    break
-        return chunk if strip is None else chunk.replace(strip.raw, b"", 1)
+        i = n  # events[i:n] need a look, one by one
+        if has_usage(chunk) or ERROR_KEY in chunk:
+            marks = len(_MARK.findall(chunk))
+            while marks > 0 and i:
+                i -= 1
+                raw = events[i].raw
+                if has_usage(raw) or ERROR_KEY in raw:
+                    marks -= len(_MARK.findall(raw))
+        head = chunk if i == n else chunk[: len(chunk) - _size(events, i, n)]
+        if i:
+            if not self.outcome.answer_started:
+                for k in range(i):
+                    if events[k].data is not None:
+                        self.outcome.answer_started = True
+                        break
+            if self.rename is not None:
+                head = _MODEL_FIELD.sub(self.rename, head)
+        if i == n:
+            self.finished = done
+            return head
+        out = [head] if head else []
+        self._each(events[i:n], out)
+        return b"".join(out)
+
+
+def _size(events: list[SSEEvent], start: int, stop: int) -> int:
+    return sum(len(events[k].raw) for k in range(start, stop))
 
 
 def _salvage(content: aiohttp.StreamReader) -> bytes:
@@ -327,26 +431,14 @@ def _salvage(content: aiohttp.StreamReader) -> bytes:
 
 
 async def unary(send: Awaitable[UpstreamReply], outcome: CallOutcome) -> bytes:
-    """Fetch a whole JSON answer; returns its exact bytes. Raises ApiError when there is no good answer."""
+    """A whole JSON answer (read and parsed by `send`); returns its bytes. Raises ApiError when there is none."""
     started = time.monotonic()
     reply = await send
+    outcome.upstream_seconds = time.monotonic() - started
     outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
-    upstream = reply.response
-    try:
-        raw = await upstream.read()
-    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        upstream.close()
-        kind = "timeout" if isinstance(exc, TimeoutError) else "midstream_drop"
-        outcome.upstream_failures.append((outcome.provider, kind))
-        raise ServiceUnavailable("The upstream connection was lost before the answer was complete.",
-                                 error_type="upstream_error") from None
-    finally:
-        outcome.upstream_seconds = time.monotonic() - started
-    upstream.release()
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InternalError("The upstream sent a malformed answer.", error_type="upstream_error") from None
-    if isinstance(doc, dict):
-        _read_usage(doc.get("usage"), outcome)
-    return raw
+    doc = reply.doc
+    _read_usage(doc.get("usage"), outcome)
+    if reply.deployment.model != reply.model.id and "model" in doc:
+        doc["model"] = reply.model.id  # the catalog id, as every answer names it
+        return orjson.dumps(doc)
+    return reply.received

@@ -1,30 +1,48 @@
 """Provider calls: a connection pool per provider origin, retries, fallback, error mapping.
 
 Before the first byte of an answer a failed or overloaded deployment is retried, with
-backoff, on the model's next deployment and then on the configured fallback model. Errors
-that reach the client say what happened in the caller's terms: never a provider URL, a
-credential or a trace.
+backoff, on the model's next deployment and then on the configured fallback model, at most
+`upstream_max_attempts` times per call. An answer starts with its first answer event, not with
+its status line: a 200 whose stream drops, stays empty, holds no SSE data event, opens with an
+error event or with `[DONE]` (or, for a JSON answer, a body that is empty or not a JSON object)
+is a failed attempt like a 5xx, so the client never gets a 200 (and its metering headers) for
+an answer that never came. What `send` read to decide that is handed to the relay with the
+reply, already parsed, so no byte is parsed twice.
+
+Errors that reach the client say what happened in the caller's terms: never a provider URL,
+host, credential or trace, and the model by its catalog id, not by a deployment's name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
 from yarl import URL
 
 from clexproxy.catalog import Catalog, Deployment, Model, Provider
 from clexproxy.config import Settings
-from clexproxy.errors import ApiError, InternalError, InvalidRequest, ModelNotFound, ServiceUnavailable
+from clexproxy.errors import (
+    MAX_RETRY_AFTER,
+    ApiError,
+    InternalError,
+    InvalidRequest,
+    ModelNotFound,
+    ServiceUnavailable,
+)
+from clexproxy.fastpath import SSEEvent, SSEParser
 from clexproxy.outcome import CallOutcome
 from clexproxy.upstream_http import Origin, UpstreamResponse
 
@@ -33,16 +51,84 @@ log = logging.getLogger("clexproxy.upstream")
 RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 OVERLOADED = frozenset({408, 429, 502, 503, 504, 529})
 MAX_ERROR_BODY = 64 * 1024
-_URL_RE = re.compile(r"https?://\S+")
+# Bytes a stream may send before its first data event (comments, say) before it counts as not SSE at all.
+MAX_PREAMBLE = 1024 * 1024
+DONE = b"[DONE]"
+ERROR_KEY = b'"error"'  # a JSON key is never escaped: a cheap test before any parse
+
+_URL_RE = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_BEARER_RE = re.compile(r"(?i)\bbearer\s+\S+")
+# host:port with a host that is a bracketed IPv6 literal, a name (at least one letter: `12:30` is a time) or IPv4.
+_HOST_PORT_RE = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+(?:%[\w.-]+)?\]|(?<![\w.-])(?:(?=[\w.-]*[A-Za-z])[\w-]+(?:\.[\w-]+)*"
+    r"|\d{1,3}(?:\.\d{1,3}){3})):\d{1,5}(?!\w)"
+)
+_IPV4_RE = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])")
+_IPV6_RE = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%[\w.-]+)?\]")
+_MODEL_MARK = "\x00"  # stands for the catalog id while the rest is scrubbed, so no pattern can touch the id
+
+
+class Scrubber:
+    """Makes upstream error text fit for a client: no credential, URL, host or `host:port`, the catalog's model id.
+
+    Built once per pool from every provider credential and every provider host; applied on error
+    paths only (a provider's message for a request it rejected, an error event in a stream).
+    """
+
+    def __init__(self, secrets: Iterable[str], hosts: Iterable[str]) -> None:
+        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        names = sorted({h for h in hosts if h}, key=len, reverse=True)
+        alternatives = "|".join(re.escape(h) for h in names)
+        self._hosts = re.compile(rf"(?<![\w.-])(?:{alternatives})(?![\w-])", re.IGNORECASE) if names else None
+
+    def __call__(self, text: str, upstream_name: str = "", model_id: str = "") -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        renamed = bool(upstream_name) and upstream_name != model_id
+        if renamed:
+            text = re.sub(r"(?<![\w./:-])" + re.escape(upstream_name) + r"(?![\w/-])", _MODEL_MARK, text)
+        text = _BEARER_RE.sub("[redacted]", text)
+        text = _URL_RE.sub("[redacted-url]", text)
+        text = _HOST_PORT_RE.sub("[redacted-host]", text)
+        text = _IPV6_RE.sub("[redacted-host]", text)
+        text = _IPV4_RE.sub("[redacted-host]", text)
+        if self._hosts is not None:
+            text = self._hosts.sub("[redacted-host]", text)
+        if renamed:
+            text = text.replace(_MODEL_MARK, model_id)
+        return text[:500]
 
 
 @dataclass(slots=True)
 class UpstreamReply:
+    """A deployment's answer, with what `send` read of it to know it is one.
+
+    `received` is the whole body of a JSON answer (`doc`, its parse), or a stream's first bytes up to
+    and including the chunk that holds its first answer event (`events`, as `parser` split them;
+    the relay goes on with the same parser).
+    """
+
     response: UpstreamResponse
     model: Model
     deployment: Deployment
     provider: Provider
     fallback: bool
+    scrubber: Scrubber
+    received: bytes = b""
+    doc: Any = None
+    events: list[SSEEvent] | None = None
+    parser: SSEParser | None = None
+
+    def midstream_error(self, error: Any) -> ApiError:
+        """The SPEC error that takes the place of an error event the upstream sent inside an answer."""
+        text = _error_text(error)
+        if text:
+            text = self.scrubber(text, self.deployment.model, self.model.id)
+        detail = f": {text}" if text else "."
+        message = f"The provider for model '{self.model.id}' failed mid-stream{detail}"
+        if _error_status(error) in OVERLOADED:
+            return ServiceUnavailable(message, error_type="upstream_error")
+        return InternalError(message, error_type="upstream_error")
 
 
 @dataclass(slots=True)
@@ -53,12 +139,33 @@ class _Failure:
     message: str = ""  # the provider's own words, scrubbed; shown only for requests it rejected as invalid
 
 
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    text = _URL_RE.sub("[redacted-url]", text)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text[:500]
+class _NoAnswer(Exception):
+    """A 200 that holds no answer; `kind` is the metrics' failure kind, `reason` is for the log (no provider text)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def _error_text(error: Any) -> str:
+    """The message of an OpenAI-style error object (or of a bare string error)."""
+    if isinstance(error, dict):
+        msg = error.get("message") or error.get("detail")
+        return msg if isinstance(msg, str) else ""
+    return error if isinstance(error, str) else ""
+
+
+def _error_status(error: Any) -> int:
+    """The HTTP status an error object states (`status`, or a numeric `code`), 0 when it states none."""
+    if isinstance(error, dict):
+        for name in ("status", "code"):
+            value = error.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.isdigit():
+                return int(value)
+    return 0
 
 
 def _error_message(raw: bytes) -> str:
@@ -67,20 +174,88 @@ def _error_message(raw: bytes) -> str:
     except orjson.JSONDecodeError:
         return ""
     if isinstance(doc, dict):
-        err = doc.get("error", doc)
-        if isinstance(err, dict):
-            msg = err.get("message") or err.get("detail")
-            return msg if isinstance(msg, str) else ""
-        if isinstance(err, str):
-            return err
+        return _error_text(doc.get("error", doc))
     return ""
 
 
-def _retry_after(headers: Mapping[str, str]) -> float:
+def error_of(data: bytes) -> Any:
+    """The `error` of an SSE data event that is an error event, else None (parses only when `"error"` occurs)."""
+    if ERROR_KEY not in data:
+        return None
     try:
-        return max(1.0, float(headers.get("Retry-After", "1")))
-    except ValueError:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return doc.get("error") if isinstance(doc, dict) else None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float:
+    """The upstream's `Retry-After` in seconds, delay or HTTP-date, between 1 s and a day (1 s when unusable)."""
+    value = headers.get("Retry-After")
+    if value is None:
         return 1.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return 1.0
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - time.time()
+    if not seconds >= 1.0:  # also NaN
+        return 1.0
+    return min(seconds, MAX_RETRY_AFTER)
+
+
+async def _read_first_event(content: StreamReader) -> tuple[bytes, list[SSEEvent], SSEParser]:
+    """Read a stream up to its first data event; raise `_NoAnswer` when that is not an answer event.
+
+    Usually the first read holds it, and that read is returned as it is (no copy).
+    """
+    parser = SSEParser()
+    chunk = await content.readany()
+    events = parser.feed(chunk)
+    for event in events:
+        if event.data is not None:
+            _check_first(event.data)
+            return chunk, events, parser
+    chunks, seen, size = [chunk], events, len(chunk)
+    while chunk:
+        if size > MAX_PREAMBLE:
+            raise _NoAnswer("bad_answer", f"no SSE data event in its first {size} bytes")
+        chunk = await content.readany()
+        events = parser.feed(chunk)
+        chunks.append(chunk)
+        seen += events
+        size += len(chunk)
+        for event in events:
+            if event.data is not None:
+                _check_first(event.data)
+                return b"".join(chunks), seen, parser
+    raise _NoAnswer("bad_answer", "an empty stream" if size == 0 else "a body with no SSE data event")
+
+
+def _check_first(data: bytes) -> None:
+    if data == DONE:
+        raise _NoAnswer("bad_answer", "a stream with no event before [DONE]")
+    if error_of(data) is not None:
+        raise _NoAnswer("bad_answer", "a stream that opened with an error event")
+
+
+async def _read_json(response: UpstreamResponse) -> tuple[bytes, dict[str, Any]]:
+    """Read a whole JSON answer; raise `_NoAnswer` unless it is a JSON object without an `error`."""
+    raw = await response.read()
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise _NoAnswer("bad_answer", "an empty body" if not raw else "a body that is not JSON") from None
+    if type(doc) is not dict:
+        raise _NoAnswer("bad_answer", "a JSON body that is not an object")
+    if doc.get("error") is not None:
+        raise _NoAnswer("bad_answer", "a JSON error body")
+    return raw, doc
 
 
 def _passed(client_headers: Mapping[str, str], prefixes: tuple[str, ...]) -> bytes:
@@ -106,7 +281,10 @@ class UpstreamPool:
         for provider in catalog.providers.values():
             key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
             self._auth[provider.name] = f"Bearer {key}" if key else None
-        self._secrets = tuple(v[7:] for v in self._auth.values() if v)
+        self._scrub = Scrubber(
+            (v[7:] for v in self._auth.values() if v),
+            (URL(p.base_url).host or "" for p in catalog.providers.values()),
+        )
 
     def _target(self, provider: Provider, endpoint: str) -> tuple[Origin, bytes]:
         """The origin to POST to and the prebuilt request head (line, Host, fixed headers, credential)."""
@@ -141,12 +319,23 @@ class UpstreamPool:
         return out
 
     def _plan(self, model: Model) -> list[tuple[Model, Deployment, bool]]:
-        out = [(model, d, False) for d in model.deployments] * (1 + self._settings.upstream_retries)
+        """Each deployment `1 + upstream_retries` times, then the fallback's: `upstream_max_attempts` at most.
+
+        When the cap cuts the list, the fallback model keeps one attempt (if the cap is at least 2):
+        retrying a failing deployment again is worth less than asking another model.
+        """
+        settings = self._settings
+        out = [(model, d, False) for d in model.deployments] * (1 + settings.upstream_retries)
         fallback_id = self._catalog.fallback_model
         fallback = self._catalog.models.get(fallback_id) if fallback_id else None
+        backup: list[tuple[Model, Deployment, bool]] = []
         if fallback is not None and fallback.id != model.id and fallback.kind == model.kind:
-            out.extend((fallback, d, True) for d in fallback.deployments)
-        return out
+            backup = [(fallback, d, True) for d in fallback.deployments]
+        cap = settings.upstream_max_attempts
+        if backup and cap > 1:
+            out = out[: cap - 1]
+        out += backup
+        return out[:cap]
 
     async def send(
         self,
@@ -187,17 +376,40 @@ class UpstreamPool:
                 continue
             call.upstream_ttfbs.append((provider.name, time.monotonic() - sent))
             if response.status == 200:
+                reply = UpstreamReply(response, target, deployment, provider, is_fallback, self._scrub)
+                try:
+                    if call.stream:
+                        reply.received, reply.events, reply.parser = await _read_first_event(response.content)
+                    else:
+                        reply.received, reply.doc = await _read_json(response)
+                        response.release()
+                except (_NoAnswer, TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                    response.close()
+                    if isinstance(exc, _NoAnswer):
+                        kind, reason = exc.kind, exc.reason
+                    else:
+                        kind = "timeout" if isinstance(exc, TimeoutError) else "midstream_drop"
+                        reason = f"the connection was lost before the answer ({type(exc).__name__})"
+                    log.warning("upstream %s answered 200 for %s with no answer: %s", provider.name,
+                                deployment.model, reason)
+                    call.upstream_failures.append((provider.name, kind))
+                    failure, not_found_only = _Failure("unreachable", 0), False
+                    continue
+                except BaseException:
+                    response.close()
+                    raise
                 call.provider, call.served_model, call.fallback = provider.name, target.id, is_fallback
-                return UpstreamReply(response, target, deployment, provider, is_fallback)
+                return reply
             call.upstream_failures.append((provider.name, f"{response.status // 100}xx"))
-            failure = await self._classify(response, provider)
+            failure = await self._classify(response, provider, deployment, target)
             not_found_only = not_found_only and failure.kind == "not_found"
             if failure.kind == "invalid":
                 detail = f": {failure.message}" if failure.message else "."
                 raise InvalidRequest(f"The provider rejected the request{detail}", error_type="upstream_error")
         raise self._final_error(model, failure)
 
-    async def _classify(self, response: UpstreamResponse, provider: Provider) -> _Failure:
+    async def _classify(self, response: UpstreamResponse, provider: Provider, deployment: Deployment,
+                        target: Model) -> _Failure:
         try:
             raw = await response.content.read(MAX_ERROR_BODY)
         except (TimeoutError, aiohttp.ClientError):
@@ -205,7 +417,7 @@ class UpstreamPool:
         finally:
             response.release()
         status = response.status
-        message = _scrub(_error_message(raw), self._secrets)
+        message = self._scrub(_error_message(raw), deployment.model, target.id)
         is_missing = status == 404 or b"model_not_found" in raw
         log.warning("upstream %s answered %d", provider.name, status)
         if is_missing:

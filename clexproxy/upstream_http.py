@@ -19,7 +19,7 @@ import ssl
 import time
 from typing import Any
 
-from aiohttp.client_exceptions import ClientConnectionError, ClientOSError, ServerDisconnectedError
+from aiohttp.client_exceptions import ClientConnectionError, ClientOSError, ClientPayloadError, ServerDisconnectedError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDictProxy
@@ -29,6 +29,9 @@ from clexproxy.outbox import Outbox
 
 READ_BUFSIZE = 2**16
 DNS_TTL = 300.0
+# How long a connection whose answer is complete for the client may take to end its body before it is
+# dropped instead of pooled (an upstream that sends bytes after `[DONE]`, or never ends its chunked body).
+FINISH_TIMEOUT = 5.0
 _Idle = tuple[ResponseHandler, float]
 
 
@@ -61,6 +64,18 @@ class UpstreamResponse:
         if conn is not None:
             self._origin.discard(conn)
 
+    def finish(self) -> None:
+        """The answer is complete for the caller, whatever the upstream still sends: end it without waiting.
+
+        A body already at its end releases the connection at once (the usual case). Otherwise the rest
+        is read and thrown away in the background, for at most `FINISH_TIMEOUT`, so the connection can
+        be pooled again; the caller's response never waits for it and never fails because of it.
+        """
+        if self.content.is_eof():
+            self.release()
+        else:
+            self._origin.finish_later(self)
+
 
 class Origin:
     """Connections to one `scheme://host:port`, at most `limit` open at once.
@@ -90,6 +105,7 @@ class Origin:
         self._resolved_at = -DNS_TTL
         self._closed = False
         self._outbox: Outbox | None = None  # requests leave at the end of the loop's turn (clexproxy/outbox.py)
+        self._finishing: set[asyncio.Task[None]] = set()  # answers whose upstream body is still ending
         self.host_header = url.host_port_subcomponent or self._host  # brackets an IPv6 literal; no default port
 
     def request_head(self, path: str, headers: dict[str, str]) -> bytes:
@@ -147,8 +163,32 @@ class Origin:
         self._open -= 1
         self._wake()
 
+    def finish_later(self, response: UpstreamResponse) -> None:
+        task = asyncio.ensure_future(self._finish(response))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, response: UpstreamResponse) -> None:
+        content = response.content
+        try:
+            async with asyncio.timeout(FINISH_TIMEOUT):
+                while not content.is_eof() and await content.readany():
+                    pass
+        except (TimeoutError, ClientPayloadError, ClientConnectionError):
+            pass
+        finally:
+            if content.is_eof():
+                response.release()
+            else:
+                response.close()
+
     async def close(self) -> None:
         self._closed = True
+        finishing = list(self._finishing)
+        for task in finishing:
+            task.cancel()
+        if finishing:
+            await asyncio.wait(finishing)
         while self._idle:
             self.discard(self._idle.pop()[0])
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import Any, cast
 
 import orjson
 import pytest
 
+from clexproxy.catalog import default_catalog
 from clexproxy.outcome import CallOutcome
 from clexproxy.relay import _Frames
+from clexproxy.upstream import Scrubber, UpstreamReply
 
 
 def answer(chunks: int = 5) -> bytes:
@@ -24,7 +27,11 @@ def answer(chunks: int = 5) -> bytes:
 
 def relay(chunks: list[bytes], wants_usage: bool) -> tuple[bytes, CallOutcome, bool]:
     outcome = CallOutcome("/chat/completions", time.monotonic())
-    frames = _Frames(wants_usage, outcome)
+    catalog = default_catalog()
+    model = catalog.models["meta/llama-3.1-8b-instruct"]
+    reply = UpstreamReply(cast(Any, None), model, model.deployments[0], catalog.providers["nvidia"], False,
+                          Scrubber((), ()))
+    frames = _Frames(reply, wants_usage, outcome)
     sent = b"".join(frames.feed(c) for c in chunks)
     return sent, outcome, frames.finished
 
