@@ -139,3 +139,27 @@ class ServiceUnavailable(ApiError):
         super().__init__(
             message, headers={"Retry-After": str(seconds), "retry-after-ms": str(ms)}, error_type=error_type
         )
+
+
+class RequestTimeout(ApiError):
+    """A request whose head or body stopped arriving (`connections.ClientConnection`)."""
+
+    status = 408
+    code = "request_timeout"
+    type = "invalid_request_error"
+
+
+class HeadersTooLarge(ApiError):
+    """More headers, or a longer header line, than the HTTP parser takes."""
+
+    status = 431
+    code = "request_header_fields_too_large"
+    type = "invalid_request_error"
+
+
+class UnsupportedTransferCoding(ApiError):
+    """A `Transfer-Encoding` other than chunked alone: RFC 9112 answers an unknown transfer coding with a 501."""
+
+    status = 501
+    code = "not_implemented"
+    type = "invalid_request_error"

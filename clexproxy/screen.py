@@ -11,6 +11,9 @@ full path would give; every other request goes to aiohttp's parser unchanged.
 Only a request that arrived whole, alone in one read, on a connection with nothing ahead of it
 is screened (so answers never overtake one another), and only while some call was refused a
 moment ago (clexproxy/refusals.py): otherwise the bytes go to aiohttp untouched.
+
+The connection is a `ClientConnection` (clexproxy.connections): SPEC's JSON for malformed HTTP,
+time limits, the cap on connections. `GatewayRunner` sets those from the `client_*` settings.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from clexproxy.connections import ClientConnection, ClientServer, ConnectionLimits
 from clexproxy.errors import ApiError, RateLimited
 from clexproxy.fastpath import plain_request
+from clexproxy.fdlimit import open_file_limit
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY, pick_request_id
 from clexproxy.handlers.proxy import PROXIED_PATHS, settle_refusal
@@ -34,20 +39,18 @@ _SCREENED_LINES = {f"POST {path} HTTP/1.1".encode(): endpoint for path, endpoint
 _RPM = "requests_per_minute"
 
 
-class ScreeningRequestHandler(RequestHandler):
-    """aiohttp's connection protocol, answering refused calls before its parser sees them.
+class ScreeningRequestHandler(ClientConnection):
+    """The gateway's connection protocol, answering refused calls before aiohttp's parser sees them.
 
-    A request is screened only when aiohttp's parser holds nothing (the connection's previous
-    bytes were whole requests too), every request aiohttp was handed on this connection is
-    answered (so answers stay in order), and the request arrived whole in one read.
+    A request is screened only when aiohttp's parser holds nothing (`_at_boundary`: the
+    connection's previous bytes were whole requests too), every request aiohttp was handed on
+    this connection is answered (so answers stay in order), and the request arrived whole in one read.
     """
 
     def __init__(self, manager: ScreeningServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._screening = manager
         self._refusals = manager.gateway.refusals
-        self._answered = 0  # requests handed to aiohttp whose answer is written
-        self._at_boundary = True  # aiohttp's parser holds no part of a request
 
     @property
     def idle(self) -> bool:
@@ -55,12 +58,13 @@ class ScreeningRequestHandler(RequestHandler):
         return self._request_count == self._answered and not self._force_close and not self._close
 
     def data_received(self, data: bytes) -> None:
+        # Keeps `_at_boundary` itself (ClientConnection's override would store it twice): aiohttp's parses.
         if not data:  # aiohttp re-running its parser on what it holds: nothing new arrived
-            super().data_received(data)
+            RequestHandler.data_received(self, data)
             return
         if not self._refusals.active():  # no refusal lately: nothing to screen, nor framing to follow
             self._at_boundary = False
-            super().data_received(data)
+            RequestHandler.data_received(self, data)
             return
         request = plain_request(data)
         if request is not None and self._at_boundary and self.idle:
@@ -69,7 +73,7 @@ class ScreeningRequestHandler(RequestHandler):
                 self.answer(raw)
                 return
         self._at_boundary = request is not None
-        super().data_received(data)
+        RequestHandler.data_received(self, data)
 
     def _screen(self, line: bytes, authorization_bytes: bytes | None, sent_id: bytes | None) -> bytes | None:
         """The answer for a call its key or its spent per-minute limit refuses, counted as `handle` counts it.
@@ -114,12 +118,6 @@ class ScreeningRequestHandler(RequestHandler):
         screening.gateway.metrics.call_started(call.endpoint)
         settle_refusal(screening.gateway, call)
 
-    async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super()._handle_request(*args, **kwargs)
-        finally:
-            self._answered += 1  # the answer is written (or the request failed): later ones may be screened
-
     def answer(self, raw: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
@@ -128,7 +126,7 @@ class ScreeningRequestHandler(RequestHandler):
             self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
 
 
-class ScreeningServer(web.Server):
+class ScreeningServer(ClientServer):
     """aiohttp's low-level server, making `ScreeningRequestHandler`s."""
 
     def __init__(self, *args: Any, gateway: Gateway, **kwargs: Any) -> None:
@@ -143,12 +141,19 @@ class ScreeningServer(web.Server):
 
 
 class GatewayRunner(web.AppRunner):
-    """The AppRunner `serve` (and the tests) use: the app's server, with refused calls screened."""
+    """The AppRunner `serve` (and the tests) use: the app's server, with refused calls screened.
+
+    Its connections' limits come from the gateway's settings (the app has started by now), so a
+    runner made with aiohttp's arguments alone gets them; the keep-alive timeout is one of them.
+    """
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
+        gateway = self.app[GATEWAY]
+        limits = ConnectionLimits.from_settings(gateway.settings, open_file_limit())
+        kwargs = {**server._kwargs, "keepalive_timeout": limits.keepalive_timeout}
         return ScreeningServer(
             server.request_handler, request_factory=server.request_factory,
-            handler_cancellation=server.handler_cancellation, loop=server._loop, gateway=self.app[GATEWAY],
-            **server._kwargs,
+            handler_cancellation=server.handler_cancellation, loop=server._loop, gateway=gateway, limits=limits,
+            **kwargs,
         )
