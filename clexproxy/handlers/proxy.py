@@ -178,10 +178,14 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     del body  # the upstream call holds it until sent; a long stream should not keep it after
     try:
         if call.stream:
+
+            def served() -> Mapping[str, str]:  # once the upstream answered, before the headers leave
+                return _charge_served(gateway, admission, call) if call.fallback else _NO_HEADERS
+
             gateway.metrics.stream_opened()
             try:
                 return await relay.stream(
-                    request, send, headers, wants_usage, gateway.keepalives, call, settle_error
+                    request, send, headers, wants_usage, gateway.keepalives, call, settle_error, answer_headers=served
                 )
             finally:
                 gateway.metrics.stream_closed()
@@ -227,6 +231,19 @@ def _settle(gateway: Gateway, admission: Admission, call: CallOutcome) -> None:
     gateway.access_log.call(call)
 
 
+def _metering_headers(request: web.Request) -> Mapping[str, str]:
+    """The metering headers for a 500 that escaped `handle`; none when the request's key is not good.
+
+    The key is looked up again here, so the normal path keeps no account on the request.
+    """
+    try:
+        gateway = request.app[GATEWAY]
+        _, account = gateway.directory.authenticate(request.headers.get("Authorization"))
+        return gateway.meter.peek_headers(account)
+    except Exception:
+        return _NO_HEADERS
+
+
 def make_handler(endpoint: str) -> Callable[[web.Request], Any]:
     async def handler(request: web.Request) -> web.StreamResponse:
         try:
@@ -234,7 +251,7 @@ def make_handler(endpoint: str) -> Callable[[web.Request], Any]:
         except Exception:  # a bug, not a refusal: SPEC's 500, never a trace
             log.exception("unhandled error, request_id=%s", request_id(request))
             error = InternalError("The gateway failed to handle this request.")
-            return error.to_response({"X-Request-Id": request_id(request)})
+            return error.to_response({**_metering_headers(request), "X-Request-Id": request_id(request)})
 
     handler.__name__ = "handle_" + endpoint.strip("/").replace("/", "_")
     return handler

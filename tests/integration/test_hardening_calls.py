@@ -143,6 +143,22 @@ async def test_a_bug_after_admission_is_a_500_with_metering_headers_and_a_refund
     assert await remaining(gw, key) == 2000
 
 
+async def test_a_bug_past_the_handler_is_a_500_with_metering_headers(
+    gw: RunningGateway, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure in settlement escapes the call's own handling and reaches the last catch-all."""
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gw.gateway.meter, "record_tokens", broken)
+    status, raw, headers = await post(gw, key, {"model": LARGE, "messages": HELLO, "stream": False})
+    error_of(raw, 500, "internal_server_error")
+    metered(headers)
+    status, raw, headers = await post(gw, "clex_" + "x" * 40, {"model": LARGE, "messages": HELLO})
+    assert status == 401 and "X-Clex-Credits-Remaining" not in headers  # no account, no metering
+
+
 async def test_a_bug_before_admission_is_a_500_with_metering_headers(
     gw: RunningGateway, key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -224,6 +240,34 @@ async def test_a_fallback_answer_is_charged_at_the_served_model(make_gateway: Ga
     await gw.gateway.flush_usage()
     spent = await gw.gateway.store.credits_spent(gw.gateway.meter.today())
     assert spent[gw.gateway.directory.accounts[max(gw.gateway.directory.accounts)].id] == 4
+
+
+async def test_a_streamed_fallback_answer_is_charged_at_the_served_model(make_gateway: GatewayFactory,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="clexproxy.access")
+    sink = io.BytesIO()
+    gw = await make_gateway(access_stream=sink, log_format="json")
+    key = await gw.add_key("fb-stream", "pro")
+    status, raw, headers = await post(gw, key, {"model": LARGE, "messages": HELLO, "stream": True},
+                                      **fallback_knobs("fb-sse"), **{"X-Request-Id": "fb-sse"})
+    assert status == 200 and raw.endswith(b"data: [DONE]\n\n"), raw
+    assert headers["X-Clex-Served-Model"] == CHEAP and headers["X-Clex-Credits-Remaining"] == "1999"
+    assert await remaining(gw, key) == 1999
+    status, raw, headers = await post(gw, key, {"model": LARGE, "messages": HELLO, "stream": True})
+    assert "X-Clex-Served-Model" not in headers and headers["X-Clex-Credits-Remaining"] == "1996"
+    line = next(ln for ln in access_lines(gw, sink) if ln.get("request_id") == "fb-sse")
+    assert line["credits"] == 1 and line["stream"] is True
+
+
+async def test_a_streamed_fallback_cut_mid_answer_is_charged_at_the_served_model(
+    gw: RunningGateway, key: str
+) -> None:
+    """The fallback's answer started, then its connection dropped: the call is charged, at 1 credit, not 3."""
+    knobs = {**fallback_knobs("fb-drop"), "x-demo-drop-after": "1"}
+    status, raw, headers = await post(gw, key, {"model": LARGE, "messages": HELLO, "stream": True}, **knobs)
+    assert status == 200 and headers["X-Clex-Served-Model"] == CHEAP
+    assert b'data: {"error"' in raw and raw.endswith(b"data: [DONE]\n\n")
+    assert await remaining(gw, key) == 1999
 
 
 SHARED_PLAN = "[plans.tight]\ncredits_per_day = 20\nrequests_per_minute = 1000\nmax_keys = 1\n"
