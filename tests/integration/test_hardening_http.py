@@ -193,14 +193,17 @@ async def test_defaults_close_idle_connections_after_75_seconds(gw: RunningGatew
 
 async def test_an_idle_keepalive_connection_is_closed(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway(client_keepalive_timeout=0.3)
+    silent_reader, silent_writer = await connect(gw)  # one that never sends a byte
     reader, writer = await connect(gw)
     try:
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         (status, _, _), _ = await read_answer(reader)
         assert status == 200
         assert await closed(reader)
+        assert await closed(silent_reader)
     finally:
         writer.close()
+        silent_writer.close()
 
 
 async def test_a_half_sent_head_gets_a_408_and_an_idle_connection_does_not(
