@@ -4,69 +4,117 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
+import textwrap
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from clexproxy import __version__
-from clexproxy.config import ConfigError, Settings, load_settings
+from clexproxy.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from clexproxy.store.base import Store, open_store
 from clexproxy.store.sqlite import StoreError
 from clexproxy.sync.redis import RedisError, RedisSync
 
+DEFAULTS = Settings()
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PLANS = ", ".join(DEFAULTS.catalog.plans)
+# The settings `serve` has a flag for; every other one comes from the config file or CLEX_<SETTING>.
+SERVE_FLAGS = ("host", "port", "demo", "log_level", "log_format", "metrics_port", "workers",
+               "data_dir", "database_url", "redis_url")
+
+
+def _serve_epilog() -> str:
+    """The variables `serve` reads that no flag mentions: the admin token, the CLEX_<SETTING> rule, credentials."""
+    flagless = [f.name for f in dataclasses.fields(Settings) if f.name not in (*SERVE_FLAGS, "catalog")]
+    indent = " " * 24
+    names = textwrap.fill(", ".join(ENV_PREFIX + name.upper() for name in flagless), width=100,
+                          initial_indent=indent, subsequent_indent=indent)
+    credentials = sorted({p.api_key_env for p in DEFAULTS.catalog.providers.values() if p.api_key_env})
+    return (
+        "environment:\n"
+        "  CLEX_ADMIN_TOKEN      turns the admin API on (Authorization: Bearer <token>); unset, it is off\n"
+        "  CLEX_CONFIG           the config file, as --config\n"
+        "  CLEX_<SETTING>        any setting, by its name in capitals (CLEX_PORT, CLEX_UPSTREAM_READ_TIMEOUT);\n"
+        "                        a flag beats the variable, the variable beats the config file, and\n"
+        "                        deploy/clexproxy.example.toml documents each one. The settings without a flag:\n"
+        f"{names}\n"
+        f"  {' '.join(credentials):<20}  provider credentials, as the catalog names them; --demo needs none"
+    )
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML config file (also CLEX_CONFIG)")
-    parser.add_argument("--data-dir", dest="data_dir", help="where the SQLite store lives (also CLEX_DATA_DIR)")
-    parser.add_argument("--database", dest="database_url",
-                        help="postgresql://... key store shared by several hosts, not SQLite (also CLEX_DATABASE_URL)")
-    parser.add_argument("--redis", dest="redis_url",
+    parser.add_argument("--config", metavar="PATH",
+                        help="TOML config file (also CLEX_CONFIG; default: none, the built-in settings)")
+    parser.add_argument("--data-dir", dest="data_dir", metavar="DIR",
+                        help=f"directory of the SQLite key store and the demo key (also CLEX_DATA_DIR; "
+                             f"default {DEFAULTS.data_dir})")
+    parser.add_argument("--database", dest="database_url", metavar="URL",
+                        help="postgresql://... key store shared by several hosts, instead of SQLite in the data dir "
+                             "(also CLEX_DATABASE_URL; default: SQLite)")
+    parser.add_argument("--redis", dest="redis_url", metavar="URL",
                         help="Redis the gateways share: limits across workers and hosts, key changes announced "
-                             "(also CLEX_REDIS_URL)")
+                             "(also CLEX_REDIS_URL; default: none, limits kept in this process)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clexproxy", description="OpenAI-compatible LLM API gateway.")
-    parser.add_argument("--version", action="version", version=f"clexproxy {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"clexproxy {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the gateway")
+    serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway until SIGTERM or SIGINT.",
+                           epilog=_serve_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(serve)
-    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument("--host", help=f"bind address; 0.0.0.0 for every interface (also CLEX_HOST; "
+                                      f"default {DEFAULTS.host})")
+    serve.add_argument("--port", type=int, help=f"TCP port (also CLEX_PORT; default {DEFAULTS.port})")
     serve.add_argument("--demo", action="store_true", default=None,
-                       help="route every model to the bundled demo upstream; create a demo key")
-    serve.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ERROR")
-    serve.add_argument("--log-format", dest="log_format", choices=("text", "json"), help="access/log line format")
-    serve.add_argument("--metrics-port", dest="metrics_port", type=int,
-                       help="also serve /metrics alone on this port (default: main port only)")
-    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default 1; more need --redis)")
+                       help="route every model to the bundled demo upstream and create a demo key: no provider "
+                            "keys or network needed (also CLEX_DEMO; default off)")
+    serve.add_argument("--log-level", dest="log_level", type=str.upper, choices=LOG_LEVELS,
+                       help=f"least severe log line written (also CLEX_LOG_LEVEL; default {DEFAULTS.log_level})")
+    serve.add_argument("--log-format", dest="log_format", choices=("text", "json"),
+                       help="key=value text lines, or one JSON object per line for log shippers "
+                            f"(also CLEX_LOG_FORMAT; default {DEFAULTS.log_format})")
+    serve.add_argument("--metrics-port", dest="metrics_port", type=int, metavar="PORT",
+                       help="also serve /metrics alone on this port (also CLEX_METRICS_PORT; "
+                            "default 0: the main port only)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="worker processes sharing the port; more than 1 needs --redis "
+                            f"(also CLEX_WORKERS; default {DEFAULTS.workers})")
 
-    keys = sub.add_parser("keys", help="create, list and revoke API keys")
-    keys_sub = keys.add_subparsers(dest="action", required=True)
+    keys = sub.add_parser("keys", help="create, list and revoke API keys",
+                          description="Create, list and revoke API keys.")
+    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="create a key (and the account, when new); prints the key once")
     _common(create)
-    create.add_argument("--account", required=True)
-    create.add_argument("--plan", default="free", help="plan for a new account (default free)")
+    create.add_argument("--account", required=True, metavar="NAME",
+                        help="account the key belongs to; created on --plan when new (required)")
+    create.add_argument("--plan", default="free",
+                        help=f"plan of a new account: {PLANS} or one of the config file's (default free; an "
+                             "existing account keeps its plan)")
     listing = keys_sub.add_parser("list", help="list keys (never the keys themselves)")
     _common(listing)
-    listing.add_argument("--account")
+    listing.add_argument("--account", metavar="NAME", help="only this account's keys (default: every account)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     _common(revoke)
-    revoke.add_argument("key_id", type=int)
+    revoke.add_argument("key_id", type=int, help="the key's id, as `keys list` shows it")
 
-    accounts = sub.add_parser("accounts", help="list accounts, change plans")
-    acc_sub = accounts.add_subparsers(dest="action", required=True)
+    accounts = sub.add_parser("accounts", help="list accounts, change plans",
+                              description="List accounts, change plans.")
+    acc_sub = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
     _common(acc_sub.add_parser("list", help="list accounts"))
     set_plan = acc_sub.add_parser("set-plan", help="move an account to another plan")
     _common(set_plan)
-    set_plan.add_argument("name")
-    set_plan.add_argument("plan")
+    set_plan.add_argument("name", help="the account's name")
+    set_plan.add_argument("plan", help=f"the plan to move it to: {PLANS} or one of the config file's")
 
-    demo = sub.add_parser("demo-upstream", help="run the bundled OpenAI-compatible demo upstream")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=9000)
+    demo = sub.add_parser("demo-upstream", help="run the bundled OpenAI-compatible demo upstream",
+                          description="Run the bundled OpenAI-compatible demo upstream (what --demo uses).")
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=9000, help="port to bind; 0 picks a free one (default 9000)")
     return parser
 
 
@@ -79,11 +127,17 @@ def _when(ts: float | None) -> str:
     return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _check_plan(args: argparse.Namespace, settings: Settings) -> None:
+    """Refuse an unknown plan before the store is opened: a refused command leaves no database behind."""
+    plans = settings.catalog.plans
+    wants_plan = (args.command, args.action) in (("keys", "create"), ("accounts", "set-plan"))
+    if wants_plan and args.plan not in plans:
+        raise StoreError(f"unknown plan {args.plan!r}; choose one of: {', '.join(plans)}")
+
+
 async def _keys(args: argparse.Namespace, settings: Settings, store: Store) -> None:
     plans = settings.catalog.plans
     if args.action == "create":
-        if args.plan not in plans:
-            raise StoreError(f"unknown plan {args.plan!r}; choose one of: {', '.join(plans)}")
         row, key = await store.create_key(args.account, args.plan, {p.name: p.max_keys for p in plans.values()})
         print(f"Created key {row.id} for account '{row.account}'. It is shown only this once:")
         print(key)
@@ -106,8 +160,6 @@ async def _accounts(args: argparse.Namespace, settings: Settings, store: Store) 
             rpm = plan.requests_per_minute if plan else "?"
             print(f"{a.id:>5}  {a.name:<20} {a.plan:<10} {credits:>11} {rpm:>5}  {_when(a.created_at)}")
     else:
-        if args.plan not in plans:
-            raise StoreError(f"unknown plan {args.plan!r}; choose one of: {', '.join(plans)}")
         row = await store.set_plan(args.name, args.plan)
         print(f"Account '{row.name}' is now on the {row.plan} plan.")
 
@@ -134,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 async def _manage(args: argparse.Namespace, settings: Settings) -> None:
     """`keys` and `accounts`: one store call each, on whichever store the gateway uses."""
+    _check_plan(args, settings)
     store = await open_store(settings.data_dir, settings.database_url)
     try:
         await (_keys if args.command == "keys" else _accounts)(args, settings, store)

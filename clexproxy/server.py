@@ -6,10 +6,10 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -23,10 +23,11 @@ from clexproxy.fdlimit import raise_open_file_limit, upstream_connection_cap
 from clexproxy.handlers import health
 from clexproxy.handlers.common import GATEWAY
 from clexproxy.metrics import reset_metrics_dir
+from clexproxy.ports import CannotListen, PortClaim, claim_port
 from clexproxy.screen import GatewayRunner
 from clexproxy.signals import STOP_SIGNALS, wait_for_stop_signal
 from clexproxy.store.base import open_store
-from clexproxy.store.sqlite import StoreError
+from clexproxy.store.sqlite import StoreError, usable_data_dir
 from clexproxy.supervisor import Supervisor, worker_settings
 
 log = logging.getLogger("clexproxy.server")
@@ -37,8 +38,7 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 async def ensure_demo_key(settings: Settings) -> str:
     """The demo account's key, created on first start and kept (demo mode only) so the curl line keeps working."""
-    path = Path(settings.data_dir) / DEMO_KEY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = usable_data_dir(settings.data_dir) / DEMO_KEY_FILE
     store = await open_store(settings.data_dir, settings.database_url)
     try:
         if path.exists():
@@ -89,9 +89,9 @@ def fit_open_file_limit(settings: Settings) -> Settings:
     """The settings with upstream connections capped to what the open-file limit can hold."""
     limit = raise_open_file_limit()
     cap = upstream_connection_cap(settings.upstream_max_connections, limit)
-    if cap < settings.upstream_max_connections:
-        log.warning("upstream connections capped at %d (open-file limit %d, two sockets per call); "
-                    "calls beyond it wait for a connection", cap, limit)
+    if cap < settings.upstream_max_connections:  # normal on most hosts: information, not a problem to fix
+        log.info("upstream connections capped at %d (open-file limit %d, two sockets per call); "
+                 "calls beyond it wait for a connection", cap, limit)
         settings = dataclasses.replace(settings, upstream_max_connections=cap)
     return settings
 
@@ -155,16 +155,57 @@ async def _listen(runner: web.AppRunner, host: str, port: int, shared: bool = Fa
         await web.TCPSite(runner, host, port, backlog=16384, reuse_address=True, reuse_port=shared or None).start()
     except OSError as exc:
         await runner.cleanup()
-        raise SystemExit(f"clexproxy: cannot listen on {host}:{port}: {exc.strerror}") from None
+        # uvloop's OSError carries the errno but no strerror (its message names the address again)
+        raise CannotListen(host, port, os.strerror(exc.errno) if exc.errno else str(exc)) from None
 
 
 def run(settings: Settings) -> None:
+    """`clexproxy serve`: claim the ports, check the data dir, then one gateway or a supervisor of N."""
     configure_logging(settings.log_level, "json" if settings.log_format == "json" else "text")
-    if settings.workers > 1:
-        _run_supervisor(settings)
-    else:
-        _run_loop(serve(settings))
+    claims = [claim_port(settings.host, settings.port)]  # first: a taken port is the likeliest mistake
+    try:
+        claims.append(claim_port(settings.host, settings.metrics_port))
+        if _uses_data_dir(settings):
+            usable_data_dir(settings.data_dir)  # one line naming the path and the fix, before anything starts
+        warn_missing_credentials(settings)
+        if settings.workers > 1:
+            _run_supervisor(settings)
+        else:
+            _run_loop(serve(settings))
+    finally:
+        _release(claims)
     sys.stdout.flush()
+
+
+def _release(claims: list[PortClaim | None]) -> None:
+    for claim in claims:
+        if claim is not None:
+            claim.release()
+
+
+def _uses_data_dir(settings: Settings) -> bool:
+    """The SQLite store, the demo key or the workers' metrics snapshots live in the data dir."""
+    return not settings.database_url or settings.demo or (settings.workers > 1 and not settings.metrics_dir)
+
+
+def warn_missing_credentials(settings: Settings) -> None:
+    """One warning per provider that serves a catalog model and whose credential variable is unset.
+
+    Without it the gateway starts cleanly and every call to that provider fails later, with the
+    provider's 401 turned into an error the caller cannot act on. `--demo` needs no credential.
+    """
+    if settings.demo:
+        return
+    catalog = settings.catalog
+    served: dict[str, int] = {}
+    for model in catalog.models.values():
+        for name in {deployment.provider for deployment in model.deployments}:
+            served[name] = served.get(name, 0) + 1
+    for name, count in served.items():
+        variable = catalog.providers[name].api_key_env
+        if variable and not os.environ.get(variable):
+            log.warning("%s is not set: calls to provider '%s' (%d catalog model%s) go without a credential "
+                        "and its models will fail", variable, name, count, "" if count == 1 else "s")
 
 
 def run_worker(settings: Settings, slot: int) -> None:

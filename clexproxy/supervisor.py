@@ -8,9 +8,14 @@ through snapshot files in `metrics_dir`, which one scrape of any worker merges.
 
 The parent does the one-time work (the demo key, an empty metrics directory), then only
 watches. A worker that dies is replaced; one that keeps dying at once is replaced after a
-growing pause, so a broken configuration does not spin the machine. SIGTERM or SIGINT is
-passed to every worker, which stops accepting, finishes its calls within the grace period and
-returns its credit leases; what is still running after that is killed.
+growing pause, so a broken configuration does not spin the machine. A worker that cannot bind
+the port is not replaced (a replacement would fail the same way, forever): the parent prints the
+one-line message a single gateway prints, once however many workers failed alike, stops the
+others and exits 1. The parent claimed the port before forking (clexproxy/ports.py), so this
+takes another program binding it while every worker was down. SIGTERM or SIGINT
+is passed to every worker, which stops accepting, finishes its calls within
+`shutdown_grace_seconds` and returns its credit leases; what is still running `STOP_MARGIN`
+seconds after that is killed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 from clexproxy.config import Settings
+from clexproxy.ports import EXIT_CANNOT_LISTEN, CannotListen
 from clexproxy.signals import STOP_SIGNALS
 
 log = logging.getLogger("clexproxy.supervisor")
@@ -32,6 +38,8 @@ log = logging.getLogger("clexproxy.supervisor")
 RESPAWN_PAUSE_MIN, RESPAWN_PAUSE_MAX = 0.5, 10.0  # seconds before replacing a worker that died young, doubling
 YOUNG_SECONDS = 5.0  # a worker that dies sooner than this after its start is "dying at once"
 POLL_SECONDS = 0.1
+# After the grace: a worker cutting its last streams, returning its leases and writing usage behind.
+STOP_MARGIN = 5.0
 
 
 def worker_settings(settings: Settings) -> Settings:
@@ -47,6 +55,10 @@ class Supervisor:
         self.banner = banner
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (slot, started at)
         self.stopping = False
+        self.cannot_listen = False  # a worker could not bind: stop everything, exit 1
+        # Workers write why they cannot listen here; the parent says it once, however many failed alike.
+        self._why_r, self._why_w = os.pipe()
+        os.set_blocking(self._why_r, False)
         self.restarts = 0
         self._pause = RESPAWN_PAUSE_MIN
 
@@ -61,12 +73,15 @@ class Supervisor:
             while self.workers:
                 self._reap()
                 if self.stopping:
-                    return self._stop_all()
+                    self._stop_all()
+                    break
                 time.sleep(POLL_SECONDS)
         finally:
             for signum in STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
-        return 0
+            os.close(self._why_r)
+            os.close(self._why_w)
+        return 1 if self.cannot_listen else 0
 
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
@@ -84,7 +99,12 @@ class Supervisor:
 
                 run_worker(self.settings, slot)
                 code = 0
+            except CannotListen as exc:
+                os.write(self._why_w, f"{exc.code}\n".encode())  # one line, well under PIPE_BUF: written whole
+                code = EXIT_CANNOT_LISTEN
             except SystemExit as exc:
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
                 log.exception("worker %d failed", slot)
@@ -106,6 +126,11 @@ class Supervisor:
             slot, started = self.workers.pop(pid, (-1, 0.0))
             if slot < 0 or self.stopping:
                 continue
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_CANNOT_LISTEN:
+                if not self.cannot_listen:  # a replacement would fail alike: say why, once, and stop
+                    self.cannot_listen = self.stopping = True
+                    print(self._why(), file=sys.stderr)
+                continue
             how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
             if time.monotonic() - started < YOUNG_SECONDS:
                 log.error("worker %d (pid %d) died at once (%s); replacing it in %.1f s", slot, pid, how, self._pause)
@@ -118,13 +143,19 @@ class Supervisor:
             if not self.stopping:
                 self._spawn(slot)
 
-    def _stop_all(self) -> int:
+    def _why(self) -> str:
+        """The first line a worker wrote before it exited for want of its port (written before its exit)."""
+        try:
+            said = os.read(self._why_r, 65536).decode(errors="replace")
+        except BlockingIOError:
+            said = ""
+        return said.split("\n", 1)[0] or "clexproxy: a worker could not listen on its port"
+
+    def _stop_all(self) -> None:
         log.info("stopping %d workers", len(self.workers))
         for pid in self.workers:
             _signal(pid, signal.SIGTERM)
-        from clexproxy.server import SHUTDOWN_GRACE_SECONDS
-
-        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS + 5.0
+        deadline = time.monotonic() + self.settings.shutdown_grace_seconds + STOP_MARGIN
         while self.workers and time.monotonic() < deadline:
             self._reap()
             time.sleep(POLL_SECONDS)
@@ -133,7 +164,6 @@ class Supervisor:
             _signal(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             self.workers.pop(pid, None)
-        return 0
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -7,6 +7,7 @@ mutation bumps) and writes usage behind. WAL mode lets the CLI write while the s
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 import time
@@ -108,17 +109,55 @@ def key_hint(key: str) -> str:
     return f"{key[:9]}...{key[-4:]}"
 
 
+DATA_DIR_FIX = "or choose another with --data-dir (CLEX_DATA_DIR)"
+
+
+def usable_data_dir(data_dir: str | Path) -> Path:
+    """The data dir, created when missing; a StoreError naming the path and the fix when it cannot hold the store.
+
+    The store, its WAL journal, the demo key and the workers' metrics all live there, so the
+    directory itself must be writable, not only the database file.
+    """
+    path = Path(data_dir)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"data dir {path} is not a directory: move that file away {DATA_DIR_FIX}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create data dir {path} ({exc.strerror}): create it writable for this user {DATA_DIR_FIX}"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"data dir {path} is not writable: make it writable for this user (uid {os.getuid()}) {DATA_DIR_FIX}"
+        )
+    return path
+
+
 class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        usable_data_dir(path.parent)
         self.path = path
-        # check_same_thread=False: the server drives it from one worker thread at a time.
-        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        try:
+            # check_same_thread=False: the server drives it from one worker thread at a time.
+            self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"cannot open the key store {path} ({exc}): make it writable for this user {DATA_DIR_FIX}"
+            ) from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:  # read-only, or not a database; a busy one is not the data dir's fault
+            self._db.close()
+            if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                raise
+            raise StoreError(
+                f"cannot use the key store {path} ({exc}): make it writable for this user {DATA_DIR_FIX}"
+            ) from None
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path) -> SQLiteStore:
