@@ -16,6 +16,7 @@ is awaited off the client's response (`UpstreamResponse.finish`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +29,7 @@ from aiohttp import web
 from clexproxy.errors import ApiError, InternalError, ServiceUnavailable
 from clexproxy.fastpath import SSEEvent, SSEParser, has_usage
 from clexproxy.outcome import CallOutcome
+from clexproxy.shutdown import SHUTDOWN, cut_by_shutdown, shutdown_error
 from clexproxy.upstream import ERROR_KEY, UpstreamReply
 
 KEEPALIVE = b": keep-alive\n\n"
@@ -104,6 +106,23 @@ async def stream(
         # The client left while we wrote to it (before its disconnect cancelled us): nothing more to send.
         outcome.disconnected = True
         return response
+    except asyncio.CancelledError:
+        if not cut_by_shutdown(request):
+            raise  # the client left: aiohttp cancelled the handler
+        return await _cut(response, outcome, on_error)
+
+
+async def _cut(response: web.StreamResponse, outcome: CallOutcome, on_error: Any) -> web.StreamResponse:
+    """The gateway is shutting down and the stream outlived the grace (clexproxy.shutdown): SPEC's 503, as an event
+    once the stream has started, then `[DONE]` and the end of the response."""
+    error = shutdown_error()
+    error_headers = on_error(error)
+    outcome.error_code = SHUTDOWN  # the access line: cut by the gateway, not left by the client
+    if not response.prepared:
+        return error.to_response(error_headers)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof(error_event(error))
+    return response
 
 
 async def _relay_stream(

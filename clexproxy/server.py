@@ -25,6 +25,7 @@ from clexproxy.handlers.common import GATEWAY
 from clexproxy.metrics import reset_metrics_dir
 from clexproxy.ports import CannotListen, PortClaim, claim_port
 from clexproxy.screen import GatewayRunner
+from clexproxy.shutdown import CUT_SECONDS, drain
 from clexproxy.signals import STOP_SIGNALS, wait_for_stop_signal
 from clexproxy.store.base import open_store
 from clexproxy.store.sqlite import StoreError, usable_data_dir
@@ -33,7 +34,6 @@ from clexproxy.supervisor import Supervisor, worker_settings
 log = logging.getLogger("clexproxy.server")
 
 DEMO_KEY_FILE = "demo_key"
-SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 async def ensure_demo_key(settings: Settings) -> str:
@@ -105,7 +105,7 @@ async def serve(settings: Settings, worker: int | None = None) -> None:
         reset_metrics_dir(settings.metrics_dir)
     app = build_app(settings)
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+                           shutdown_timeout=CUT_SECONDS)
     await runner.setup()
     _settle_heap()
     shared = worker is not None  # every worker binds the port itself (SO_REUSEPORT)
@@ -120,6 +120,9 @@ async def serve(settings: Settings, worker: int | None = None) -> None:
             # on: a second signal must not cut the drain short (the parent's deadline still holds).
             for signum in STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
+        # aiohttp's own shutdown (in cleanup) then finds every call done: its timeout is only a backstop.
+        runners = [runner] if metrics_runner is None else [runner, metrics_runner]
+        await drain(runners, app[GATEWAY], settings.shutdown_grace_seconds)
     finally:
         log.info("shutting down")
         if metrics_runner is not None:

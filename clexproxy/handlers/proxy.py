@@ -36,6 +36,7 @@ from clexproxy.handlers.common import (
 )
 from clexproxy.metering import Admission
 from clexproxy.outcome import CallOutcome
+from clexproxy.shutdown import SHUTDOWN, cut_by_shutdown, shutdown_error
 from clexproxy.validation import (
     check_chat,
     default_stream,
@@ -200,6 +201,11 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         headers["X-Clex-Overhead-Ms"] = f"{overhead * 1000:.3f}"
         return web.Response(body=raw, content_type="application/json", headers=headers)
     except asyncio.CancelledError:
+        if cut_by_shutdown(request) and not call.stream:  # the shutdown's grace ended before the answer
+            cut = shutdown_error()
+            response = cut.to_response(settle_error(cut))
+            call.error_code = SHUTDOWN  # the access line: cut by the gateway, not left by the client
+            return response
         call.disconnected = True
         raise
     except Exception:

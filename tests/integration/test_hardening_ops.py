@@ -9,7 +9,9 @@ what every option does and which variables have no flag).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
+import json
 import os
 import re
 import resource
@@ -249,6 +251,175 @@ def test_a_worker_that_cannot_listen_stops_the_supervisor(tmp_path: Path, redis_
     assert done.returncode == 1, done.stdout + done.stderr
     assert port_error(port) in done.stderr and done.stderr.count("cannot listen") == 1, done.stderr
     assert "died at once" not in done.stdout + done.stderr
+
+
+# -- 11: SIGTERM ends what is still running as SPEC says, within the configured grace -------------------
+
+
+def _post(key: str, request_id: str, body: dict[str, object], **knobs: str) -> bytes:
+    data = json.dumps({"model": LARGE, "messages": [{"role": "user", "content": "Hi"}], **body}).encode()
+    head = ["POST /v1/chat/completions HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {key}",
+            "Content-Type: application/json", f"X-Request-Id: {request_id}", f"Content-Length: {len(data)}",
+            *(f"x-demo-{name.replace('_', '-')}: {value}" for name, value in knobs.items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + data
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: str
+    body: bytes
+    terminated: bool  # chunked: the zero-length last chunk arrived
+
+
+def _parse(raw: bytes) -> Answer:
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    headers = head.decode("latin-1")
+    if "transfer-encoding: chunked" not in headers.lower():
+        return Answer(status, headers, rest, False)
+    body, terminated = b"", False
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            terminated = rest == b"\r\n"
+            break
+        body, rest = body + rest[:size], rest[size + 2:]
+    return Answer(status, headers, body, terminated)
+
+
+async def _open(port: int, request: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    return reader, writer
+
+
+async def _until(reader: asyncio.StreamReader, needle: bytes, count: int = 1) -> bytes:
+    """Read until `needle` was seen `count` times (the stream has started); what was read."""
+    got = b""
+    while got.count(needle) < count:
+        chunk = await asyncio.wait_for(reader.read(65536), START_TIMEOUT)
+        assert chunk, got
+        got += chunk
+    return got
+
+
+async def _rest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, got: bytes = b"") -> bytes:
+    """Everything until the gateway closes the connection (it closes each one after its answer once stopping)."""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), EXIT_TIMEOUT):
+            got += chunk
+    finally:
+        writer.close()
+    return got
+
+
+def _events(body: bytes) -> list[str]:
+    return [event for event in body.decode().split("\n\n") if event.strip()]
+
+
+def _access_line(output: str, request_id: str) -> str:
+    lines = [line for line in output.splitlines() if f"request_id={request_id} " in line and "endpoint=" in line]
+    assert len(lines) == 1, output[-4000:]
+    return lines[0]
+
+
+CUT_EVENT = ('data: {"error":{"message":"The gateway is shutting down; retry the request.",'
+             '"type":"service_unavailable_error","code":"service_unavailable","status":503}}')
+
+
+async def test_sigterm_drains_for_the_grace_then_ends_streams_with_an_error_event(
+    launch: Launcher, tmp_path: Path
+) -> None:
+    """Item 11: streams cut by the shutdown end with SPEC's error event, [DONE] and the chunked terminator.
+
+    Before: no error event, no [DONE], no terminator, logged as client disconnects (499), and a
+    drain of about twice the documented grace (the configured one was not read at all).
+    """
+    grace = 3.0
+    port = free_port()
+    proc = launch("gateway", "serve", "--demo", "--port", str(port), "--data-dir", str(tmp_path / "data"),
+                  env={"CLEX_SHUTDOWN_GRACE_SECONDS": str(grace)})
+    await asyncio.to_thread(wait_serving, proc, port)
+    key = proc.key()
+
+    # A stream far longer than the grace, one that ends within it, a call whose upstream has not answered.
+    long_r, long_w = await _open(port, _post(key, "cut-stream", {}, tokens="600", delay_ms="100"))
+    long_got = await _until(long_r, b"data: ", 2)
+    short_r, short_w = await _open(port, _post(key, "short-stream", {}, tokens="10", delay_ms="100"))
+    short_got = await _until(short_r, b"data: ", 1)
+    unary_r, unary_w = await _open(port, _post(key, "cut-unary", {"stream": False}, headers_delay_ms="60000"))
+    idle_r, idle_w = await _open(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await _until(idle_r, b'{"status":"ok"}')).startswith(b"HTTP/1.1 200")
+    long_task = asyncio.create_task(_rest(long_r, long_w, long_got))
+
+    signalled = time.monotonic()
+    proc.proc.send_signal(signal.SIGTERM)
+    # At once: the idle keep-alive connection is closed and new connections are refused, while the long
+    # stream still runs (it runs for the whole grace).
+    assert await asyncio.wait_for(idle_r.read(), EXIT_TIMEOUT) == b""
+    idle_w.close()
+    for _ in range(200):
+        try:
+            _, probe = await asyncio.open_connection("127.0.0.1", port)
+            probe.close()
+            await asyncio.sleep(0.01)
+        except ConnectionRefusedError:
+            break
+    else:
+        pytest.fail("the gateway still accepts connections after SIGTERM")
+    assert not long_task.done()
+
+    short = _parse(await _rest(short_r, short_w, short_got))
+    assert short.status == 200 and short.terminated
+    assert _events(short.body)[-1] == "data: [DONE]" and b'"error"' not in short.body
+
+    cut = _parse(await long_task)
+    assert cut.status == 200 and cut.terminated, cut
+    events = _events(cut.body)
+    assert events[-2:] == [CUT_EVENT, "data: [DONE]"], events[-3:]
+    assert len(events) > 4 and all('"chat.completion.chunk"' in e for e in events[:-2])
+
+    unary = _parse(await _rest(unary_r, unary_w))
+    assert unary.status == 503, unary
+    assert json.loads(unary.body)["error"]["code"] == "service_unavailable"
+    assert "Retry-After: 1" in unary.headers and "X-Clex-Credits-Remaining" in unary.headers
+
+    assert await asyncio.to_thread(proc.exit_code) == 0
+    elapsed = time.monotonic() - signalled
+    assert elapsed < grace + 8.0, f"exited {elapsed:.1f} s after SIGTERM with a grace of {grace} s"
+    output = proc.output()
+    for request_id in ("cut-stream", "cut-unary"):
+        line = _access_line(output, request_id)
+        assert " status=503 " in line and " error=shutdown" in line and "client_disconnected" not in line, line
+    assert " status=200 " in _access_line(output, "short-stream")
+    assert "refunded=3" in _access_line(output, "cut-unary")  # no answer started: nothing charged
+
+
+async def test_sigterm_under_workers_cuts_streams_within_the_grace(
+    launch: Launcher, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Item 11: with --workers the parent waits the configured grace plus its margin, not a fixed 15 s then SIGKILL."""
+    port = free_port()
+    proc = launch("group", *group_args(port, tmp_path / "data", redis_server),
+                  env={"CLEX_SHUTDOWN_GRACE_SECONDS": "1"})
+    await asyncio.to_thread(wait_serving, proc, port, 2)
+    key = proc.key()
+    streams = [await _open(port, _post(key, f"w-{i}", {}, tokens="600", delay_ms="100")) for i in range(4)]
+    started = [await _until(reader, b"data: ", 2) for reader, _ in streams]
+    signalled = time.monotonic()
+    proc.proc.send_signal(signal.SIGTERM)
+    answers = [_parse(await _rest(r, w, got)) for (r, w), got in zip(streams, started, strict=True)]
+    assert await asyncio.to_thread(proc.exit_code) == 0
+    assert time.monotonic() - signalled < 1.0 + 8.0
+    output = proc.output()
+    for i, answer in enumerate(answers):
+        assert answer.terminated and _events(answer.body)[-2:] == [CUT_EVENT, "data: [DONE]"], answer
+        line = _access_line(output, f"w-{i}")
+        assert " status=503 " in line and " error=shutdown" in line, line
+    assert "killing it" not in output
 
 
 # -- 13: a data dir the store cannot use ------------------------------------------------------------
