@@ -91,11 +91,11 @@ async def drain(runners: Iterable[web.BaseRunner], gateway: Gateway, grace: floa
 
 
 def _busy(servers: list[web.Server]) -> dict[RequestHandler, asyncio.Task[None]]:
-    """Connections whose request loop still runs, with that loop's task (it ends after the answer now)."""
+    """Connections with a call in flight, with their request loop's task (it ends after the answer now)."""
     busy: dict[RequestHandler, asyncio.Task[None]] = {}
     for server in servers:
         for conn in server.connections:
             task = conn._task_handler
-            if task is not None and not task.done():
+            if task is not None and not task.done() and conn._request_in_progress:
                 busy[conn] = task
     return busy
