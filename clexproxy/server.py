@@ -145,7 +145,7 @@ async def _start_metrics_port(app: web.Application, settings: Settings, shared: 
     metrics_app = web.Application()
     metrics_app[GATEWAY] = app[GATEWAY]  # the same handler as the main port's /metrics, reading the same state
     metrics_app.router.add_get("/metrics", health.metrics)
-    runner = web.AppRunner(metrics_app, access_log=None)
+    runner = web.AppRunner(metrics_app, access_log=None, keepalive_timeout=settings.client_keepalive_timeout)
     await runner.setup()
     await _listen(runner, settings.host, settings.metrics_port, shared)
     return runner

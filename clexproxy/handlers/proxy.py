@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from clexproxy import relay
+from clexproxy.accesslog import text_value
 from clexproxy.catalog import Model, Plan
 from clexproxy.config import Settings
 from clexproxy.errors import ApiError, InternalError, InvalidRequest, ModelNotFound, RateLimited
@@ -97,7 +98,7 @@ def _charge_served(gateway: Gateway, admission: Admission, call: CallOutcome) ->
 
 
 def _bug(call: CallOutcome) -> InternalError:
-    log.exception("unhandled error, request_id=%s", call.request_id)
+    log.exception("unhandled error, request_id=%s", text_value(call.request_id))
     return InternalError("The gateway failed to handle this request.")
 
 
@@ -255,7 +256,7 @@ def make_handler(endpoint: str) -> Callable[[web.Request], Any]:
         try:
             return await handle(request, endpoint)
         except Exception:  # a bug, not a refusal: SPEC's 500, never a trace
-            log.exception("unhandled error, request_id=%s", request_id(request))
+            log.exception("unhandled error, request_id=%s", text_value(request_id(request)))
             error = InternalError("The gateway failed to handle this request.")
             return error.to_response({**_metering_headers(request), "X-Request-Id": request_id(request)})
 
