@@ -36,9 +36,10 @@ KEEPALIVE = b": keep-alive\n\n"
 DONE = b"[DONE]"
 DONE_EVENT = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# What makes an event need a look: a usage object (`has_usage`'s rule; OpenAI's `"usage":null` on every chunk
-# is not one) or an `"error"` member that is not null. Counted in a chunk to find the first event to look at.
-_MARK = re.compile(rb'"usage"[ \t\r\n]*:[ \t\r\n]*\{|"error"[ \t\r\n]*:[ \t\r\n]*[^ \t\r\nn]')
+# A usage object as upstreams spell it (OpenAI's `"usage":null` on every chunk is not one); `has_usage` also
+# knows rarer whitespace, and a chunk where it finds usage under neither spelling is looked at event by event.
+_USAGE_COMPACT = b'"usage":{'
+_USAGE_SPACED = b'"usage": {'
 # A `"model": "..."` member (JSON whitespace allowed); in a chunk only the top-level one exists.
 _MODEL_FIELD = re.compile(rb'"model"[ \t\r\n]*:[ \t\r\n]*"(?:[^"\\]|\\.)*"')
 
@@ -349,8 +350,9 @@ class _Frames:
                     self.finished = True
                     out.append(raw)
                     return
-                if ERROR_KEY in data or has_usage(data):
-                    kept = self._marked(raw, data)
+                usage = has_usage(data)
+                if usage or data.find(ERROR_KEY) >= 0:
+                    kept = self._marked(raw, data, usage)
                     if self.failure is not None:
                         return
                     if kept is None:
@@ -361,12 +363,12 @@ class _Frames:
                 self.outcome.answer_started = True
             out.append(raw)
 
-    def _marked(self, raw: bytes, data: bytes) -> bytes | None:
+    def _marked(self, raw: bytes, data: bytes, usage: bool) -> bytes | None:
         """An event holding `"error"` or usage: what goes out of it (None: nothing); sets `failure` to end here."""
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError:
-            if has_usage(data):
+            if usage:
                 self.failure = InternalError("The upstream sent a malformed usage chunk.", error_type="upstream_error")
                 return None
             doc = None  # text that merely mentions "error"
@@ -376,10 +378,11 @@ class _Frames:
         if error is not None:
             self.failure = self.reply.midstream_error(error)
             return None
-        if has_usage(data):
+        if usage:
             _read_usage(doc.get("usage"), self.outcome)
             if not self.wants_usage:
-                if _carries_nothing(doc.get("choices") or []):
+                choices = doc.get("choices")
+                if not choices or _carries_nothing(choices):
                     return None
                 del doc["usage"]
                 if self.rename is not None and "model" in doc:
@@ -390,33 +393,51 @@ class _Frames:
     def _whole(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
         """A chunk of whole events: visit only the few that matter instead of all of them.
 
-        A whole answer can arrive in one read (dozens of events); the usage event and `[DONE]`
-        sit at its end, and one C-level scan of the chunk says whether usage (or an error) is
-        there at all. The events before the first one that needs a look go out as they came.
+        Most chunks hold neither `[DONE]`, usage nor an error, and C-level scans of the chunk say so
+        (a chunk of one event, the usual read, is `[DONE]` only as its last event): it goes out as it
+        came. `find`, not `in`: bytes' `in` first tries its operand as an int (an error raised and
+        cleared, costlier than the scan).
         """
         if not events:
             return chunk
-        n = len(events)
-        done = False
-        if DONE in chunk:
-            k = n
-            while k:
-                k -= 1
-                if events[k].data == DONE:
-                    done = True
-                    if k + 1 < n:  # bytes after `[DONE]` carry nothing for the client
-                        chunk = chunk[: len(chunk) - _size(events, k + 1, n)]
-                        n = k + 1
+        if (events[-1].data == DONE or has_usage(chunk) or chunk.find(ERROR_KEY) >= 0
+                or (len(events) > 1 and chunk.find(DONE) >= 0)):
+            return self._marked_chunk(chunk, events)
+        if not self.outcome.answer_started:
+            for event in events:
+                if event.data is not None:
+                    self.outcome.answer_started = True
                     break
+        return chunk if self.rename is None else _MODEL_FIELD.sub(self.rename, chunk)
+
+    def _marked_chunk(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
+        """A chunk of whole events with `[DONE]`, usage or an error among them (a whole answer in one read, say).
+
+        The usage event and `[DONE]` sit at its end: the events before the first that needs a look
+        go out as they came; that one and those after it are looked at one by one. What follows
+        `[DONE]` carries nothing for the client and is cut.
+        """
+        n = len(events)
+        k = n
+        while k:
+            k -= 1
+            if events[k].data == DONE:
+                if k + 1 < n:
+                    chunk = chunk[: len(chunk) - _size(events, k + 1, n)]
+                    n = k + 1
+                break
         i = n  # events[i:n] need a look, one by one
-        if has_usage(chunk) or ERROR_KEY in chunk:
-            marks = len(_MARK.findall(chunk))
-            while marks > 0 and i:
+        usage = has_usage(chunk)
+        error_at = chunk.find(ERROR_KEY)
+        if usage or error_at >= 0:
+            first = _first_mark(chunk, usage, error_at)
+            start = len(chunk)  # where events[i] starts
+            while i and start > first:
                 i -= 1
-                raw = events[i].raw
-                if has_usage(raw) or ERROR_KEY in raw:
-                    marks -= len(_MARK.findall(raw))
-        head = chunk if i == n else chunk[: len(chunk) - _size(events, i, n)]
+                start -= len(events[i].raw)
+        if i == n:  # `[DONE]` is the only mark: it comes last, after the rest
+            i -= 1
+        head = chunk[: len(chunk) - _size(events, i, n)]
         if i:
             if not self.outcome.answer_started:
                 for k in range(i):
@@ -425,16 +446,31 @@ class _Frames:
                         break
             if self.rename is not None:
                 head = _MODEL_FIELD.sub(self.rename, head)
-        if i == n:
-            self.finished = done
-            return head
         out = [head] if head else []
         self._each(events[i:n], out)
-        return b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
+def _first_mark(chunk: bytes, usage: bool, error_at: int) -> int:
+    """The offset of the first usage object or `"error"` key (at `error_at`, -1: none) in `chunk`.
+
+    0 when `has_usage` found usage in neither common spelling: then every event gets a look.
+    """
+    if usage:
+        first = chunk.find(_USAGE_COMPACT)  # an upstream spells every chunk alike: one spelling per chunk
+        if first < 0:
+            first = chunk.find(_USAGE_SPACED)
+            if first < 0:
+                return 0
+        return error_at if 0 <= error_at < first else first
+    return error_at
 
 
 def _size(events: list[SSEEvent], start: int, stop: int) -> int:
-    return sum(len(events[k].raw) for k in range(start, stop))
+    size = 0
+    for k in range(start, stop):
+        size += len(events[k].raw)
+    return size
 
 
 def _salvage(content: aiohttp.StreamReader) -> bytes:

@@ -178,9 +178,9 @@ def _error_message(raw: bytes) -> str:
     return ""
 
 
-def error_of(data: bytes) -> Any:
+def _error_of(data: bytes) -> Any:
     """The `error` of an SSE data event that is an error event, else None (parses only when `"error"` occurs)."""
-    if ERROR_KEY not in data:
+    if data.find(ERROR_KEY) < 0:  # not `in`, which tries its operand as an int first: a raised, cleared error
         return None
     try:
         doc = orjson.loads(data)
@@ -209,18 +209,18 @@ def _retry_after(headers: Mapping[str, str]) -> float:
     return min(seconds, MAX_RETRY_AFTER)
 
 
-async def _read_first_event(content: StreamReader) -> tuple[bytes, list[SSEEvent], SSEParser]:
-    """Read a stream up to its first data event; raise `_NoAnswer` when that is not an answer event.
+async def _read_to_first_event(
+    content: StreamReader, parser: SSEParser, chunk: bytes, events: list[SSEEvent]
+) -> tuple[bytes, list[SSEEvent]]:
+    """Go on reading a stream whose first read (`chunk`, parsed into `events`) did not start with a data event.
 
-    Usually the first read holds it, and that read is returned as it is (no copy).
+    Returns all the bytes read and their events once a data event is in; raises `_NoAnswer` when
+    that is not an answer event, or when the body ends first.
     """
-    parser = SSEParser()
-    chunk = await content.readany()
-    events = parser.feed(chunk)
     for event in events:
         if event.data is not None:
             _check_first(event.data)
-            return chunk, events, parser
+            return chunk, events
     chunks, seen, size = [chunk], events, len(chunk)
     while chunk:
         if size > MAX_PREAMBLE:
@@ -233,29 +233,15 @@ async def _read_first_event(content: StreamReader) -> tuple[bytes, list[SSEEvent
         for event in events:
             if event.data is not None:
                 _check_first(event.data)
-                return b"".join(chunks), seen, parser
+                return b"".join(chunks), seen
     raise _NoAnswer("bad_answer", "an empty stream" if size == 0 else "a body with no SSE data event")
 
 
 def _check_first(data: bytes) -> None:
     if data == DONE:
         raise _NoAnswer("bad_answer", "a stream with no event before [DONE]")
-    if error_of(data) is not None:
+    if _error_of(data) is not None:
         raise _NoAnswer("bad_answer", "a stream that opened with an error event")
-
-
-async def _read_json(response: UpstreamResponse) -> tuple[bytes, dict[str, Any]]:
-    """Read a whole JSON answer; raise `_NoAnswer` unless it is a JSON object without an `error`."""
-    raw = await response.read()
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise _NoAnswer("bad_answer", "an empty body" if not raw else "a body that is not JSON") from None
-    if type(doc) is not dict:
-        raise _NoAnswer("bad_answer", "a JSON body that is not an object")
-    if doc.get("error") is not None:
-        raise _NoAnswer("bad_answer", "a JSON error body")
-    return raw, doc
 
 
 def _passed(client_headers: Mapping[str, str], prefixes: tuple[str, ...]) -> bytes:
@@ -376,17 +362,31 @@ class UpstreamPool:
                 continue
             call.upstream_ttfbs.append((provider.name, time.monotonic() - sent))
             if response.status == 200:
-                reply = UpstreamReply(response, target, deployment, provider, is_fallback, self._scrub)
+                doc: Any = None
+                events: list[SSEEvent] | None = None
+                parser: SSEParser | None = None
                 try:
-                    if call.stream:
-                        reply.received, reply.events, reply.parser = await _read_first_event(response.content)
-                    else:
-                        reply.received, reply.doc = await _read_json(response)
+                    if call.stream:  # read up to the first data event; usually the first read starts with it
+                        parser = SSEParser()
+                        received = await response.content.readany()
+                        events = parser.feed(received)
+                        if events and events[0].data is not None:
+                            _check_first(events[0].data)
+                        else:
+                            received, events = await _read_to_first_event(response.content, parser, received, events)
+                    else:  # read here, inline: this is every JSON call's path
+                        received = await response.content.read()
+                        doc = orjson.loads(received)
+                        if type(doc) is not dict or doc.get("error") is not None:
+                            raise _NoAnswer("bad_answer", "a JSON body that is not an answer")
                         response.release()
-                except (_NoAnswer, TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                except (_NoAnswer, orjson.JSONDecodeError, TimeoutError, aiohttp.ClientPayloadError,
+                        aiohttp.ClientConnectionError) as exc:
                     response.close()
                     if isinstance(exc, _NoAnswer):
                         kind, reason = exc.kind, exc.reason
+                    elif isinstance(exc, orjson.JSONDecodeError):
+                        kind, reason = "bad_answer", "a body that is not JSON" if received else "an empty body"
                     else:
                         kind = "timeout" if isinstance(exc, TimeoutError) else "midstream_drop"
                         reason = f"the connection was lost before the answer ({type(exc).__name__})"
@@ -399,7 +399,8 @@ class UpstreamPool:
                     response.close()
                     raise
                 call.provider, call.served_model, call.fallback = provider.name, target.id, is_fallback
-                return reply
+                return UpstreamReply(response, target, deployment, provider, is_fallback, self._scrub, received, doc,
+                                     events, parser)
             call.upstream_failures.append((provider.name, f"{response.status // 100}xx"))
             failure = await self._classify(response, provider, deployment, target)
             not_found_only = not_found_only and failure.kind == "not_found"

@@ -105,7 +105,7 @@ class Origin:
         self._resolved_at = -DNS_TTL
         self._closed = False
         self._outbox: Outbox | None = None  # requests leave at the end of the loop's turn (clexproxy/outbox.py)
-        self._finishing: set[asyncio.Task[None]] = set()  # answers whose upstream body is still ending
+        self._finishing: dict[asyncio.Task[None], UpstreamResponse] = {}  # answers whose upstream body still ends
         self.host_header = url.host_port_subcomponent or self._host  # brackets an IPv6 literal; no default port
 
     def request_head(self, path: str, headers: dict[str, str]) -> bytes:
@@ -164,9 +164,15 @@ class Origin:
         self._wake()
 
     def finish_later(self, response: UpstreamResponse) -> None:
+        if self._closed:
+            response.close()
+            return
         task = asyncio.ensure_future(self._finish(response))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
+        self._finishing[task] = response
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._finishing.pop(task, None)
 
     async def _finish(self, response: UpstreamResponse) -> None:
         content = response.content
@@ -184,11 +190,13 @@ class Origin:
 
     async def close(self) -> None:
         self._closed = True
-        finishing = list(self._finishing)
+        finishing = dict(self._finishing)
         for task in finishing:
             task.cancel()
         if finishing:
             await asyncio.wait(finishing)
+        for response in finishing.values():
+            response.close()  # a task cancelled before its first step never ran its `finally`
         while self._idle:
             self.discard(self._idle.pop()[0])
 

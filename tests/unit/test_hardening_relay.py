@@ -6,6 +6,7 @@ The frames are fed as an upstream's reads would come (whole events, events split
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -17,6 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from clexproxy import relay
 from clexproxy.catalog import Deployment, Model, Provider, default_catalog
@@ -26,6 +28,7 @@ from clexproxy.errors import MAX_RETRY_AFTER, RateLimited, ServiceUnavailable, r
 from clexproxy.fastpath import SSEParser
 from clexproxy.outcome import CallOutcome
 from clexproxy.upstream import Scrubber, UpstreamPool, UpstreamReply, _retry_after
+from clexproxy.upstream_http import Origin
 
 SECRET = "nvapi-unit-SECRET-0123456789"
 CLEX = "meta/llama-3.3-70b-instruct"
@@ -349,3 +352,72 @@ async def test_answer_headers_still_called_when_a_keepalive_sent_the_headers(
         body = await resp.read()
     assert body.startswith(relay.KEEPALIVE) and body.endswith(DONE)
     assert calls == [0]
+
+
+# ---------------------------------------------------------------------------------------------
+# 15. A complete answer ends its upstream connection without the caller waiting for it
+# ---------------------------------------------------------------------------------------------
+
+
+async def answer_then(more: asyncio.Event, ending: bytes, ended: asyncio.Event) -> tuple[asyncio.Server, URL]:
+    """A raw upstream: `[DONE]` at once, then, once `more` is set, `ending`; it holds the connection until closed."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"e\r\ndata: [DONE]\n\n\r\n")
+            await writer.drain()
+            await more.wait()
+            writer.write(ending)
+            await writer.drain()
+            await reader.read()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            ended.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+
+
+async def test_finish_pools_the_connection_once_the_upstream_ends_its_body() -> None:
+    more, ended = asyncio.Event(), asyncio.Event()
+    server, url = await answer_then(more, b'13\r\ndata: {"late": 1}\n\n\r\n0\r\n\r\n', ended)
+    origin = Origin(url, limit=4, keepalive_timeout=15.0, connect_timeout=5.0, read_timeout=30.0)
+    try:
+        response = await origin.post(origin.request_head("/v1/x", {}), b"", b"{}")
+        assert await response.content.readany() == b"data: [DONE]\n\n"
+        response.finish()  # returns at once: the body has not ended
+        assert (origin.open_connections, origin.idle_connections) == (1, 0)
+        more.set()
+        for _ in range(500):  # bounded wait for the background read, not a timing assertion
+            if origin.idle_connections:
+                break
+            await asyncio.sleep(0.01)
+        assert (origin.open_connections, origin.idle_connections) == (1, 1)
+    finally:
+        await origin.close()
+        server.close()
+        more.set()
+        await ended.wait()
+
+
+async def test_finish_of_a_body_that_never_ends_is_dropped_at_close() -> None:
+    more, ended = asyncio.Event(), asyncio.Event()  # `more` set only at the end: the body never ends before
+    server, url = await answer_then(more, b"", ended)
+    origin = Origin(url, limit=4, keepalive_timeout=15.0, connect_timeout=5.0, read_timeout=30.0)
+    try:
+        response = await origin.post(origin.request_head("/v1/x", {}), b"", b"{}")
+        assert await response.content.readany() == b"data: [DONE]\n\n"
+        response.finish()
+        assert origin.open_connections == 1
+    finally:
+        await origin.close()
+        server.close()
+        more.set()
+        await ended.wait()
+    assert (origin.open_connections, origin.idle_connections) == (0, 0)
