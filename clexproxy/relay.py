@@ -210,7 +210,7 @@ async def _relay_stream(
 class KeepAlives:
     """`: keep-alive` comments for streams whose upstream is slow to start, from one shared timer.
 
-    A stream costs one dict entry while it waits for its first upstream bytes, not a timer of
+    A stream costs one dict entry while it waits for its first answer event, not a timer of
     its own (a per-stream `call_later` and its cancel were ~3% of a streamed call's CPU). One
     tick every quarter interval starts a writer for each stream that has waited a whole
     interval, so the first comment goes out between 1 and 1.25 intervals after the request.
