@@ -161,6 +161,7 @@ async def _relay_stream(
                 if not response.prepared:
                     response.headers.update(extra)
             out = frames.first(reply.received, reply.events or [])
+            reply.received, reply.events = b"", None  # a long stream need not hold its first chunk twice
             if not response.prepared:
                 await response.prepare(request)
             while True:
