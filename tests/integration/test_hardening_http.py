@@ -52,6 +52,18 @@ async def closed(reader: asyncio.StreamReader) -> bool:
     return await asyncio.wait_for(reader.read(1), 10) == b""
 
 
+async def answered_and_closed(gw: RunningGateway, data: bytes) -> tuple[Answer, bytes]:
+    """Send `data` on a new connection: the one answer it gets, after which the gateway closes the connection."""
+    reader, writer = await connect(gw)
+    try:
+        writer.write(data)
+        answer, raw = await read_answer(reader)
+        assert await closed(reader)
+    finally:
+        writer.close()
+    return answer, raw
+
+
 def request(key: str, *, line: str = "POST /v1/chat/completions HTTP/1.1", extra: str = "",
             body: bytes = BODY, length: int | None = None) -> bytes:
     head = (f"{line}\r\nHost: t\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n"
@@ -85,13 +97,7 @@ async def test_malformed_authorization_is_refused_without_echoing_or_logging_the
     gw: RunningGateway, key: str, caplog: pytest.LogCaptureFixture, name: str, tail: str, status: int
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    reader, writer = await connect(gw)
-    try:
-        writer.write(request(key + tail))
-        answer, raw = await read_answer(reader)
-        assert await closed(reader)
-    finally:
-        writer.close()
+    answer, raw = await answered_and_closed(gw, request(key + tail))
     assert_spec_error(answer, status)
     assert answer[1]["connection"].lower() == "close"
     assert key.encode() not in raw and b"Bearer" not in raw and b"clex_" not in raw
@@ -127,13 +133,7 @@ async def test_requests_over_the_parsers_limits_get_spec_json(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     kwargs, status = LIMIT_CASES[case]
-    reader, writer = await connect(gw)
-    try:
-        writer.write(request(key, **kwargs))  # type: ignore[arg-type]
-        answer, raw = await read_answer(reader)
-        assert await closed(reader)
-    finally:
-        writer.close()
+    answer, raw = await answered_and_closed(gw, request(key, **kwargs))  # type: ignore[arg-type]
     assert_spec_error(answer, status)
     assert answer[1]["connection"].lower() == "close"
     assert MARK.encode() not in raw and key.encode() not in raw
