@@ -207,7 +207,7 @@ def lookup_runner(fp: ModuleType, hit: bool) -> Runner:
 
 
 def plain_request_runner(fp: ModuleType) -> Runner:
-    """The screen's scan of one whole request as a flood client sends it (clexproxy/screen.py)."""
+    """The screen's scan of one whole request as a flood client sends it (clexproxy/server/screen.py)."""
     body = b'{"model":"meta/llama-3.1-8b-instruct","messages":[{"role":"user","content":"Hello!"}],"stream":false}'
     raw = (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer " + key(1).encode()

@@ -884,7 +884,7 @@ cdef class KeyTable:
 
 
 # ---------------------------------------------------------------------------------------------
-# Whole plain requests (the screen's input, clexproxy/screen.py)
+# Whole plain requests (the screen's input, clexproxy/server/screen.py)
 # ---------------------------------------------------------------------------------------------
 
 # The header names the screen reads or must see at most once; any other name is only checked.

@@ -12,7 +12,7 @@ Five pieces live here because they run on every request or every streamed chunk:
 * `TokenBuckets`: the per-account requests-per-minute limit.
 * `CreditLedger`: the per-account daily credit budget, with write-behind usage deltas.
 * `KeyTable`: the in-memory API key lookup, keyed by digest so the secret is never compared.
-* `plain_request`: the few header values the screen (clexproxy/screen.py) reads from a raw
+* `plain_request`: the few header values the screen (clexproxy/server/screen.py) reads from a raw
   request, when that request is one whole, plain request.
 """
 
@@ -709,7 +709,7 @@ class KeyTable:
 
 
 # ---------------------------------------------------------------------------------------------
-# Whole plain requests (the screen's input, clexproxy/screen.py)
+# Whole plain requests (the screen's input, clexproxy/server/screen.py)
 # ---------------------------------------------------------------------------------------------
 
 # RFC 9110's token characters (header names) and field-value characters (visible ASCII, space,

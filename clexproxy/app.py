@@ -15,7 +15,6 @@ from typing import BinaryIO
 import orjson
 from aiohttp import web
 
-from clexproxy.accesslog import text_value
 from clexproxy.catalog import Catalog, Provider
 from clexproxy.clock import Clock, SystemClock
 from clexproxy.config import Settings
@@ -24,6 +23,7 @@ from clexproxy.gateway import Gateway
 from clexproxy.handlers import admin, health, models
 from clexproxy.handlers.common import GATEWAY, request_id
 from clexproxy.handlers.proxy import PROXIED_PATHS, make_handler
+from clexproxy.observability.accesslog import text_value
 from clexproxy.store.base import open_store
 
 log = logging.getLogger("clexproxy.app")
@@ -137,7 +137,7 @@ def _gateway_context(
         if settings.demo:
             url = settings.demo_upstream_url
             if not url:
-                from clexproxy.demo_upstream import start_demo_upstream
+                from clexproxy.demo.upstream import start_demo_upstream
 
                 demo_server = await start_demo_upstream("127.0.0.1", 0)
                 url = demo_server.url

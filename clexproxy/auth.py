@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from clexproxy.catalog import Catalog, Plan
 from clexproxy.errors import AuthenticationFailed
-from clexproxy.fastpath import KeyEntry, KeyTable
+from clexproxy.fastpath.keys import KeyEntry, KeyTable
 from clexproxy.store.sqlite import AccountRow, KeyRow
 
 log = logging.getLogger("clexproxy.auth")

@@ -168,12 +168,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo-upstream":
-            from clexproxy.demo_upstream import main as demo_main
+            from clexproxy.demo.upstream import main as demo_main
 
             demo_main(["--host", args.host, "--port", str(args.port)])
             return
         if args.command == "serve":
-            from clexproxy.server import run
+            from clexproxy.server.worker import run
 
             run(_settings(args, host=args.host, port=args.port, demo=args.demo, log_level=args.log_level,
                           log_format=args.log_format, metrics_port=args.metrics_port, workers=args.workers))

@@ -37,7 +37,7 @@ class Settings:
     demo: bool = False
     # The body limit: long conversations and inline images are large.
     max_body_bytes: int = 16 * 1024 * 1024
-    # Client connections (clexproxy/connections.py): an idle keep-alive connection is closed after
+    # Client connections (clexproxy/server/connections.py): an idle keep-alive connection is closed after
     # `client_keepalive_timeout` s; a request head must arrive whole within `client_header_timeout` s of
     # its first byte, and a body may not fall silent for `client_body_timeout` s (408 either way).
     client_keepalive_timeout: float = 75.0

@@ -3,7 +3,7 @@
 The request path reads only what is here, in memory. Two timers do the rest: one applies the
 store's change feed (keys created or revoked by the CLI, plan changes) and one writes usage
 behind, so a hard crash loses at most `store_flush_seconds` of usage. With Redis
-(`redis_url`), limits are shared with every other worker (clexproxy/shared_limits.py), a
+(`redis_url`), limits are shared with every other worker (clexproxy/limits/shared.py), a
 change announced on Redis is applied at once instead of at the next poll, and the leases
 still held at shutdown go back.
 """
@@ -15,20 +15,20 @@ import contextlib
 import logging
 from typing import BinaryIO
 
-from clexproxy.accesslog import AccessLog
 from clexproxy.auth import Directory
 from clexproxy.catalog import Catalog
 from clexproxy.clock import Clock
 from clexproxy.config import Settings
-from clexproxy.metering import Meter
-from clexproxy.metrics import Metrics, NullMetrics
-from clexproxy.refusals import RecentRefusals
+from clexproxy.limits.local import Meter
+from clexproxy.limits.shared import SharedLimits
+from clexproxy.observability.accesslog import AccessLog
+from clexproxy.observability.metrics import Metrics, NullMetrics
 from clexproxy.relay import KeepAlives
-from clexproxy.shared_limits import SharedLimits
+from clexproxy.server.refusals import RecentRefusals
 from clexproxy.store.base import Store
 from clexproxy.store.sqlite import UsageRow
 from clexproxy.sync.redis import RedisError, RedisSync
-from clexproxy.upstream import UpstreamPool
+from clexproxy.upstream.pool import UpstreamPool
 
 log = logging.getLogger("clexproxy.gateway")
 

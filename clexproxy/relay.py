@@ -27,10 +27,10 @@ import orjson
 from aiohttp import web
 
 from clexproxy.errors import ApiError, InternalError, ServiceUnavailable
-from clexproxy.fastpath import SSEEvent, SSEParser, has_usage
+from clexproxy.fastpath.sse import SSEEvent, SSEParser, has_usage
 from clexproxy.outcome import CallOutcome
-from clexproxy.shutdown import SHUTDOWN, cut_by_shutdown, shutdown_error
-from clexproxy.upstream import ERROR_KEY, UpstreamReply
+from clexproxy.server.shutdown import SHUTDOWN, cut_by_shutdown, shutdown_error
+from clexproxy.upstream.pool import ERROR_KEY, UpstreamReply
 
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"[DONE]"
@@ -114,7 +114,7 @@ async def stream(
 
 
 async def _cut(response: web.StreamResponse, outcome: CallOutcome, on_error: Any) -> web.StreamResponse:
-    """The gateway is shutting down and the stream outlived the grace (clexproxy.shutdown): SPEC's 503, as an event
+    """The gateway is shutting down and the stream outlived the grace (server.shutdown): SPEC's 503, as an event
     once the stream has started, then `[DONE]` and the end of the response."""
     error = shutdown_error()
     error_headers = on_error(error)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clexproxy.demo_upstream import DemoServer, start_demo_upstream
+from clexproxy.demo.upstream import DemoServer, start_demo_upstream
 
 from .redis_server import RedisServer
 

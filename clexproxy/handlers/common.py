@@ -15,7 +15,7 @@ from aiohttp import web
 
 from clexproxy.errors import InvalidRequest, RequestTooLarge
 from clexproxy.gateway import Gateway
-from clexproxy.validation import MAX_DEPTH, too_deep
+from clexproxy.handlers.validation import MAX_DEPTH, too_deep
 
 GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -22,7 +22,6 @@ from typing import Any
 from aiohttp import web
 
 from clexproxy import relay
-from clexproxy.accesslog import text_value
 from clexproxy.catalog import Model, Plan
 from clexproxy.config import Settings
 from clexproxy.errors import ApiError, InternalError, InvalidRequest, ModelNotFound, RateLimited
@@ -35,21 +34,22 @@ from clexproxy.handlers.common import (
     read_json,
     request_id,
 )
-from clexproxy.metering import Admission
-from clexproxy.outcome import CallOutcome
-from clexproxy.shutdown import SHUTDOWN, cut_by_shutdown, shutdown_error
-from clexproxy.validation import (
+from clexproxy.handlers.validation import (
     check_chat,
     default_stream,
     sampling_defaults,
     user_agent_prefixes,
     validate_embeddings,
 )
+from clexproxy.limits.local import Admission
+from clexproxy.observability.accesslog import text_value
+from clexproxy.outcome import CallOutcome
+from clexproxy.server.shutdown import SHUTDOWN, cut_by_shutdown, shutdown_error
 
 log = logging.getLogger("clexproxy.proxy")
 
 # The proxied paths, as clients send them, and the endpoint each serves: the router and the
-# screen (clexproxy/screen.py) both read this one table.
+# screen (clexproxy/server/screen.py) both read this one table.
 PROXIED_PATHS = {
     "/v1/chat/completions": "/chat/completions",
     "/api/chat": "/chat/completions",
@@ -105,7 +105,7 @@ def _bug(call: CallOutcome) -> InternalError:
 def settle_refusal(gateway: Gateway, call: CallOutcome) -> None:
     """A call refused before it reached an upstream (`call` says how): nothing reserved, one metrics pass, one log line.
 
-    Shared with the screen (clexproxy/screen.py), whose refusals must count exactly as these do.
+    Shared with the screen (clexproxy/server/screen.py), whose refusals must count exactly as these do.
     """
     call.finished_at = time.monotonic()
     gateway.metrics.call_finished(call)

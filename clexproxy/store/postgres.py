@@ -23,7 +23,7 @@ import asyncpg
 from asyncpg import Record
 from asyncpg.pool import Pool, PoolConnectionProxy
 
-from clexproxy.fastpath import hash_key
+from clexproxy.fastpath.keys import hash_key
 from clexproxy.store.sqlite import AccountRow, KeyRow, StoreError, UsageDelta, UsageRow, key_hint, new_key
 
 # Advisory lock ids (arbitrary, unique to clexproxy): anything else in this database that uses

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from clexproxy.fastpath import hash_key
+from clexproxy.fastpath.keys import hash_key
 
 KEY_PREFIX = "clex_"
 KEY_RANDOM_BYTES = 32  # 43 URL-safe characters: above SPEC's minimum of 32

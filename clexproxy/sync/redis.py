@@ -148,7 +148,7 @@ class SlotGrant:
 
 
 class RedisObserver(Protocol):
-    """What is told about each Redis round trip (clexproxy.metrics.Metrics is one)."""
+    """What is told about each Redis round trip (clexproxy.observability.metrics.Metrics is one)."""
 
     def redis_call(self, operation: str, seconds: float) -> None: ...
 

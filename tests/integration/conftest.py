@@ -20,10 +20,10 @@ from aiohttp import web
 from clexproxy.app import build_app
 from clexproxy.clock import Clock, ManualClock
 from clexproxy.config import Settings, load_settings
-from clexproxy.demo_upstream import DemoRecorder, DemoServer
+from clexproxy.demo.upstream import DemoRecorder, DemoServer
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY
-from clexproxy.screen import GatewayRunner
+from clexproxy.server.screen import GatewayRunner
 from tests.pg_server import PgServer, PostgresNotInstalled, find_bindir, postgres_server
 
 # 2026-11-25 12:00:00 UTC: twelve hours from either midnight.

@@ -10,7 +10,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from clexproxy.clock import ManualClock
-from clexproxy.fastpath import hash_key
+from clexproxy.fastpath.keys import hash_key
 
 from .conftest import GatewayFactory, RunningGateway
 

@@ -6,7 +6,7 @@ import aiohttp
 import orjson
 import pytest
 
-from clexproxy.demo_upstream import DemoRecorder
+from clexproxy.demo.upstream import DemoRecorder
 
 from .conftest import RunningGateway
 

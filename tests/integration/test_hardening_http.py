@@ -1,4 +1,4 @@
-"""The HTTP layer under hostile or careless clients (issue 10, items 1, 6 and 12; clexproxy/connections.py).
+"""The HTTP layer under hostile or careless clients (issue 10, items 1, 6 and 12; clexproxy/server/connections.py).
 
 Raw sockets, because the point is bytes no HTTP client library would send: a key with a control
 character, a header past aiohttp's 8,190-byte limit, a head sent halfway, more connections than
@@ -20,8 +20,8 @@ import orjson
 import pytest
 
 from clexproxy.config import Settings
-from clexproxy.connections import ClientServer
-from clexproxy.fdlimit import RESERVE, TURN_AWAY_RESERVE, client_connection_cap, upstream_connection_cap
+from clexproxy.server.connections import ClientServer
+from clexproxy.server.fdlimit import RESERVE, TURN_AWAY_RESERVE, client_connection_cap, upstream_connection_cap
 
 from .conftest import GatewayFactory, RunningGateway
 from .test_serve import REPO, START_TIMEOUT, Served, clean_env, free_port

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clexproxy.clock import ManualClock
-from clexproxy.metrics import Metrics
+from clexproxy.observability.metrics import Metrics
 from tests.redis_server import RedisServer
 
 from .conftest import GatewayFactory, RunningGateway

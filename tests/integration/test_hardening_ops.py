@@ -237,9 +237,9 @@ def test_a_worker_that_cannot_listen_stops_the_supervisor(tmp_path: Path, redis_
         port = held.getsockname()[1]
         script = textwrap.dedent(f"""
             import dataclasses, sys
-            from clexproxy.accesslog import configure_logging
+            from clexproxy.observability.accesslog import configure_logging
             from clexproxy.config import load_settings
-            from clexproxy.supervisor import Supervisor, worker_settings
+            from clexproxy.server.supervisor import Supervisor, worker_settings
             configure_logging("INFO", "text")
             settings = load_settings(None, env={{}}, overrides={{
                 "demo": True, "port": {port}, "workers": 2, "redis_url": {redis_server.url!r},

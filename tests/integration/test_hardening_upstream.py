@@ -22,7 +22,7 @@ import openai
 import orjson
 import pytest
 
-from clexproxy.demo_upstream import DemoServer
+from clexproxy.demo.upstream import DemoServer
 
 from .conftest import GatewayFactory, RunningGateway
 

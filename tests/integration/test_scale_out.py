@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from clexproxy.clock import utc_day
-from clexproxy.demo_upstream import DemoServer
+from clexproxy.demo.upstream import DemoServer
 from clexproxy.store.postgres import PostgresStore
 from clexproxy.store.sqlite import SQLiteStore
 from clexproxy.sync.redis import RedisSync

@@ -1,4 +1,4 @@
-"""Gateways sharing one account's limits through a real Redis (clexproxy/shared_limits.py), in one process.
+"""Gateways sharing one account's limits through a real Redis (clexproxy/limits/shared.py), in one process.
 
 Each gateway here is what one worker is: its own meter, its own Redis connection, the same
 store. The multi-process and multi-host versions of these floods are in test_scale_out.py.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clexproxy.accesslog import call_fields, call_text
+from clexproxy.observability.accesslog import call_fields, call_text
 from clexproxy.outcome import CallOutcome
 
 

@@ -9,7 +9,7 @@ import pytest
 from clexproxy.auth import Directory
 from clexproxy.catalog import default_catalog
 from clexproxy.errors import AuthenticationFailed
-from clexproxy.fastpath import hash_key
+from clexproxy.fastpath.keys import hash_key
 from clexproxy.store.sqlite import AccountRow, KeyRow
 
 KEY = "clex_" + secrets.token_urlsafe(32)

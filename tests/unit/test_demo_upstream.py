@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from clexproxy.demo_upstream import (
+from clexproxy.demo.upstream import (
     DEFAULT_COMPLETION_TOKENS,
     DEFAULT_EMBEDDING_DIMENSIONS,
     DEMO_MODELS,
@@ -941,7 +941,7 @@ async def test_main_runs_standalone_and_prints_the_url() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "clexproxy.demo_upstream",
+        "clexproxy.demo.upstream",
         "--host",
         "127.0.0.1",
         "--port",

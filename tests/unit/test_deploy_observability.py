@@ -21,11 +21,11 @@ PROMETHEUS = DEPLOY / "prometheus.yml"
 ALERTS = DEPLOY / "alerts.yml"
 DASHBOARD = DEPLOY / "grafana" / "clexproxy.json"
 
-# Mirrors the collectors of clexproxy/metrics.py, by exposition name: counters with their `_total`, histograms
+# Mirrors the collectors of observability/metrics.py, by exposition name: counters with their `_total`, histograms
 # without `_bucket`/`_sum`/`_count`. To be replaced by the names read from a live `Metrics` instance.
 def _exposed_names() -> frozenset[str]:
     """The metric names a live `Metrics` exposes (counters with their `_total`)."""
-    from clexproxy.metrics import Metrics
+    from clexproxy.observability.metrics import Metrics
 
     metrics = Metrics()
     return frozenset(f.name + "_total" if f.kind == "counter" else f.name for f in metrics._families)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 
-from clexproxy.fdlimit import RESERVE, raise_open_file_limit, upstream_connection_cap
+from clexproxy.server.fdlimit import RESERVE, raise_open_file_limit, upstream_connection_cap
 
 
 def test_cap_is_half_the_limit_less_the_reserve() -> None:

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clexproxy.accesslog import AccessLog, call_fields, call_text, configure_logging
+from clexproxy.observability.accesslog import AccessLog, call_fields, call_text, configure_logging
 from clexproxy.outcome import CallOutcome
 
 _PAIR = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\.)*"|[^ "]+)(?: |$)')
@@ -102,7 +102,7 @@ def test_a_request_line_cannot_be_forged_by_its_path_method_or_id(request_id: st
 
 @given(st.text())
 def test_any_value_comes_back_whole(value: str) -> None:
-    from clexproxy.accesslog import text_value
+    from clexproxy.observability.accesslog import text_value
 
     written = text_value(value)
     assert written.isascii() and written.isprintable()

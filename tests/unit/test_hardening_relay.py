@@ -23,12 +23,12 @@ from yarl import URL
 from clexproxy import relay
 from clexproxy.catalog import Deployment, Model, Provider, default_catalog
 from clexproxy.config import Settings, load_settings
-from clexproxy.demo_upstream import DemoServer
+from clexproxy.demo.upstream import DemoServer
 from clexproxy.errors import MAX_RETRY_AFTER, RateLimited, ServiceUnavailable, retry_after_values
-from clexproxy.fastpath import SSEParser
+from clexproxy.fastpath.sse import SSEParser
 from clexproxy.outcome import CallOutcome
-from clexproxy.upstream import Scrubber, UpstreamPool, UpstreamReply, _retry_after
-from clexproxy.upstream_http import Origin
+from clexproxy.upstream.http1 import Origin
+from clexproxy.upstream.pool import Scrubber, UpstreamPool, UpstreamReply, _retry_after
 
 SECRET = "nvapi-unit-SECRET-0123456789"
 CLEX = "meta/llama-3.3-70b-instruct"

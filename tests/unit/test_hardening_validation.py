@@ -13,8 +13,7 @@ from clexproxy.catalog import DEFAULT_MODELS, DEFAULT_PLANS, Plan
 from clexproxy.clock import SECONDS_PER_DAY, ManualClock
 from clexproxy.config import load_settings
 from clexproxy.errors import InvalidRequest
-from clexproxy.metering import Meter
-from clexproxy.validation import (
+from clexproxy.handlers.validation import (
     MAX_DEPTH,
     check_chat,
     default_stream,
@@ -22,6 +21,7 @@ from clexproxy.validation import (
     user_agent_prefixes,
     validate_chat,
 )
+from clexproxy.limits.local import Meter
 
 MODEL = "meta/llama-3.3-70b-instruct"
 HELLO = [{"role": "user", "content": "Hi"}]

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from clexproxy.demo_upstream import DemoServer
+from clexproxy.demo.upstream import DemoServer
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "load.py"
 MODEL = "meta/llama-3.1-8b-instruct"

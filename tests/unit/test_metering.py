@@ -8,7 +8,7 @@ from clexproxy.auth import Account
 from clexproxy.catalog import DEFAULT_PLANS, Plan
 from clexproxy.clock import SECONDS_PER_DAY, ManualClock, seconds_to_utc_midnight, utc_day
 from clexproxy.errors import RateLimited
-from clexproxy.metering import Meter, openai_duration
+from clexproxy.limits.local import Meter, openai_duration
 from clexproxy.store.sqlite import UsageDelta
 
 # 2026-11-25 12:00:00 UTC.

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from clexproxy.auth import Account
 from clexproxy.catalog import Plan
 from clexproxy.clock import ManualClock
-from clexproxy.fastpath import BucketResult
-from clexproxy.metering import Meter
-from clexproxy.raw_answers import RateLimitAnswers, raw_response
+from clexproxy.fastpath.limits import BucketResult
+from clexproxy.limits.local import Meter
+from clexproxy.server.raw_answers import RateLimitAnswers, raw_response
 
 NOON = 1_795_608_000.0
 DATE = re.compile(rb"\r\nDate: [^\r]*\r\n")

@@ -11,7 +11,7 @@ import pytest
 from clexproxy.catalog import default_catalog
 from clexproxy.outcome import CallOutcome
 from clexproxy.relay import _Frames
-from clexproxy.upstream import Scrubber, UpstreamReply
+from clexproxy.upstream.pool import Scrubber, UpstreamReply
 
 
 def answer(chunks: int = 5) -> bytes:

@@ -15,7 +15,7 @@ from aiohttp.client_exceptions import ClientConnectionError, ClientOSError, Clie
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
-from clexproxy.upstream_http import Origin
+from clexproxy.upstream.http1 import Origin
 
 BODY = b'{"ok":true}'
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from clexproxy.errors import InvalidRequest
-from clexproxy.validation import validate_chat, validate_embeddings
+from clexproxy.handlers.validation import validate_chat, validate_embeddings
 
 MODEL = "meta/llama-3.3-70b-instruct"
 EMBED = "nvidia/nv-embedqa-e5-v5"
@@ -47,7 +47,7 @@ def rejected(body: Any, field: str, *, embeddings: bool = False) -> InvalidReque
     ],
 )
 def test_stream_default_follows_accept(accept: str | None, expected: bool) -> None:
-    from clexproxy.validation import default_stream
+    from clexproxy.handlers.validation import default_stream
 
     assert default_stream(accept) is expected
     body = chat()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import resource
 
-log = logging.getLogger("clexproxy.server")
+log = logging.getLogger("clexproxy.server.worker")
 
 RESERVE = 64  # listeners, the store and its journal, logs, the event loop's own descriptors
 TURN_AWAY_RESERVE = 64  # client connections over the cap, held a moment to be answered 503 and closed

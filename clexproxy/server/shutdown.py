@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from clexproxy.gateway import Gateway
 
-log = logging.getLogger("clexproxy.shutdown")
+log = logging.getLogger("clexproxy.server.shutdown")
 
 CUT = web.RequestKey("clexproxy_cut_by_shutdown", bool)
 CUT_SECONDS = 1.0  # for the cut calls' last writes, and again for aborted connections to let go

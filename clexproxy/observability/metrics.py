@@ -43,7 +43,7 @@ from clexproxy import __version__
 from clexproxy.fastpath import USING_EXTENSION
 from clexproxy.outcome import CallOutcome
 
-log = logging.getLogger("clexproxy.metrics")
+log = logging.getLogger("clexproxy.observability.metrics")
 
 Labels = tuple[str, ...]
 SEP = "\x1f"  # joins label values in snapshot keys; cannot occur in our label values

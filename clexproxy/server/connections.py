@@ -25,7 +25,7 @@ timer.
 
 The cap: with `max_connections` open, a new connection is answered 503 with Retry-After and closed
 instead of being taken on until the process runs out of file descriptors, when uvloop closes
-waiting connections with no answer at all (clexproxy.fdlimit). The connection is read from until
+waiting connections with no answer at all (clexproxy.server.fdlimit). The connection is read from until
 the client closes it, two seconds at most, so the answer is not lost to a reset.
 """
 
@@ -68,11 +68,11 @@ from clexproxy.errors import (
     ServiceUnavailable,
     UnsupportedTransferCoding,
 )
-from clexproxy.fdlimit import TURN_AWAY_RESERVE, client_connection_cap
 from clexproxy.handlers.common import pick_request_id, request_id
-from clexproxy.raw_answers import raw_response
+from clexproxy.server.fdlimit import TURN_AWAY_RESERVE, client_connection_cap
+from clexproxy.server.raw_answers import raw_response
 
-log = logging.getLogger("clexproxy.connections")
+log = logging.getLogger("clexproxy.server.connections")
 
 TURN_AWAY_LINGER = 2.0  # seconds a connection over the cap is read from after its 503, at most
 CAP_LOG_EVERY = 10.0  # one warning line per this many seconds while connections are turned away

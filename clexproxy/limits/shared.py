@@ -28,14 +28,14 @@ from typing import Protocol
 
 from clexproxy.auth import Account
 from clexproxy.errors import ServiceUnavailable
-from clexproxy.fastpath import BucketResult, CreditLedger, TokenBuckets
+from clexproxy.fastpath.limits import BucketResult, CreditLedger, TokenBuckets
 from clexproxy.sync.redis import SLICE_DIVISOR, RedisError, RedisSync
 
 log = logging.getLogger("clexproxy.shared")
 
 
 class LeaseObserver(Protocol):
-    """What is told about each credit lease Redis grants (clexproxy.metrics.Metrics is one)."""
+    """What is told about each credit lease Redis grants (clexproxy.observability.metrics.Metrics is one)."""
 
     def lease_granted(self, plan: str) -> None: ...
 

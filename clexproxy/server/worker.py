@@ -15,23 +15,24 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from clexproxy.accesslog import configure_logging
 from clexproxy.app import build_app
 from clexproxy.config import Settings
-from clexproxy.fastpath import USING_EXTENSION, hash_key, key_format_ok
-from clexproxy.fdlimit import raise_open_file_limit, upstream_connection_cap
+from clexproxy.fastpath import USING_EXTENSION
+from clexproxy.fastpath.keys import hash_key, key_format_ok
 from clexproxy.handlers import health
 from clexproxy.handlers.common import GATEWAY
-from clexproxy.metrics import reset_metrics_dir
-from clexproxy.ports import CannotListen, PortClaim, claim_port
-from clexproxy.screen import GatewayRunner
-from clexproxy.shutdown import CUT_SECONDS, drain
-from clexproxy.signals import STOP_SIGNALS, wait_for_stop_signal
+from clexproxy.observability.accesslog import configure_logging
+from clexproxy.observability.metrics import reset_metrics_dir
+from clexproxy.server.fdlimit import raise_open_file_limit, upstream_connection_cap
+from clexproxy.server.ports import CannotListen, PortClaim, claim_port
+from clexproxy.server.screen import GatewayRunner
+from clexproxy.server.shutdown import CUT_SECONDS, drain
+from clexproxy.server.signals import STOP_SIGNALS, wait_for_stop_signal
+from clexproxy.server.supervisor import Supervisor, worker_settings
 from clexproxy.store.base import open_store
 from clexproxy.store.sqlite import StoreError, usable_data_dir
-from clexproxy.supervisor import Supervisor, worker_settings
 
-log = logging.getLogger("clexproxy.server")
+log = logging.getLogger("clexproxy.server.worker")
 
 DEMO_KEY_FILE = "demo_key"
 
@@ -212,7 +213,7 @@ def warn_missing_credentials(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings, slot: int) -> None:
-    """A forked worker's life (clexproxy/supervisor.py): one gateway on the shared port."""
+    """A forked worker's life (clexproxy/server/supervisor.py): one gateway on the shared port."""
     _run_loop(serve(settings, worker=slot))
 
 

@@ -11,7 +11,7 @@ watches. A worker that dies is replaced; one that keeps dying at once is replace
 growing pause, so a broken configuration does not spin the machine. A worker that cannot bind
 the port is not replaced (a replacement would fail the same way, forever): the parent prints the
 one-line message a single gateway prints, once however many workers failed alike, stops the
-others and exits 1. The parent claimed the port before forking (clexproxy/ports.py), so this
+others and exits 1. The parent claimed the port before forking (clexproxy/server/ports.py), so this
 takes another program binding it while every worker was down. SIGTERM or SIGINT
 is passed to every worker, which stops accepting, finishes its calls within
 `shutdown_grace_seconds` and returns its credit leases; what is still running `STOP_MARGIN`
@@ -30,10 +30,10 @@ from pathlib import Path
 from types import FrameType
 
 from clexproxy.config import Settings
-from clexproxy.ports import EXIT_CANNOT_LISTEN, CannotListen
-from clexproxy.signals import STOP_SIGNALS
+from clexproxy.server.ports import EXIT_CANNOT_LISTEN, CannotListen
+from clexproxy.server.signals import STOP_SIGNALS
 
-log = logging.getLogger("clexproxy.supervisor")
+log = logging.getLogger("clexproxy.server.supervisor")
 
 RESPAWN_PAUSE_MIN, RESPAWN_PAUSE_MAX = 0.5, 10.0  # seconds before replacing a worker that died young, doubling
 YOUNG_SECONDS = 5.0  # a worker that dies sooner than this after its start is "dying at once"
@@ -95,7 +95,7 @@ class Supervisor:
             try:
                 for signum in STOP_SIGNALS:
                     signal.signal(signum, signal.SIG_DFL)
-                from clexproxy.server import run_worker
+                from clexproxy.server.worker import run_worker
 
                 run_worker(self.settings, slot)
                 code = 0

@@ -1,4 +1,4 @@
-"""The screen's answers (clexproxy/screen.py) as the exact bytes the full path sends for them.
+"""The screen's answers (clexproxy/server/screen.py) as the exact bytes the full path sends for them.
 
 The full path answers a refusal with an `ApiError` rendered by aiohttp (`to_response`); the
 screen writes to the socket itself, so it renders the same status line, headers (in the same
@@ -20,8 +20,8 @@ from aiohttp.http import SERVER_SOFTWARE
 from clexproxy.catalog import Plan
 from clexproxy.clock import seconds_to_utc_midnight
 from clexproxy.errors import ApiError, RateLimited, retry_after_values
-from clexproxy.fastpath import BucketResult
-from clexproxy.metering import openai_duration, retry_when, rpm_message
+from clexproxy.fastpath.limits import BucketResult
+from clexproxy.limits.local import openai_duration, retry_when, rpm_message
 
 
 class _Date:

@@ -36,7 +36,7 @@ Runners must pass ``handler_cancellation=True`` (``web.AppRunner(app, handler_ca
 how a client that goes away during a wait (ttft, slow headers, token delay) reaches the handler, as
 ``asyncio.CancelledError``, and gets recorded as ``disconnected``. ``start_demo_upstream`` does this for you.
 
-Run standalone: ``python -m clexproxy.demo_upstream --host 127.0.0.1 --port 9000`` (prints the base URL).
+Run standalone: ``python -m clexproxy.demo.upstream --host 127.0.0.1 --port 9000`` (prints the base URL).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from clexproxy.signals import wait_for_stop_signal
+from clexproxy.server.signals import wait_for_stop_signal
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
@@ -1008,9 +1008,9 @@ def _run(main_coroutine: Coroutine[Any, Any, None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m clexproxy.demo_upstream --host 127.0.0.1 --port 9000``: serve forever, print the base URL."""
+    """``python -m clexproxy.demo.upstream --host 127.0.0.1 --port 9000``: serve forever, print the base URL."""
     parser = argparse.ArgumentParser(
-        prog="python -m clexproxy.demo_upstream",
+        prog="python -m clexproxy.demo.upstream",
         description="Deterministic OpenAI-compatible demo upstream (see the module docstring for x-demo-* knobs).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -42,11 +42,11 @@ from clexproxy.errors import (
     ModelNotFound,
     ServiceUnavailable,
 )
-from clexproxy.fastpath import SSEEvent, SSEParser
+from clexproxy.fastpath.sse import SSEEvent, SSEParser
 from clexproxy.outcome import CallOutcome
-from clexproxy.upstream_http import Origin, UpstreamResponse
+from clexproxy.upstream.http1 import Origin, UpstreamResponse
 
-log = logging.getLogger("clexproxy.upstream")
+log = logging.getLogger("clexproxy.upstream.pool")
 
 RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 OVERLOADED = frozenset({408, 429, 502, 503, 504, 529})

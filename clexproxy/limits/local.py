@@ -14,11 +14,11 @@ from clexproxy.auth import Account
 from clexproxy.catalog import Plan
 from clexproxy.clock import Clock, seconds_to_utc_midnight, utc_day
 from clexproxy.errors import RateLimited
-from clexproxy.fastpath import BucketResult, CreditLedger, TokenBuckets
+from clexproxy.fastpath.limits import BucketResult, CreditLedger, TokenBuckets
 from clexproxy.store.sqlite import UsageRow
 
 if TYPE_CHECKING:
-    from clexproxy.shared_limits import SharedLimits
+    from clexproxy.limits.shared import SharedLimits
 
 
 def openai_duration(seconds: float) -> str:
@@ -138,7 +138,7 @@ class Meter:
         """What the 429 `take_request` would raise now says, without counting anything; None when it would admit.
 
         The bucket, the credits remaining today and the wall clock: the screen
-        (clexproxy/screen.py) renders the 429 from them. A refused request takes nothing from the
+        (clexproxy/server/screen.py) renders the 429 from them. A refused request takes nothing from the
         bucket, so looking is exact, and an admitted one is left for `take_request` to count.
         """
         if self.shared is not None:
