@@ -17,8 +17,8 @@ from aiohttp import web
 
 from clexproxy.app import build_app
 from clexproxy.config import Settings
+from clexproxy.demo.provision import ensure_demo_key
 from clexproxy.fastpath import USING_EXTENSION
-from clexproxy.fastpath.keys import hash_key, key_format_ok
 from clexproxy.handlers import health
 from clexproxy.handlers.common import GATEWAY
 from clexproxy.observability.accesslog import configure_logging
@@ -29,51 +29,20 @@ from clexproxy.server.screen import GatewayRunner
 from clexproxy.server.shutdown import CUT_SECONDS, drain
 from clexproxy.server.signals import STOP_SIGNALS, wait_for_stop_signal
 from clexproxy.server.supervisor import Supervisor, worker_settings
-from clexproxy.store.base import open_store
-from clexproxy.store.sqlite import StoreError, usable_data_dir
+from clexproxy.store.sqlite import usable_data_dir
 
 log = logging.getLogger("clexproxy.server.worker")
 
-DEMO_KEY_FILE = "demo_key"
-
-
-async def ensure_demo_key(settings: Settings) -> str:
-    """The demo account's key, created on first start and kept (demo mode only) so the curl line keeps working."""
-    path = usable_data_dir(settings.data_dir) / DEMO_KEY_FILE
-    store = await open_store(settings.data_dir, settings.database_url)
-    try:
-        if path.exists():
-            key = path.read_text().strip()
-            digest = hash_key(key) if key_format_ok(key) else b""
-            if any(k.key_hash == digest and k.active for k in await store.list_keys(settings.demo_account)):
-                return key
-        if await store.get_account(settings.demo_account) is None:
-            await store.create_account(settings.demo_account, settings.demo_plan)
-        limits = {p.name: p.max_keys for p in settings.catalog.plans.values()}
-        try:
-            _, key = await store.create_key(settings.demo_account, settings.demo_plan, limits)
-        except StoreError:
-            # The demo account is at its key limit with keys we cannot show: retire the oldest.
-            oldest = (await store.list_keys(settings.demo_account, include_revoked=False))[0]
-            await store.revoke_key(oldest.id)
-            _, key = await store.create_key(settings.demo_account, settings.demo_plan, limits)
-        path.write_text(key + "\n")
-        path.chmod(0o600)
-        return key
-    finally:
-        await store.close()
-
-
 def banner(settings: Settings, demo_key: str | None) -> str:
-    base = f"http://{settings.host}:{settings.port}"
+    base = f"http://{settings.server.host}:{settings.server.port}"
     lines = [
         f"clexproxy listening on {base} ({'compiled' if USING_EXTENSION else 'pure-Python'} fastpath, "
-        f"data in {settings.data_dir}{', demo upstream' if settings.demo else ''})",
+        f"data in {settings.server.data_dir}{', demo upstream' if settings.server.demo else ''})",
     ]
     if demo_key:
         lines += [
             "",
-            f"Demo key (account '{settings.demo_account}', plan {settings.demo_plan}): {demo_key}",
+            f"Demo key (account '{settings.demo.account}', plan {settings.demo.plan}): {demo_key}",
             "Try it:",
             "",
             f"curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {demo_key}' "
@@ -89,8 +58,8 @@ def banner(settings: Settings, demo_key: str | None) -> str:
 def fit_open_file_limit(settings: Settings) -> Settings:
     """The settings with upstream connections capped to what the open-file limit can hold."""
     limit = raise_open_file_limit()
-    cap = upstream_connection_cap(settings.upstream_max_connections, limit)
-    if cap < settings.upstream_max_connections:  # normal on most hosts: information, not a problem to fix
+    cap = upstream_connection_cap(settings.upstream.max_connections, limit)
+    if cap < settings.upstream.max_connections:  # normal on most hosts: information, not a problem to fix
         log.info("upstream connections capped at %d (open-file limit %d, two sockets per call); "
                  "calls beyond it wait for a connection", cap, limit)
         settings = dataclasses.replace(settings, upstream_max_connections=cap)
@@ -102,16 +71,16 @@ async def serve(settings: Settings, worker: int | None = None) -> None:
     settings = fit_open_file_limit(settings)
     demo_key = None
     if worker is None:
-        demo_key = await ensure_demo_key(settings) if settings.demo else None
-        reset_metrics_dir(settings.metrics_dir)
+        demo_key = await ensure_demo_key(settings) if settings.server.demo else None
+        reset_metrics_dir(settings.metrics.dir)
     app = build_app(settings)
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=CUT_SECONDS)
     await runner.setup()
     _settle_heap()
     shared = worker is not None  # every worker binds the port itself (SO_REUSEPORT)
-    await _listen(runner, settings.host, settings.port, shared)
-    metrics_runner = await _start_metrics_port(app, settings, shared) if settings.metrics_port else None
+    await _listen(runner, settings.server.host, settings.server.port, shared)
+    metrics_runner = await _start_metrics_port(app, settings, shared) if settings.metrics.port else None
     if worker is None:
         print(banner(settings, demo_key), flush=True)
     try:
@@ -123,7 +92,7 @@ async def serve(settings: Settings, worker: int | None = None) -> None:
                 signal.signal(signum, signal.SIG_IGN)
         # aiohttp's own shutdown (in cleanup) then finds every call done: its timeout is only a backstop.
         runners = [runner] if metrics_runner is None else [runner, metrics_runner]
-        await drain(runners, app[GATEWAY], settings.shutdown_grace_seconds)
+        await drain(runners, app[GATEWAY], settings.server.shutdown_grace_seconds)
     finally:
         log.info("shutting down")
         if metrics_runner is not None:
@@ -146,9 +115,9 @@ async def _start_metrics_port(app: web.Application, settings: Settings, shared: 
     metrics_app = web.Application()
     metrics_app[GATEWAY] = app[GATEWAY]  # the same handler as the main port's /metrics, reading the same state
     metrics_app.router.add_get("/metrics", health.metrics)
-    runner = web.AppRunner(metrics_app, access_log=None, keepalive_timeout=settings.client_keepalive_timeout)
+    runner = web.AppRunner(metrics_app, access_log=None, keepalive_timeout=settings.client.keepalive_timeout)
     await runner.setup()
-    await _listen(runner, settings.host, settings.metrics_port, shared)
+    await _listen(runner, settings.server.host, settings.metrics.port, shared)
     return runner
 
 
@@ -165,14 +134,14 @@ async def _listen(runner: web.AppRunner, host: str, port: int, shared: bool = Fa
 
 def run(settings: Settings) -> None:
     """`clexproxy serve`: claim the ports, check the data dir, then one gateway or a supervisor of N."""
-    configure_logging(settings.log_level, "json" if settings.log_format == "json" else "text")
-    claims = [claim_port(settings.host, settings.port)]  # first: a taken port is the likeliest mistake
+    configure_logging(settings.server.log_level, "json" if settings.server.log_format == "json" else "text")
+    claims = [claim_port(settings.server.host, settings.server.port)]  # first: a taken port is the likeliest mistake
     try:
-        claims.append(claim_port(settings.host, settings.metrics_port))
+        claims.append(claim_port(settings.server.host, settings.metrics.port))
         if _uses_data_dir(settings):
-            usable_data_dir(settings.data_dir)  # one line naming the path and the fix, before anything starts
+            usable_data_dir(settings.server.data_dir)  # one line naming the path and the fix, before anything starts
         warn_missing_credentials(settings)
-        if settings.workers > 1:
+        if settings.server.workers > 1:
             _run_supervisor(settings)
         else:
             _run_loop(serve(settings))
@@ -189,7 +158,7 @@ def _release(claims: list[PortClaim | None]) -> None:
 
 def _uses_data_dir(settings: Settings) -> bool:
     """The SQLite store, the demo key or the workers' metrics snapshots live in the data dir."""
-    return not settings.database_url or settings.demo or (settings.workers > 1 and not settings.metrics_dir)
+    return not settings.database.url or settings.server.demo or (settings.server.workers > 1 and not settings.metrics.dir)
 
 
 def warn_missing_credentials(settings: Settings) -> None:
@@ -198,7 +167,7 @@ def warn_missing_credentials(settings: Settings) -> None:
     Without it the gateway starts cleanly and every call to that provider fails later, with the
     provider's 401 turned into an error the caller cannot act on. `--demo` needs no credential.
     """
-    if settings.demo:
+    if settings.server.demo:
         return
     catalog = settings.catalog
     served: dict[str, int] = {}
@@ -227,14 +196,14 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _run_supervisor(settings: Settings) -> None:
-    """The parent of `settings.workers` workers: one-time setup, a check that Redis answers, then watch."""
+    """The parent of `settings.server.workers` workers: one-time setup, a check that Redis answers, then watch."""
     settings = worker_settings(settings)
-    demo_key = asyncio.run(ensure_demo_key(settings)) if settings.demo else None
-    reset_metrics_dir(settings.metrics_dir)
+    demo_key = asyncio.run(ensure_demo_key(settings)) if settings.server.demo else None
+    reset_metrics_dir(settings.metrics.dir)
     try:
-        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5).ping()
+        redis.Redis.from_url(settings.redis.url, socket_connect_timeout=5, socket_timeout=5).ping()
     except redis.RedisError as exc:
-        raise SystemExit(f"clexproxy: Redis at {settings.redis_url} does not answer ({exc}); "
-                         f"{settings.workers} workers cannot share limits without it") from None
-    text = banner(settings, demo_key).replace(" listening on ", f" listening on (x{settings.workers} workers) ", 1)
+        raise SystemExit(f"clexproxy: Redis at {settings.redis.url} does not answer ({exc}); "
+                         f"{settings.server.workers} workers cannot share limits without it") from None
+    text = banner(settings, demo_key).replace(" listening on ", f" listening on (x{settings.server.workers} workers) ", 1)
     raise SystemExit(Supervisor(settings, text).run())
