@@ -4,9 +4,12 @@
 #
 #   benchmarks/instructions_per_request.sh [REQUESTS] [ENV=VALUE ...]
 #   e.g. benchmarks/instructions_per_request.sh 2000 CLEX_METRICS_ENABLED=0
+#   REFUSED=1 benchmarks/instructions_per_request.sh 2000   # the refused call: a key no account holds (401)
 #
 # The gateway runs under callgrind with instrumentation off until a warm-up is done; only the
 # measured requests are counted (non-streaming, concurrency 8, the demo upstream in its own process).
+# With REFUSED=1 every request carries a well-formed key the store does not hold: after the first, each is
+# answered 401 by the screen from the raw bytes (what a flood of bad keys costs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -24,8 +27,10 @@ env "$@" CLEX_DEMO_UPSTREAM_URL=http://127.0.0.1:$UP/v1 valgrind --tool=callgrin
   "$PY" -m clexproxy serve --demo --config benchmarks/bench.toml --port $PORT --data-dir "$WORK/data" \
   >"$WORK/gw.log" 2>&1 & gw=$!; pids+=($gw)
 for _ in $(seq 1 600); do grep -q '^curl' "$WORK/gw.log" 2>/dev/null && break; sleep 0.2; done
+KEY=$(cat "$WORK/data/demo_key")
+[ -n "${REFUSED:-}" ] && KEY=clex_$(printf 'x%.0s' $(seq 1 43))
 load() {
-  "$PY" benchmarks/load.py --url http://127.0.0.1:$PORT/v1 --key "$(cat "$WORK/data/demo_key")" \
+  "$PY" benchmarks/load.py --url http://127.0.0.1:$PORT/v1 --key "$KEY" \
     --model meta/llama-3.1-8b-instruct --requests "$1" --concurrency 8 --quiet --no-stream >/dev/null
 }
 load 300
@@ -34,4 +39,4 @@ load "$N"
 callgrind_control -i off $gw >/dev/null 2>&1
 callgrind_control -d $gw >/dev/null 2>&1
 total=$(cat "$WORK"/callgrind.out.* | awk '/^totals:/ {s += $2} END {print s}')
-echo "instructions per request: $((total / N)) ($N requests${*:+, $*})"
+echo "instructions per ${REFUSED:+refused }request: $((total / N)) ($N requests${*:+, $*})"

@@ -134,8 +134,8 @@ def _gateway_context(
     async def context(app: web.Application) -> AsyncIterator[None]:
         demo_server = None
         effective = settings
-        if settings.demo:
-            url = settings.demo_upstream_url
+        if settings.server.demo:
+            url = settings.demo.upstream_url
             if not url:
                 from clexproxy.demo.upstream import start_demo_upstream
 
@@ -143,7 +143,7 @@ def _gateway_context(
                 url = demo_server.url
             provider = Provider(DEMO_PROVIDER, url.rstrip("/"), pass_headers=("x-demo-",))
             effective = replace(settings, catalog=settings.catalog.with_all_models_on(provider))
-        store = await open_store(settings.data_dir, settings.database_url)
+        store = await open_store(settings.server.data_dir, settings.database.url)
         gateway = Gateway(effective, clock, store, access_stream)
         app[GATEWAY] = gateway
         try:
@@ -159,7 +159,7 @@ def _gateway_context(
 
 def build_app(settings: Settings, clock: Clock | None = None, access_stream: BinaryIO | None = None) -> web.Application:
     """The gateway app; `access_stream` receives the access lines (stdout unless given: tests pass a buffer)."""
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.server.max_body_bytes)
     app.cleanup_ctx.append(_gateway_context(settings, clock or SystemClock(), access_stream))
     router = app.router
     handlers = {endpoint: make_handler(endpoint) for endpoint in set(PROXIED_PATHS.values())}

@@ -9,7 +9,6 @@ Scalar settings live in TOML sections and map onto flat fields: `[server] port` 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 import typing
@@ -30,79 +29,190 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class ServerSettings:
+    """`[server]`: where the gateway listens, what it stores where, how it logs and stops."""
+
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: str = ".clexproxy-data"
     demo: bool = False
     # The body limit: long conversations and inline images are large.
     max_body_bytes: int = 16 * 1024 * 1024
-    # Client connections (clexproxy/server/connections.py): an idle keep-alive connection is closed after
-    # `client_keepalive_timeout` s; a request head must arrive whole within `client_header_timeout` s of
-    # its first byte, and a body may not fall silent for `client_body_timeout` s (408 either way).
-    client_keepalive_timeout: float = 75.0
-    client_header_timeout: float = 30.0
-    client_body_timeout: float = 30.0
-    # Open client connections at most; one more is answered 503 and closed. 0: half of what the
-    # open-file limit leaves after the reserve (the other half is for upstream connections).
-    client_max_connections: int = 0
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line
-    metrics_enabled: bool = True
-    # A separate port for /metrics (0: only on the main port).
-    metrics_port: int = 0
-    # Where each worker writes its metrics snapshot so one scrape reports the whole host ("" = this process only).
-    metrics_dir: str = ""
-    metrics_flush_seconds: float = 0.5
     # The admin API is off unless a token is configured (CLEX_ADMIN_TOKEN).
     admin_token: str = ""
-    upstream_connect_timeout: float = 10.0
-    # Longest silence tolerated between two reads from an upstream; no total timeout (long generations).
-    upstream_read_timeout: float = 300.0
-    # Shorter than common upstream idle timeouts so a pooled connection is never reused after the far end closed it.
-    upstream_keepalive_timeout: float = 15.0
-    # Per provider. Streams hold a connection for their whole length: 10,000 slow streams need 10,000.
-    upstream_max_connections: int = 16384
-    upstream_retry_backoff: float = 0.05
-    # Extra tries of the same deployment list before falling back; 0 means each deployment once.
-    upstream_retries: int = 0
-    # Upstream attempts per call at most, counting retries, every deployment and the fallback's.
-    upstream_max_attempts: int = 6
-    sse_keepalive_seconds: float = 5.0
-    # User-Agent product prefixes (comma-separated, any case) of clients that follow OpenAI's "absent
-    # means false": a chat call from one that leaves `stream` out gets JSON, not SSE. The Vercel AI
-    # SDK's: `ai-sdk/openai-compatible/1.0.19 ai-sdk/provider-utils/3.0.10 ...`, later `ai-sdk-provider-utils/4.0.15`.
-    sse_json_user_agents: str = "ai-sdk/, ai-sdk-"
-    store_flush_seconds: float = 0.5
-    store_poll_seconds: float = 0.25
-    # With `demo`: an already running demo upstream to use instead of starting one in-process.
-    demo_upstream_url: str = ""
-    demo_account: str = "demo"
-    demo_plan: str = "pro"
-    # Worker processes sharing the port (SO_REUSEPORT); more than one needs `redis_url`, so that
+    # Worker processes sharing the port (SO_REUSEPORT); more than one needs `redis.url`, so that
     # N workers never each grant an account its whole budget.
     workers: int = 1
     # SIGTERM/SIGINT: how long calls in flight may finish; then streams end with SPEC's 503 error event and
     # `[DONE]`, unanswered calls get a 503. The supervisor kills a worker still running a few seconds later.
     shutdown_grace_seconds: float = 10.0
-    # Redis for limits shared across processes and hosts (credit leases, per-minute slots); "" = this process alone.
-    redis_url: str = ""
-    # PostgreSQL for the key store several hosts share (postgresql://user:password@host/db); "" = SQLite in data_dir.
-    database_url: str = ""
-    catalog: Catalog = field(default_factory=default_catalog)
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
 
-_SCALARS: dict[str, type] = {
-    name: kind for name, kind in typing.get_type_hints(Settings).items() if name != "catalog"
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """`[client]`: limits on client connections (`ClientConnection`).
+
+    An idle keep-alive connection is closed after `keepalive_timeout` s; a request head must arrive
+    whole within `header_timeout` s of its first byte, and a body may not fall silent for
+    `body_timeout` s (408 either way).
+    """
+
+    keepalive_timeout: float = 75.0
+    header_timeout: float = 30.0
+    body_timeout: float = 30.0
+    # Open client connections at most; one more is answered 503 and closed. 0: half of what the
+    # open-file limit leaves after the reserve (the other half is for upstream connections).
+    max_connections: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """`[metrics]`: the Prometheus endpoint and the per-worker snapshots one scrape merges."""
+
+    enabled: bool = True
+    # A separate port for /metrics (0: only on the main port).
+    port: int = 0
+    # Where each worker writes its metrics snapshot so one scrape reports the whole host ("" = this process only).
+    dir: str = ""
+    flush_seconds: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """`[upstream]`: the keep-alive pools to providers, their timeouts, retries and fallback."""
+
+    connect_timeout: float = 10.0
+    # Longest silence tolerated between two reads from an upstream; no total timeout (long generations).
+    read_timeout: float = 300.0
+    # Shorter than common upstream idle timeouts so a pooled connection is never reused after the far end closed it.
+    keepalive_timeout: float = 15.0
+    # Per provider. Streams hold a connection for their whole length: 10,000 slow streams need 10,000.
+    max_connections: int = 16384
+    retry_backoff: float = 0.05
+    # Extra tries of the same deployment list before falling back; 0 means each deployment once.
+    retries: int = 0
+    # Upstream attempts per call at most, counting retries, every deployment and the fallback's.
+    max_attempts: int = 6
+
+
+@dataclass(frozen=True, slots=True)
+class SSESettings:
+    """`[sse]`: streamed answers."""
+
+    keepalive_seconds: float = 5.0
+    # User-Agent product prefixes (comma-separated, any case) of clients that follow OpenAI's "absent
+    # means false": a chat call from one that leaves `stream` out gets JSON, not SSE. The Vercel AI
+    # SDK's: `ai-sdk/openai-compatible/1.0.19 ai-sdk/provider-utils/3.0.10 ...`, later `ai-sdk-provider-utils/4.0.15`.
+    json_user_agents: str = "ai-sdk/, ai-sdk-"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """`[store]`: how the in-memory state keeps in step with the key store (poll, write-behind)."""
+
+    flush_seconds: float = 0.5
+    poll_seconds: float = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """`[database]`: PostgreSQL for the key store several hosts share."""
+
+    # postgresql://user:password@host/db; "" = SQLite in the data dir.
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """`[redis]`: limits shared across processes and hosts (credit leases, per-minute slots)."""
+
+    url: str = ""  # "" = this process alone
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSettings:
+    """`[demo]`: the demo upstream and the demo account `serve --demo` provisions."""
+
+    # An already running demo upstream to use instead of starting one in-process.
+    upstream_url: str = ""
+    account: str = "demo"
+    plan: str = "pro"
+
+
+# The TOML sections that hold scalar settings, and the value object each becomes.
+SECTIONS: dict[str, type] = {
+    "server": ServerSettings,
+    "client": ClientSettings,
+    "metrics": MetricsSettings,
+    "upstream": UpstreamSettings,
+    "sse": SSESettings,
+    "store": StoreSettings,
+    "database": DatabaseSettings,
+    "redis": RedisSettings,
+    "demo": DemoSettings,
 }
 
 
+def setting_name(section: str, key: str) -> str:
+    """A setting's one name (its flag's, and `CLEX_<NAME>` in capitals): `[server] port` is `port`,
+    `[upstream] read_timeout` is `upstream_read_timeout`."""
+    return key if section == "server" else f"{section}_{key}"
+
+
+# setting name -> (section, field, type)
+_SCALARS: dict[str, tuple[str, str, type]] = {
+    setting_name(section, name): (section, name, kind)
+    for section, cls in SECTIONS.items()
+    for name, kind in typing.get_type_hints(cls).items()
+}
+SETTING_NAMES: tuple[str, ...] = tuple(_SCALARS)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting, by section as the TOML file has them; each component is handed its section."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    sse: SSESettings = field(default_factory=SSESettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    demo: DemoSettings = field(default_factory=DemoSettings)
+    catalog: Catalog = field(default_factory=default_catalog)
+
+    def value(self, name: str) -> Any:
+        """A setting by its one name (`upstream_read_timeout`)."""
+        section, key, _ = _SCALARS[name]
+        return getattr(getattr(self, section), key)
+
+    def replace(self, **values: Any) -> Settings:
+        """A copy with settings changed by their one names (`upstream_max_connections=...`), or `catalog=`."""
+        changes: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for name, value in values.items():
+            if name == "catalog":
+                top[name] = value
+                continue
+            if name not in _SCALARS:
+                raise ConfigError(f"unknown setting {name!r}")
+            section, key, _ = _SCALARS[name]
+            changes.setdefault(section, {})[key] = value
+        for section, fields in changes.items():
+            top[section] = replace(getattr(self, section), **fields)
+        return replace(self, **top)
+
+
 def _coerce(name: str, value: Any) -> Any:
-    kind = _SCALARS[name]
+    kind = _SCALARS[name][2]
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -128,7 +238,7 @@ def _flatten(doc: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] must be a table")
         for key, value in table.items():
-            name = key if section == "server" else f"{section}_{key}"
+            name = setting_name(section, key)
             if name not in _SCALARS:
                 raise ConfigError(f"unknown setting [{section}] {key}")
             flat[name] = value
@@ -279,40 +389,41 @@ def load_settings(
         if value is not None:
             values[name] = value
     coerced = {name: _coerce(name, value) for name, value in values.items()}
-    settings = replace(Settings(), **coerced, catalog=_build_catalog(doc, default_catalog()))
-    if settings.demo_plan not in settings.catalog.plans:
-        raise ConfigError(f"demo_plan {settings.demo_plan!r} is not a plan")
-    if settings.log_format not in ("text", "json"):
-        raise ConfigError(f"log_format must be 'text' or 'json', got {settings.log_format!r}")
-    if settings.max_body_bytes < 1024:
+    settings = Settings().replace(**coerced, catalog=_build_catalog(doc, default_catalog()))
+    if settings.demo.plan not in settings.catalog.plans:
+        raise ConfigError(f"demo_plan {settings.demo.plan!r} is not a plan")
+    if settings.server.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be 'text' or 'json', got {settings.server.log_format!r}")
+    if settings.server.max_body_bytes < 1024:
         raise ConfigError("max_body_bytes must be at least 1024")
     for name in ("client_keepalive_timeout", "client_header_timeout", "client_body_timeout"):
-        if not 0 < getattr(settings, name) <= 86_400:
-            raise ConfigError(f"{name} must be more than 0 and at most 86400 seconds, got {getattr(settings, name)}")
-    if settings.client_max_connections < 0:
+        if not 0 < settings.value(name) <= 86_400:
+            raise ConfigError(f"{name} must be more than 0 and at most 86400 seconds, got {settings.value(name)}")
+    if settings.client.max_connections < 0:
         raise ConfigError(f"client_max_connections must be 0 (from the open-file limit) or more, "
-                          f"got {settings.client_max_connections}")
-    if settings.upstream_max_attempts < 1:
-        raise ConfigError(f"upstream_max_attempts must be at least 1, got {settings.upstream_max_attempts}")
-    if not 0 <= settings.shutdown_grace_seconds <= 3600:
-        raise ConfigError(f"shutdown_grace_seconds must be 0 to 3600, got {settings.shutdown_grace_seconds}")
-    if settings.workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {settings.workers}")
-    if settings.workers > 1 and not settings.redis_url:
+                          f"got {settings.client.max_connections}")
+    if settings.upstream.max_attempts < 1:
+        raise ConfigError(f"upstream_max_attempts must be at least 1, got {settings.upstream.max_attempts}")
+    if not 0 <= settings.server.shutdown_grace_seconds <= 3600:
+        raise ConfigError(f"shutdown_grace_seconds must be 0 to 3600, got {settings.server.shutdown_grace_seconds}")
+    if settings.server.workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {settings.server.workers}")
+    if settings.server.workers > 1 and not settings.redis.url:
         raise ConfigError(
-            f"{settings.workers} workers need Redis to share each account's limits (--redis URL or CLEX_REDIS_URL): "
+            f"{settings.server.workers} workers need Redis to share each account's limits "
+            "(--redis URL or CLEX_REDIS_URL): "
             "without it every worker would grant the full daily budget and per-minute rate"
         )
-    if settings.database_url and not settings.database_url.startswith(("postgresql://", "postgres://")):
-        scheme = settings.database_url.split(":")[0]
+    if settings.database.url and not settings.database.url.startswith(("postgresql://", "postgres://")):
+        scheme = settings.database.url.split(":")[0]
         raise ConfigError(f"database_url must be a postgresql:// URL, got a {scheme!r} one")
-    if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"redis_url must be a redis://, rediss:// or unix:// URL, got {settings.redis_url!r}")
+    if settings.redis.url and not settings.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis_url must be a redis://, rediss:// or unix:// URL, got {settings.redis.url!r}")
     return settings
 
 
 def as_dict(settings: Settings) -> dict[str, Any]:
     """The scalar settings, for a startup log line (never includes the admin token's value)."""
-    out = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "catalog"}
-    out["admin_token"] = "set" if settings.admin_token else "unset"
+    out = {name: settings.value(name) for name in SETTING_NAMES}
+    out["admin_token"] = "set" if settings.server.admin_token else "unset"
     return out

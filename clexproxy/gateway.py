@@ -53,13 +53,13 @@ async def _cancel(task: asyncio.Task[None], within: float) -> None:
 def _metrics(settings: Settings) -> Metrics:
     catalog = settings.catalog
     info = {
-        "demo": str(settings.demo).lower(),
+        "demo": str(settings.server.demo).lower(),
         "models": str(len(catalog.models)),
         "plans": ",".join(catalog.plans),
         "providers": ",".join(sorted(catalog.providers)),
     }
-    cls = Metrics if settings.metrics_enabled else NullMetrics
-    return cls(info=info, metrics_dir=settings.metrics_dir, flush_seconds=settings.metrics_flush_seconds)
+    cls = Metrics if settings.metrics.enabled else NullMetrics
+    return cls(info=info, metrics_dir=settings.metrics.dir, flush_seconds=settings.metrics.flush_seconds)
 
 
 class Gateway:
@@ -69,16 +69,16 @@ class Gateway:
         self.clock = clock
         self.store = store
         self.directory = Directory(self.catalog)
-        self.meter = Meter(clock, shared=bool(settings.redis_url))
+        self.meter = Meter(clock, shared=bool(settings.redis.url))
         self.metrics = _metrics(settings)
         self.redis: RedisSync | None = None
-        if settings.redis_url:
-            self.redis = RedisSync(settings.redis_url, observer=self.metrics)
-            self.meter.share(SharedLimits(self.redis, self.meter.ledger, settings.workers, self._stored_spend,
+        if settings.redis.url:
+            self.redis = RedisSync(settings.redis.url, observer=self.metrics)
+            self.meter.share(SharedLimits(self.redis, self.meter.ledger, settings.server.workers, self._stored_spend,
                                           observer=self.metrics))
         self.upstream = UpstreamPool(settings, self.catalog)
-        self.access_log = AccessLog(access_stream, settings.log_format)
-        self.keepalives = KeepAlives(settings.sse_keepalive_seconds)
+        self.access_log = AccessLog(access_stream, settings.server.log_format)
+        self.keepalives = KeepAlives(settings.sse.keepalive_seconds)
         self.refusals = RecentRefusals()
         self.ready = False
         self._seq = 0
@@ -171,7 +171,7 @@ class Gateway:
         return not self._stopping.is_set()
 
     async def _poll_loop(self) -> None:
-        while await self._tick(self.settings.store_poll_seconds):
+        while await self._tick(self.settings.store.poll_seconds):
             try:
                 await self.sync_store()
             except Exception:  # the loop must outlive a locked or briefly unreadable database
@@ -206,7 +206,7 @@ class Gateway:
                 log.warning("could not announce a key change (%s); workers pick it up at their next poll", exc)
 
     async def _flush_loop(self) -> None:
-        while await self._tick(self.settings.store_flush_seconds):
+        while await self._tick(self.settings.store.flush_seconds):
             try:
                 await self.flush_usage()
             except Exception:

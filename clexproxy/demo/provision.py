@@ -17,24 +17,24 @@ DEMO_KEY_FILE = "demo_key"
 
 async def ensure_demo_key(settings: Settings) -> str:
     """The demo account's key, created on first start and kept (demo mode only) so the curl line keeps working."""
-    path = usable_data_dir(settings.data_dir) / DEMO_KEY_FILE
-    store = await open_store(settings.data_dir, settings.database_url)
+    path = usable_data_dir(settings.server.data_dir) / DEMO_KEY_FILE
+    store = await open_store(settings.server.data_dir, settings.database.url)
     try:
         if path.exists():
             key = path.read_text().strip()
             digest = hash_key(key) if key_format_ok(key) else b""
-            if any(k.key_hash == digest and k.active for k in await store.list_keys(settings.demo_account)):
+            if any(k.key_hash == digest and k.active for k in await store.list_keys(settings.demo.account)):
                 return key
-        if await store.get_account(settings.demo_account) is None:
-            await store.create_account(settings.demo_account, settings.demo_plan)
+        if await store.get_account(settings.demo.account) is None:
+            await store.create_account(settings.demo.account, settings.demo.plan)
         limits = {p.name: p.max_keys for p in settings.catalog.plans.values()}
         try:
-            _, key = await store.create_key(settings.demo_account, settings.demo_plan, limits)
+            _, key = await store.create_key(settings.demo.account, settings.demo.plan, limits)
         except StoreError:
             # The demo account is at its key limit with keys we cannot show: retire the oldest.
-            oldest = (await store.list_keys(settings.demo_account, include_revoked=False))[0]
+            oldest = (await store.list_keys(settings.demo.account, include_revoked=False))[0]
             await store.revoke_key(oldest.id)
-            _, key = await store.create_key(settings.demo_account, settings.demo_plan, limits)
+            _, key = await store.create_key(settings.demo.account, settings.demo.plan, limits)
         path.write_text(key + "\n")
         path.chmod(0o600)
         return key

@@ -85,7 +85,7 @@ def _refused(gateway: Gateway, call: CallOutcome, error: ApiError, headers: dict
 def _stream_default(request: web.Request, plan: Plan, settings: Settings) -> bool:
     """SSE or JSON for a chat call that left `stream` out (`validation.default_stream`)."""
     headers = request.headers
-    agents = user_agent_prefixes(settings.sse_json_user_agents)
+    agents = user_agent_prefixes(settings.sse.json_user_agents)
     return default_stream(headers.get("Accept"), headers.get("User-Agent"), agents, plan.default_stream)
 
 
@@ -131,7 +131,7 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         bucket = gateway.meter.take_request(account)
         if bucket is None:  # a shared limit with no slot in hand: one trip to Redis
             bucket = await gateway.meter.take_request_remote(account)
-        body = await read_json(request, gateway.settings.max_body_bytes)
+        body = await read_json(request, gateway.settings.server.max_body_bytes)
         if endpoint == "/chat/completions":
             model_id, stream, wants_usage = check_chat(body)
             model = _route(gateway.catalog.models, model_id, "chat")

@@ -95,10 +95,10 @@ class ConnectionLimits:
     @classmethod
     def from_settings(cls, settings: Settings, open_file_limit: int) -> ConnectionLimits:
         return cls(
-            settings.client_keepalive_timeout,
-            settings.client_header_timeout,
-            settings.client_body_timeout,
-            client_connection_cap(settings.client_max_connections, open_file_limit),
+            settings.client.keepalive_timeout,
+            settings.client.header_timeout,
+            settings.client.body_timeout,
+            client_connection_cap(settings.client.max_connections, open_file_limit),
         )
 
     @property

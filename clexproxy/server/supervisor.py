@@ -20,7 +20,6 @@ seconds after that is killed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -44,9 +43,9 @@ STOP_MARGIN = 5.0
 
 def worker_settings(settings: Settings) -> Settings:
     """The settings every worker runs with: a shared metrics directory, so one scrape covers the host."""
-    if settings.metrics_dir:
+    if settings.metrics.dir:
         return settings
-    return dataclasses.replace(settings, metrics_dir=str(Path(settings.data_dir) / "metrics"))
+    return settings.replace(metrics_dir=str(Path(settings.server.data_dir) / "metrics"))
 
 
 class Supervisor:
@@ -65,7 +64,7 @@ class Supervisor:
     def run(self) -> int:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._on_stop)
-        for slot in range(self.settings.workers):
+        for slot in range(self.settings.server.workers):
             self._spawn(slot)
         print(self.banner, flush=True)
         log.info("started %d workers: %s", len(self.workers), ", ".join(map(str, self.workers)))
@@ -155,7 +154,7 @@ class Supervisor:
         log.info("stopping %d workers", len(self.workers))
         for pid in self.workers:
             _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.shutdown_grace_seconds + STOP_MARGIN
+        deadline = time.monotonic() + self.settings.server.shutdown_grace_seconds + STOP_MARGIN
         while self.workers and time.monotonic() < deadline:
             self._reap()
             time.sleep(POLL_SECONDS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import os
@@ -62,7 +61,7 @@ def fit_open_file_limit(settings: Settings) -> Settings:
     if cap < settings.upstream.max_connections:  # normal on most hosts: information, not a problem to fix
         log.info("upstream connections capped at %d (open-file limit %d, two sockets per call); "
                  "calls beyond it wait for a connection", cap, limit)
-        settings = dataclasses.replace(settings, upstream_max_connections=cap)
+        settings = settings.replace(upstream_max_connections=cap)
     return settings
 
 
@@ -158,7 +157,8 @@ def _release(claims: list[PortClaim | None]) -> None:
 
 def _uses_data_dir(settings: Settings) -> bool:
     """The SQLite store, the demo key or the workers' metrics snapshots live in the data dir."""
-    return not settings.database.url or settings.server.demo or (settings.server.workers > 1 and not settings.metrics.dir)
+    server = settings.server
+    return not settings.database.url or server.demo or (server.workers > 1 and not settings.metrics.dir)
 
 
 def warn_missing_credentials(settings: Settings) -> None:
@@ -205,5 +205,6 @@ def _run_supervisor(settings: Settings) -> None:
     except redis.RedisError as exc:
         raise SystemExit(f"clexproxy: Redis at {settings.redis.url} does not answer ({exc}); "
                          f"{settings.server.workers} workers cannot share limits without it") from None
-    text = banner(settings, demo_key).replace(" listening on ", f" listening on (x{settings.server.workers} workers) ", 1)
+    workers = settings.server.workers
+    text = banner(settings, demo_key).replace(" listening on ", f" listening on (x{workers} workers) ", 1)
     raise SystemExit(Supervisor(settings, text).run())

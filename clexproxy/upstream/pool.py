@@ -282,8 +282,8 @@ class UpstreamPool:
             if origin is None:
                 s = self._settings
                 origin = self._origins[origin_key] = Origin(
-                    url.origin(), limit=s.upstream_max_connections, keepalive_timeout=s.upstream_keepalive_timeout,
-                    connect_timeout=s.upstream_connect_timeout, read_timeout=s.upstream_read_timeout,
+                    url.origin(), limit=s.upstream.max_connections, keepalive_timeout=s.upstream.keepalive_timeout,
+                    connect_timeout=s.upstream.connect_timeout, read_timeout=s.upstream.read_timeout,
                 )
             fixed = {"Content-Type": "application/json", "Accept": "*/*", "Accept-Encoding": "identity"}
             auth = self._auth.get(provider.name)
@@ -311,13 +311,13 @@ class UpstreamPool:
         retrying a failing deployment again is worth less than asking another model.
         """
         settings = self._settings
-        out = [(model, d, False) for d in model.deployments] * (1 + settings.upstream_retries)
+        out = [(model, d, False) for d in model.deployments] * (1 + settings.upstream.retries)
         fallback_id = self._catalog.fallback_model
         fallback = self._catalog.models.get(fallback_id) if fallback_id else None
         backup: list[tuple[Model, Deployment, bool]] = []
         if fallback is not None and fallback.id != model.id and fallback.kind == model.kind:
             backup = [(fallback, d, True) for d in fallback.deployments]
-        cap = settings.upstream_max_attempts
+        cap = settings.upstream.max_attempts
         if backup and cap > 1:
             out = out[: cap - 1]
         out += backup
@@ -340,7 +340,7 @@ class UpstreamPool:
                 break  # the upstream says the model does not exist: a fallback would answer a different question
             provider = self._catalog.providers[deployment.provider]
             if attempt:
-                await asyncio.sleep(min(1.0, self._settings.upstream_retry_backoff * (2 ** (attempt - 1))))
+                await asyncio.sleep(min(1.0, self._settings.upstream.retry_backoff * (2 ** (attempt - 1))))
             payload = payloads.get(deployment.model)
             if payload is None:
                 body["model"] = deployment.model

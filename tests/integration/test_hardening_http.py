@@ -179,8 +179,8 @@ async def test_a_transfer_coding_other_than_chunked_gets_a_501(gw: RunningGatewa
 # --- item 12: idle and half-sent requests do not live forever; a cap answers 503 ------------------------------
 
 async def test_defaults_close_idle_connections_after_75_seconds(gw: RunningGateway) -> None:
-    assert Settings().client_keepalive_timeout == 75.0
-    assert Settings().client_header_timeout == 30.0 and Settings().client_body_timeout == 30.0
+    assert Settings().client.keepalive_timeout == 75.0
+    assert Settings().client.header_timeout == 30.0 and Settings().client.body_timeout == 30.0
     reader, writer = await connect(gw)
     try:
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")

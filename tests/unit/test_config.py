@@ -31,11 +31,11 @@ def defaults() -> Settings:
 def test_scalar_defaults() -> None:
     """SPEC: a 16 MiB body limit; the admin API is off unless a token is configured."""
     s = defaults()
-    assert s.max_body_bytes == 16 * MIB
-    assert s.admin_token == ""
-    assert s.demo is False
-    assert s.host == "127.0.0.1"
-    assert s.port == 8080
+    assert s.server.max_body_bytes == 16 * MIB
+    assert s.server.admin_token == ""
+    assert s.server.demo is False
+    assert s.server.host == "127.0.0.1"
+    assert s.server.port == 8080
 
 
 def test_default_plans_match_spec() -> None:
@@ -137,10 +137,10 @@ fallback_model = "local/tiny"
 """,
     )
     s = load_settings(path, env={})
-    assert s.port == 9123
-    assert s.max_body_bytes == 2048
-    assert s.upstream_read_timeout == 42.5
-    assert s.upstream_retries == 2
+    assert s.server.port == 9123
+    assert s.server.max_body_bytes == 2048
+    assert s.upstream.read_timeout == 42.5
+    assert s.upstream.retries == 2
     free = s.catalog.plans["free"]
     # Only the key given changes; the rest of the plan is kept.
     assert (free.credits_per_day, free.requests_per_minute, free.max_keys) == (150, 40, 1)
@@ -182,7 +182,7 @@ def test_empty_fallback_disables_it(tmp_path: Path) -> None:
 
 def test_config_path_from_clex_config(tmp_path: Path) -> None:
     path = write(tmp_path, "[server]\nport = 9200\n")
-    assert load_settings(env={"CLEX_CONFIG": str(path)}).port == 9200
+    assert load_settings(env={"CLEX_CONFIG": str(path)}).server.port == 9200
 
 
 # precedence ---------------------------------------------------------------------------------------
@@ -192,18 +192,18 @@ def test_env_beats_toml_and_cli_beats_env(tmp_path: Path) -> None:
     path = write(tmp_path, '[server]\nport = 9001\nhost = "127.0.0.2"\n\n[upstream]\nread_timeout = 10\n')
     env = {"CLEX_PORT": "9002", "CLEX_UPSTREAM_READ_TIMEOUT": "20.5"}
     s = load_settings(path, env=env)
-    assert s.port == 9002
-    assert s.upstream_read_timeout == 20.5
-    assert s.host == "127.0.0.2"  # TOML still wins over the default where env is silent
+    assert s.server.port == 9002
+    assert s.upstream.read_timeout == 20.5
+    assert s.server.host == "127.0.0.2"  # TOML still wins over the default where env is silent
     s = load_settings(path, env=env, overrides={"port": 9003, "host": None})
-    assert s.port == 9003
-    assert s.host == "127.0.0.2"  # a None override (flag not given) is ignored
-    assert s.upstream_read_timeout == 20.5
+    assert s.server.port == 9003
+    assert s.server.host == "127.0.0.2"  # a None override (flag not given) is ignored
+    assert s.upstream.read_timeout == 20.5
 
 
 def test_env_admin_token_and_as_dict_hides_it() -> None:
     s = load_settings(env={"CLEX_ADMIN_TOKEN": "s3cret"})
-    assert s.admin_token == "s3cret"
+    assert s.server.admin_token == "s3cret"
     shown = as_dict(s)
     assert shown["admin_token"] == "set"
     assert "s3cret" not in repr(shown)
@@ -225,13 +225,13 @@ def test_env_admin_token_and_as_dict_hides_it() -> None:
     ],
 )
 def test_bool_parsing(text: str, expected: bool) -> None:
-    assert load_settings(env={"CLEX_DEMO": text}).demo is expected
+    assert load_settings(env={"CLEX_DEMO": text}).server.demo is expected
 
 
 def test_bool_from_toml_and_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, "[server]\ndemo = true\n")
-    assert load_settings(path, env={}).demo is True
-    assert load_settings(path, env={}, overrides={"demo": False}).demo is False
+    assert load_settings(path, env={}).server.demo is True
+    assert load_settings(path, env={}, overrides={"demo": False}).server.demo is False
 
 
 # errors -------------------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ def test_several_workers_need_redis() -> None:
     with pytest.raises(ConfigError, match=r"4 workers need Redis .*every worker would grant the full daily budget"):
         load_settings(env={"CLEX_WORKERS": "4"})
     settings = load_settings(env={"CLEX_WORKERS": "4", "CLEX_REDIS_URL": "redis://127.0.0.1:6379/0"})
-    assert (settings.workers, settings.redis_url) == (4, "redis://127.0.0.1:6379/0")
+    assert (settings.server.workers, settings.redis.url) == (4, "redis://127.0.0.1:6379/0")
     with pytest.raises(ConfigError, match="at least 1"):
         load_settings(env={"CLEX_WORKERS": "0"})
 

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tomllib
-import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from clexproxy.config import Settings, load_settings
+from clexproxy.config import SETTING_NAMES, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -43,15 +42,15 @@ PENDING = frozenset({"CLEX_DATABASE_URL"})
 LOADER_VARIABLES = frozenset({"CLEX_CONFIG"})
 
 # The gateway's own defaults the files must respect.
-UPSTREAM_READ_TIMEOUT = Settings().upstream_read_timeout
+UPSTREAM_READ_TIMEOUT = Settings().upstream.read_timeout
 SHUTDOWN_BUDGET_SECONDS = 30  # workers drain for up to 10 s, the parent waits up to 15 s in all, plus margin
 
 _CLEX_VARIABLE = re.compile(r"\bCLEX_[A-Z0-9_]*[A-Z0-9]")
 
 
 def setting_variables() -> frozenset[str]:
-    """`CLEX_<FIELD>` for every scalar field of Settings."""
-    return frozenset("CLEX_" + name.upper() for name in typing.get_type_hints(Settings) if name != "catalog")
+    """`CLEX_<NAME>` for every scalar setting."""
+    return frozenset("CLEX_" + name.upper() for name in SETTING_NAMES)
 
 
 def _text_files() -> Iterator[Path]:
@@ -336,7 +335,7 @@ def test_compose_gateways_share_redis_and_postgres() -> None:
         assert gateway.get("stop_signal", "SIGTERM") == "SIGTERM", name
         # The environment is one the gateway accepts (N workers need Redis, URLs well-formed).
         settings = load_settings(env={k: _interpolated(v) for k, v in env.items()})
-        assert settings.workers > 1 and settings.redis_url
+        assert settings.server.workers > 1 and settings.redis.url
 
 
 def test_compose_waits_for_healthy_dependencies() -> None:
@@ -616,10 +615,10 @@ def test_k8s_configmap_loads_with_the_deployment_env(configmap_toml: Path) -> No
     assert mount["mountPath"] == "/etc/clexproxy"
     literal = {name: str(e["value"]) for name, e in _env().items() if "value" in e}
     settings = load_settings(configmap_toml, env={**literal, "CLEX_WORKERS": "2"})
-    assert settings.workers == 2 and settings.redis_url
+    assert settings.server.workers == 2 and settings.redis.url
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert settings.metrics_port == ports["metrics"]
-    assert settings.port == ports["http"]
+    assert settings.metrics.port == ports["metrics"]
+    assert settings.server.port == ports["http"]
     annotations = _deployment()["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(ports["metrics"])
 

@@ -6,17 +6,16 @@ setting must appear in it with its `CLEX_*` variable named, and the catalog exam
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from clexproxy.config import CATALOG_SECTIONS, ENV_PREFIX, Settings, load_settings
+from clexproxy.config import CATALOG_SECTIONS, ENV_PREFIX, SETTING_NAMES, Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "clexproxy.example.toml"
-SCALARS = [f.name for f in dataclasses.fields(Settings) if f.name != "catalog"]
+SCALARS = list(SETTING_NAMES)
 
 
 def _doc() -> dict[str, Any]:
@@ -50,7 +49,7 @@ def test_every_scalar_key_maps_to_a_field_and_round_trips() -> None:
     for section, key, value in items:
         name = _field_name(section, key)
         assert name in SCALARS, f"[{section}] {key} maps to no Settings field ({name})"
-        assert getattr(settings, name) == value, f"[{section}] {key} = {value!r} did not reach settings.{name}"
+        assert settings.value(name) == value, f"[{section}] {key} = {value!r} did not reach settings.{name}"
 
 
 def test_example_covers_every_scalar_setting_with_its_default_and_env_var() -> None:
@@ -59,7 +58,7 @@ def test_example_covers_every_scalar_setting_with_its_default_and_env_var() -> N
     text = EXAMPLE.read_text(encoding="utf-8")
     for name in SCALARS:
         assert name in documented, f"Settings.{name} is missing from {EXAMPLE.name}"
-        assert documented[name] == getattr(defaults, name), f"{EXAMPLE.name} shows {name} = {documented[name]!r}"
+        assert documented[name] == defaults.value(name), f"{EXAMPLE.name} shows {name} = {documented[name]!r}"
         assert ENV_PREFIX + name.upper() in text, f"{EXAMPLE.name} does not name {ENV_PREFIX + name.upper()}"
 
 
@@ -85,4 +84,4 @@ def test_catalog_examples() -> None:
 )
 def test_environment_beats_the_file(env: dict[str, str], name: str, expected: object) -> None:
     """The precedence the example's header promises."""
-    assert getattr(load_settings(EXAMPLE, env=env), name) == expected
+    assert load_settings(EXAMPLE, env=env).value(name) == expected

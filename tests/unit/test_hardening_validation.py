@@ -27,7 +27,7 @@ MODEL = "meta/llama-3.3-70b-instruct"
 HELLO = [{"role": "user", "content": "Hi"}]
 NOON = 1_795_608_000.0  # 2026-11-25 12:00:00 UTC
 VERCEL = "ai-sdk/openai-compatible/1.0.19 ai-sdk/provider-utils/3.0.10 runtime/node.js/22"
-AGENTS = user_agent_prefixes(load_settings(env={}).sse_json_user_agents)
+AGENTS = user_agent_prefixes(load_settings(env={}).sse.json_user_agents)
 
 
 def nested(depth: int) -> Any:
@@ -112,8 +112,8 @@ def test_plan_default_stream_from_config(tmp_path: Any) -> None:
     assert settings.catalog.plans["batch"].default_stream is False
     assert settings.catalog.plans["free"] == Plan("free", 100, 40, 1, default_stream=False)
     assert settings.catalog.plans["pro"].default_stream is True
-    assert settings.sse_json_user_agents == "x/"
-    assert load_settings(env={"CLEX_SSE_JSON_USER_AGENTS": "y/"}).sse_json_user_agents == "y/"
+    assert settings.sse.json_user_agents == "x/"
+    assert load_settings(env={"CLEX_SSE_JSON_USER_AGENTS": "y/"}).sse.json_user_agents == "y/"
 
 
 # 5: nesting orjson cannot write, roles that are not strings ----------------------------------------
