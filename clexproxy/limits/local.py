@@ -11,38 +11,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clexproxy.auth import Account
-from clexproxy.catalog import Plan
 from clexproxy.clock import Clock, seconds_to_utc_midnight, utc_day
 from clexproxy.errors import RateLimited
 from clexproxy.fastpath.limits import BucketResult, CreditLedger, TokenBuckets
-from clexproxy.store.sqlite import UsageRow
+from clexproxy.headers import CREDITS_REMAINING
+from clexproxy.limits.headers import metering_headers, retry_when, rpm_message
+from clexproxy.store.base import UsageRow
 
 if TYPE_CHECKING:
     from clexproxy.limits.shared import SharedLimits
-
-
-def openai_duration(seconds: float) -> str:
-    """OpenAI's `x-ratelimit-reset-*` format: `20ms`, `1.5s`, `6m0s`."""
-    if seconds < 0.9995:  # the common case, answered without rounding to the millisecond first
-        ms = int(seconds * 1000 + 0.5)  # ms-rounding as `round(seconds, 3)` does, for the values seen here
-        return f"{ms if ms > 0 else 0}ms"
-    seconds = round(seconds if seconds < 86_400.0 else 86_400.0, 3)  # a bucket that never refills says inf
-    if seconds < 60.0:
-        return f"{seconds:g}s"
-    minutes, rest = divmod(int(seconds + 0.5), 60)
-    if minutes < 60:
-        return f"{minutes}m{rest}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes}m{rest}s"
-
-
-def rpm_message(plan: Plan) -> str:
-    """The per-minute 429's message, up to the part that says when to retry (`retry_when`)."""
-    return f"Rate limit reached: your {plan.name} plan allows {plan.requests_per_minute} requests per minute. "
-
-
-def retry_when(retry_after: float) -> str:
-    return f"Retry in {retry_after:.1f}s." if retry_after < 86_400 else "It admits no requests."
 
 
 @dataclass(slots=True)
@@ -88,17 +65,6 @@ class Meter:
         """Start or update metering for an account (new account, plan change, or startup with stored usage)."""
         self.ledger.set_account(account.id, account.plan.credits_per_day, self.today(), spent_today)
 
-    def _headers(self, account: Account, remaining: int, bucket: BucketResult, wall: float) -> dict[str, str]:
-        plan = account.plan
-        return {
-            "X-Clex-Credits-Remaining": str(remaining),
-            "X-Clex-Credits-Limit": str(plan.credits_per_day),
-            "X-Clex-Credits-Reset": str(seconds_to_utc_midnight(wall)),
-            "x-ratelimit-limit-requests": str(plan.requests_per_minute),
-            "x-ratelimit-remaining-requests": str(bucket.remaining),
-            "x-ratelimit-reset-requests": openai_duration(bucket.reset_after),
-        }
-
     def peek_headers(self, account: Account) -> dict[str, str]:
         """The metering headers for a response that reserves nothing (a 400 after authentication)."""
         wall = self.clock.time()
@@ -106,7 +72,7 @@ class Meter:
         if account.id not in self.ledger:
             self.track(account)
         left = self._credits_left(account.id, day, account.plan.credits_per_day)
-        return self._headers(account, left, self._peek(account), wall)
+        return metering_headers(account.plan, left, self._peek(account), wall)
 
     def take_request(self, account: Account) -> BucketResult | None:
         """Count one request against the per-minute limit, or raise its 429.
@@ -161,7 +127,7 @@ class Meter:
         if account.id not in self.ledger:
             self.track(account)
         left = self._credits_left(account.id, utc_day(wall), account.plan.credits_per_day)
-        headers = self._headers(account, left, bucket, wall)
+        headers = metering_headers(account.plan, left, bucket, wall)
         return RateLimited(
             rpm_message(account.plan) + retry_when(bucket.retry_after),
             limit="requests_per_minute",
@@ -185,7 +151,7 @@ class Meter:
             raise self._credits_refusal(account, cost, bucket, wall)
         if self.shared is not None:  # alone, what `reserve` returned is what remains
             remaining = self.shared.credits_left(account.id, day, 0)
-        return Admission(account.id, cost, day, self._headers(account, remaining, bucket, wall))
+        return Admission(account.id, cost, day, metering_headers(account.plan, remaining, bucket, wall))
 
     async def reserve_remote(self, account: Account, cost: int, bucket: BucketResult) -> Admission:
         """`reserve` with a lease from Redis; raises the credits 429 when the day's shared budget cannot pay."""
@@ -197,7 +163,7 @@ class Meter:
                 raise self._credits_refusal(account, cost, bucket, wall)
             if self.ledger.reserve(account.id, cost, day) >= 0:  # else a concurrent call took the refill first
                 left = self._credits_left(account.id, day)
-                return Admission(account.id, cost, day, self._headers(account, left, bucket, wall))
+                return Admission(account.id, cost, day, metering_headers(account.plan, left, bucket, wall))
 
     def _credits_refusal(self, account: Account, cost: int, bucket: BucketResult, wall: float) -> RateLimited:
         left = self._credits_left(account.id, utc_day(wall))
@@ -208,7 +174,7 @@ class Meter:
             f"The budget resets at 00:00 UTC, in {reset}s.",
             limit="daily_credits",
             retry_after=reset,
-            headers=self._headers(account, left, bucket, wall),
+            headers=metering_headers(account.plan, left, bucket, wall),
         )
 
     def admit(self, account: Account, cost: int) -> Admission:
@@ -225,7 +191,7 @@ class Meter:
             return
         admission.refunded = True
         self.ledger.refund(admission.account_id, admission.cost, admission.day)
-        admission.headers["X-Clex-Credits-Remaining"] = str(self._credits_left(admission.account_id, self.today()))
+        admission.headers[CREDITS_REMAINING] = str(self._credits_left(admission.account_id, self.today()))
 
     def charge_served(self, admission: Admission, served_cost: int) -> None:
         """Move a reservation to the cost of the model that answered (a fallback's), before the answer is sent.
@@ -244,7 +210,7 @@ class Meter:
         self.ledger.refund(admission.account_id, admission.cost, admission.day)
         self.ledger.reserve(admission.account_id, cost, admission.day)
         admission.cost = cost
-        admission.headers["X-Clex-Credits-Remaining"] = str(self._credits_left(admission.account_id, admission.day))
+        admission.headers[CREDITS_REMAINING] = str(self._credits_left(admission.account_id, admission.day))
 
     def record_tokens(self, admission: Admission, prompt: int, completion: int) -> None:
         self.ledger.record_tokens(admission.account_id, prompt, completion, admission.day)

@@ -21,7 +21,7 @@ from clexproxy.catalog import Plan
 from clexproxy.clock import seconds_to_utc_midnight
 from clexproxy.errors import ApiError, RateLimited, retry_after_values
 from clexproxy.fastpath.limits import BucketResult
-from clexproxy.limits.local import openai_duration, retry_when, rpm_message
+from clexproxy.limits.headers import openai_duration, retry_when, rpm_message
 
 
 class _Date:

@@ -8,8 +8,9 @@ from clexproxy.auth import Account
 from clexproxy.catalog import DEFAULT_PLANS, Plan
 from clexproxy.clock import SECONDS_PER_DAY, ManualClock, seconds_to_utc_midnight, utc_day
 from clexproxy.errors import RateLimited
-from clexproxy.limits.local import Meter, openai_duration
-from clexproxy.store.sqlite import UsageDelta
+from clexproxy.limits.headers import openai_duration
+from clexproxy.limits.local import Meter
+from clexproxy.store.base import UsageDelta
 
 # 2026-11-25 12:00:00 UTC.
 NOON = 1_795_608_000.0
