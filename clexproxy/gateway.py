@@ -19,11 +19,11 @@ from clexproxy.auth import Directory
 from clexproxy.catalog import Catalog
 from clexproxy.clock import Clock
 from clexproxy.config import Settings
+from clexproxy.keepalive import KeepAlives
 from clexproxy.limits.local import Meter
 from clexproxy.limits.shared import SharedLimits
 from clexproxy.observability.accesslog import AccessLog
 from clexproxy.observability.metrics import Metrics, NullMetrics
-from clexproxy.relay import KeepAlives
 from clexproxy.server.refusals import RecentRefusals
 from clexproxy.store.base import Store
 from clexproxy.store.sqlite import UsageRow

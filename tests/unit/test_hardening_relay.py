@@ -26,7 +26,9 @@ from clexproxy.config import Settings, load_settings
 from clexproxy.demo.upstream import DemoServer
 from clexproxy.errors import MAX_RETRY_AFTER, RateLimited, ServiceUnavailable, retry_after_values
 from clexproxy.fastpath.sse import SSEParser
+from clexproxy.keepalive import KEEPALIVE, KeepAlives
 from clexproxy.outcome import CallOutcome
+from clexproxy.sse_frames import Frames, _carries_nothing
 from clexproxy.upstream.http1 import Origin
 from clexproxy.upstream.pool import Scrubber, UpstreamPool, UpstreamReply, _retry_after
 
@@ -171,7 +173,7 @@ def chunk(model: str, text: str | None = None, usage: bool = False, choices: Any
 DONE = b"data: [DONE]\n\n"
 
 
-def relay_all(frames: relay._Frames, reads: list[bytes]) -> bytes:
+def relay_all(frames: Frames, reads: list[bytes]) -> bytes:
     return b"".join(frames.feed(r) for r in reads)
 
 
@@ -186,7 +188,7 @@ def test_frames_rename_the_model_in_every_chunk_whole_or_split() -> None:
               + chunk("up-70b", usage=True) + DONE)
     for wants_usage in (True, False):
         for reads in split_everywhere(stream):
-            frames = relay._Frames(reply("up-70b"), wants_usage, CallOutcome("/chat/completions", 0.0))
+            frames = Frames(reply("up-70b"), wants_usage, CallOutcome("/chat/completions", 0.0))
             out = relay_all(frames, reads)
             assert b"up-70b" not in out and frames.finished
             docs = [orjson.loads(e[6:]) for e in out.split(b"\n\n") if e.startswith(b"data: {")]
@@ -197,7 +199,7 @@ def test_frames_rename_the_model_in_every_chunk_whole_or_split() -> None:
 def test_frames_relay_byte_for_byte_when_the_names_agree() -> None:
     stream = chunk(CLEX, "Hi") + chunk(CLEX, " there") + chunk(CLEX, usage=True) + DONE
     for reads in split_everywhere(stream):
-        frames = relay._Frames(reply(), True, CallOutcome("/chat/completions", 0.0))
+        frames = Frames(reply(), True, CallOutcome("/chat/completions", 0.0))
         assert relay_all(frames, reads) == stream
 
 
@@ -208,7 +210,7 @@ def test_frames_end_at_an_error_event_keeping_what_came_before() -> None:
     stream = before + b"data: " + orjson.dumps(leaky) + b"\n\n" + chunk("up-70b", "never") + DONE
     for reads in split_everywhere(stream):
         outcome = CallOutcome("/chat/completions", 0.0)
-        frames = relay._Frames(reply("up-70b"), False, outcome)
+        frames = Frames(reply("up-70b"), False, outcome)
         out = b""
         for r in reads:
             out += frames.feed(r)
@@ -225,7 +227,7 @@ def test_frames_end_at_an_error_event_keeping_what_came_before() -> None:
 def test_frames_ignore_the_word_error_in_content() -> None:
     stream = chunk(CLEX, 'say "error"') + chunk(CLEX, None, choices=[{"index": 0, "delta": {}, "finish_reason":
                                                                       "error"}]) + DONE
-    frames = relay._Frames(reply(), False, CallOutcome("/chat/completions", 0.0))
+    frames = Frames(reply(), False, CallOutcome("/chat/completions", 0.0))
     assert frames.feed(stream) == stream and frames.failure is None and frames.finished
 
 
@@ -234,7 +236,7 @@ def test_frames_relay_content_before_a_malformed_usage_chunk() -> None:
     before = chunk(CLEX, "Hi") + chunk(CLEX, " there")
     stream = before + b'data: {"choices": [], "usage": {"prompt_tokens": 4\n\n' + DONE
     for reads in split_everywhere(stream):
-        frames = relay._Frames(reply(), False, CallOutcome("/chat/completions", 0.0))
+        frames = Frames(reply(), False, CallOutcome("/chat/completions", 0.0))
         out = b""
         for r in reads:
             out += frames.feed(r)
@@ -247,7 +249,7 @@ def test_frames_relay_content_before_a_malformed_usage_chunk() -> None:
 def test_frames_drop_what_follows_done() -> None:
     """Item 15: `[DONE]` completes the answer; bytes after it in the same read are not relayed."""
     stream = chunk(CLEX, "Hi") + DONE
-    frames = relay._Frames(reply(), False, CallOutcome("/chat/completions", 0.0))
+    frames = Frames(reply(), False, CallOutcome("/chat/completions", 0.0))
     assert frames.feed(stream + b'data: {"after": 1}\n\ndata: {"error": {"message": "late"}}\n\n') == stream
     assert frames.finished and frames.failure is None
 
@@ -260,13 +262,13 @@ def test_frames_strip_unasked_usage_from_a_chunk_with_choices() -> None:
               + chunk(CLEX, None, usage=True, choices=empty_choice) + DONE)
     for reads in split_everywhere(stream):
         outcome = CallOutcome("/chat/completions", 0.0)
-        frames = relay._Frames(reply(), False, outcome)
+        frames = Frames(reply(), False, outcome)
         out = relay_all(frames, reads)
         events = [orjson.loads(e[6:]) for e in out.split(b"\n\n") if e.startswith(b"data: {")]
         assert [("usage" in e, e["choices"]) for e in events] == [
             (False, [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]), (False, finishing)]
         assert out.endswith(DONE) and (outcome.prompt_tokens, outcome.completion_tokens) == (4, 2)
-        asked = relay._Frames(reply(), True, CallOutcome("/chat/completions", 0.0))
+        asked = Frames(reply(), True, CallOutcome("/chat/completions", 0.0))
         assert relay_all(asked, reads) == stream
 
 
@@ -277,7 +279,7 @@ def test_frames_strip_unasked_usage_from_a_chunk_with_choices() -> None:
     ([{"index": 0, "delta": {"role": "assistant"}}], False), (["odd"], False), ("odd", False),
 ])
 def test_carries_nothing(choices: Any, nothing: bool) -> None:
-    assert relay._carries_nothing(choices) is nothing
+    assert _carries_nothing(choices) is nothing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +297,7 @@ async def relaying(upstream: DemoServer) -> AsyncIterator[tuple[str, list[int]]]
     provider = Provider("demo", upstream.url, pass_headers=("x-demo-",))
     catalog = settings.catalog.with_all_models_on(provider)
     upstream_pool = UpstreamPool(settings, catalog)
-    keepalives = {"/relay": relay.KeepAlives(5.0), "/relay-eager": relay.KeepAlives(0.05)}
+    keepalives = {"/relay": KeepAlives(5.0), "/relay-eager": KeepAlives(0.05)}
     calls: list[int] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -350,7 +352,7 @@ async def test_answer_headers_still_called_when_a_keepalive_sent_the_headers(
     async with aiohttp.ClientSession() as session, session.post(url + "-eager", headers=slow_first_token) as resp:
         assert "X-Answered-By" not in resp.headers  # too late to change them, but the call happened
         body = await resp.read()
-    assert body.startswith(relay.KEEPALIVE) and body.endswith(DONE)
+    assert body.startswith(KEEPALIVE) and body.endswith(DONE)
     assert calls == [0]
 
 

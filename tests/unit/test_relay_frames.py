@@ -10,7 +10,7 @@ import pytest
 
 from clexproxy.catalog import default_catalog
 from clexproxy.outcome import CallOutcome
-from clexproxy.relay import _Frames
+from clexproxy.sse_frames import Frames
 from clexproxy.upstream.pool import Scrubber, UpstreamReply
 
 
@@ -31,7 +31,7 @@ def relay(chunks: list[bytes], wants_usage: bool) -> tuple[bytes, CallOutcome, b
     model = catalog.models["meta/llama-3.1-8b-instruct"]
     reply = UpstreamReply(cast(Any, None), model, model.deployments[0], catalog.providers["nvidia"], False,
                           Scrubber((), ()))
-    frames = _Frames(reply, wants_usage, outcome)
+    frames = Frames(reply, wants_usage, outcome)
     sent = b"".join(frames.feed(c) for c in chunks)
     return sent, outcome, frames.finished
 
