@@ -141,6 +141,23 @@ class ServiceUnavailable(ApiError):
         )
 
 
+# A call the shutdown's drain cancels is marked on its request first (`CUT`), so the handler and the
+# relay, seeing the cancellation, answer it as cut by the gateway instead of taking it for a client
+# that left: SPEC's 503 (a stream ends with it as an error event) and `shutdown` in the access line.
+CUT = web.RequestKey("clexproxy_cut_by_shutdown", bool)
+SHUTDOWN = "shutdown"  # the access line's `error` for a call the shutdown cut
+
+
+def cut_by_shutdown(request: web.BaseRequest) -> bool:
+    """Whether the cancellation this request's handler sees is the shutdown's cut, not the client leaving."""
+    return bool(request.get(CUT))
+
+
+def shutdown_error() -> ServiceUnavailable:
+    """SPEC's 503 for a call the gateway cut on its way down; the client may retry at once, elsewhere."""
+    return ServiceUnavailable("The gateway is shutting down; retry the request.")
+
+
 class RequestTimeout(ApiError):
     """A request whose head or body stopped arriving (`connections.ClientConnection`)."""
 

@@ -21,10 +21,10 @@ from clexproxy.clock import Clock
 from clexproxy.config import Settings
 from clexproxy.keepalive import KeepAlives
 from clexproxy.limits.local import Meter
+from clexproxy.limits.refusals import RecentRefusals
 from clexproxy.limits.shared import SharedLimits
 from clexproxy.observability.accesslog import AccessLog
 from clexproxy.observability.metrics import Metrics, NullMetrics
-from clexproxy.server.refusals import RecentRefusals
 from clexproxy.store.base import Store
 from clexproxy.store.sqlite import UsageRow
 from clexproxy.sync.redis import RedisError, RedisSync

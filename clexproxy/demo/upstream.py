@@ -59,7 +59,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from clexproxy.server.signals import wait_for_stop_signal
+from clexproxy.signals import wait_for_stop_signal
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",

@@ -24,7 +24,16 @@ from aiohttp import web
 from clexproxy import relay
 from clexproxy.catalog import Model, Plan
 from clexproxy.config import Settings
-from clexproxy.errors import ApiError, InternalError, InvalidRequest, ModelNotFound, RateLimited
+from clexproxy.errors import (
+    SHUTDOWN,
+    ApiError,
+    InternalError,
+    InvalidRequest,
+    ModelNotFound,
+    RateLimited,
+    cut_by_shutdown,
+    shutdown_error,
+)
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import (
     GATEWAY,
@@ -44,7 +53,6 @@ from clexproxy.handlers.validation import (
 from clexproxy.limits.local import Admission
 from clexproxy.observability.accesslog import text_value
 from clexproxy.outcome import CallOutcome
-from clexproxy.server.shutdown import SHUTDOWN, cut_by_shutdown, shutdown_error
 
 log = logging.getLogger("clexproxy.proxy")
 

@@ -25,7 +25,7 @@ timer.
 
 The cap: with `max_connections` open, a new connection is answered 503 with Retry-After and closed
 instead of being taken on until the process runs out of file descriptors, when uvloop closes
-waiting connections with no answer at all (clexproxy.server.fdlimit). The connection is read from until
+waiting connections with no answer at all (`client_connection_cap`). The connection is read from until
 the client closes it, two seconds at most, so the answer is not lost to a reset.
 """
 

@@ -1,8 +1,8 @@
 """One gateway per port: a second instance on a taken port exits with the port error instead of sharing it.
 
 Workers bind the port with SO_REUSEPORT so the kernel spreads connections evenly over them
-(clexproxy/server/supervisor.py). The kernel lets any socket of the same user that sets SO_REUSEPORT
-join such a group, so a second `serve --workers N` on a taken port used to start and take a
+(`Supervisor`). The kernel lets any socket of the same user that sets SO_REUSEPORT join such a
+group, so a second `serve --workers N` on a taken port used to start and take a
 share of the first one's traffic (19 of 30 calls were answered by the other deployment). The
 process that owns a port (a single gateway, or the parent of N workers) therefore claims it
 first, with two guards:

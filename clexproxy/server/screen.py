@@ -10,9 +10,9 @@ full path would give; every other request goes to aiohttp's parser unchanged.
 
 Only a request that arrived whole, alone in one read, on a connection with nothing ahead of it
 is screened (so answers never overtake one another), and only while some call was refused a
-moment ago (clexproxy/server/refusals.py): otherwise the bytes go to aiohttp untouched.
+moment ago (`RecentRefusals`): otherwise the bytes go to aiohttp untouched.
 
-The connection is a `ClientConnection` (clexproxy.server.connections): SPEC's JSON for malformed HTTP,
+The connection is a `ClientConnection`: SPEC's JSON for malformed HTTP,
 time limits, the cap on connections. `GatewayRunner` sets those from the `client_*` settings.
 """
 
@@ -29,10 +29,10 @@ from clexproxy.fastpath.scan import plain_request
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY, pick_request_id
 from clexproxy.handlers.proxy import PROXIED_PATHS, settle_refusal
+from clexproxy.outbox import Outbox
 from clexproxy.outcome import CallOutcome
 from clexproxy.server.connections import ClientConnection, ClientServer, ConnectionLimits
 from clexproxy.server.fdlimit import open_file_limit
-from clexproxy.server.outbox import Outbox
 from clexproxy.server.raw_answers import RateLimitAnswers, raw_response
 
 _SCREENED_LINES = {f"POST {path} HTTP/1.1".encode(): endpoint for path, endpoint in PROXIED_PATHS.items()}
@@ -133,7 +133,7 @@ class ScreeningServer(ClientServer):
         super().__init__(*args, **kwargs)
         self.gateway = gateway
         self.screened = 0  # calls answered from the raw request
-        self.outbox = Outbox(self._loop)  # answers leave at the end of the loop's turn (clexproxy/server/outbox.py)
+        self.outbox = Outbox(self._loop)  # answers leave at the end of the loop's turn
         self.rate_limits = RateLimitAnswers()
 
     def __call__(self) -> RequestHandler:

@@ -5,10 +5,11 @@ On SIGTERM or SIGINT, `drain`:
    load balancer sends them elsewhere) and answers /readyz with 503;
 2. closes idle keep-alive connections, and has every busy one close after its answer;
 3. waits up to `shutdown_grace_seconds` for the calls in flight;
-4. cuts what still runs: each call is cancelled with a mark on its request (`CUT`), from which
-   the relay ends a stream with SPEC's 503 error event, `data: [DONE]` and the chunked
-   terminator, and a call not yet answered gets a 503 JSON; the access line says
-   `status=503 error=shutdown`, not a client that left (499);
+4. cuts what still runs: each call is cancelled with a mark on its request (`CUT`, which the
+   handler and the relay read through `cut_by_shutdown`), from which the relay ends a stream with
+   SPEC's 503 error event (`shutdown_error`), `data: [DONE]` and the chunked terminator, and a
+   call not yet answered gets a 503 JSON; the access line says `status=503 error=shutdown`, not a
+   client that left (499);
 5. gives those last writes `CUT_SECONDS`, then aborts any connection still open (a client that
    does not read would otherwise hold the process).
 
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from clexproxy.errors import ServiceUnavailable
+from clexproxy.errors import CUT
 
 if TYPE_CHECKING:
     from aiohttp.web_protocol import RequestHandler
@@ -39,19 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clexproxy.server.shutdown")
 
-CUT = web.RequestKey("clexproxy_cut_by_shutdown", bool)
 CUT_SECONDS = 1.0  # for the cut calls' last writes, and again for aborted connections to let go
-SHUTDOWN = "shutdown"  # the access line's `error` for a call the shutdown cut
-
-
-def cut_by_shutdown(request: web.BaseRequest) -> bool:
-    """Whether the cancellation this request's handler sees is the shutdown's cut, not the client leaving."""
-    return bool(request.get(CUT))
-
-
-def shutdown_error() -> ServiceUnavailable:
-    """SPEC's 503 for a call the gateway cut on its way down; the client may retry at once, elsewhere."""
-    return ServiceUnavailable("The gateway is shutting down; retry the request.")
 
 
 async def drain(runners: Iterable[web.BaseRunner], gateway: Gateway, grace: float) -> None:

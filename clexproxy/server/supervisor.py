@@ -1,5 +1,9 @@
 """`serve --workers N`: a parent that forks N gateway workers, restarts any that dies, and stops them all.
 
+The supervisor is handed each worker's life as a callable (`target(settings, slot)`, as uvicorn's
+`Multiprocess` is handed its server's `run`) and knows nothing else of what a worker does:
+`clexproxy serve` passes `run_worker`, a test can pass anything.
+
 Each worker binds the port itself with SO_REUSEPORT, so the kernel spreads connections over
 the workers evenly (one socket inherited by every worker leaves most connections to whichever
 worker wakes first). The workers share nothing in memory: limits go through Redis (the parent
@@ -9,11 +13,11 @@ through snapshot files in `metrics_dir`, which one scrape of any worker merges.
 The parent does the one-time work (the demo key, an empty metrics directory), then only
 watches. A worker that dies is replaced; one that keeps dying at once is replaced after a
 growing pause, so a broken configuration does not spin the machine. A worker that cannot bind
-the port is not replaced (a replacement would fail the same way, forever): the parent prints the
-one-line message a single gateway prints, once however many workers failed alike, stops the
-others and exits 1. The parent claimed the port before forking (clexproxy/server/ports.py), so this
-takes another program binding it while every worker was down. SIGTERM or SIGINT
-is passed to every worker, which stops accepting, finishes its calls within
+the port (a target raising `CannotListen`) is not replaced (a replacement would fail the same way,
+forever): the parent prints the one-line message a single gateway prints, once however many workers
+failed alike, stops the others and exits 1. The parent claimed the port before forking
+(`claim_port`), so this takes another program binding it while every worker was down. SIGTERM or
+SIGINT is passed to every worker, which stops accepting, finishes its calls within
 `shutdown_grace_seconds` and returns its credit leases; what is still running `STOP_MARGIN`
 seconds after that is killed.
 """
@@ -25,12 +29,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from clexproxy.config import Settings
 from clexproxy.server.ports import EXIT_CANNOT_LISTEN, CannotListen
-from clexproxy.server.signals import STOP_SIGNALS
+from clexproxy.signals import STOP_SIGNALS
 
 log = logging.getLogger("clexproxy.server.supervisor")
 
@@ -49,9 +54,12 @@ def worker_settings(settings: Settings) -> Settings:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, banner: str) -> None:
+    """Forks `settings.server.workers` processes, each running `target(settings, slot)`, and keeps them running."""
+
+    def __init__(self, settings: Settings, banner: str, *, target: Callable[[Settings, int], None]) -> None:
         self.settings = settings
         self.banner = banner
+        self.target = target
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (slot, started at)
         self.stopping = False
         self.cannot_listen = False  # a worker could not bind: stop everything, exit 1
@@ -94,9 +102,7 @@ class Supervisor:
             try:
                 for signum in STOP_SIGNALS:
                     signal.signal(signum, signal.SIG_DFL)
-                from clexproxy.server.worker import run_worker
-
-                run_worker(self.settings, slot)
+                self.target(self.settings, slot)
                 code = 0
             except CannotListen as exc:
                 os.write(self._why_w, f"{exc.code}\n".encode())  # one line, well under PIPE_BUF: written whole

@@ -26,8 +26,8 @@ from clexproxy.server.fdlimit import raise_open_file_limit, upstream_connection_
 from clexproxy.server.ports import CannotListen, PortClaim, claim_port
 from clexproxy.server.screen import GatewayRunner
 from clexproxy.server.shutdown import CUT_SECONDS, drain
-from clexproxy.server.signals import STOP_SIGNALS, wait_for_stop_signal
 from clexproxy.server.supervisor import Supervisor, worker_settings
+from clexproxy.signals import STOP_SIGNALS, wait_for_stop_signal
 from clexproxy.store.sqlite import usable_data_dir
 
 log = logging.getLogger("clexproxy.server.worker")
@@ -182,7 +182,7 @@ def warn_missing_credentials(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings, slot: int) -> None:
-    """A forked worker's life (clexproxy/server/supervisor.py): one gateway on the shared port."""
+    """A forked worker's life (the `Supervisor`'s target): one gateway on the shared port."""
     _run_loop(serve(settings, worker=slot))
 
 
@@ -207,4 +207,4 @@ def _run_supervisor(settings: Settings) -> None:
                          f"{settings.server.workers} workers cannot share limits without it") from None
     workers = settings.server.workers
     text = banner(settings, demo_key).replace(" listening on ", f" listening on (x{workers} workers) ", 1)
-    raise SystemExit(Supervisor(settings, text).run())
+    raise SystemExit(Supervisor(settings, text, target=run_worker).run())

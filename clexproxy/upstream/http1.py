@@ -25,7 +25,7 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from clexproxy.server.outbox import Outbox
+from clexproxy.outbox import Outbox
 
 READ_BUFSIZE = 2**16
 DNS_TTL = 300.0
@@ -104,7 +104,7 @@ class Origin:
         self._addresses: list[tuple[Any, ...]] = []
         self._resolved_at = -DNS_TTL
         self._closed = False
-        self._outbox: Outbox | None = None  # requests leave at the end of the loop's turn (clexproxy/server/outbox.py)
+        self._outbox: Outbox | None = None  # requests leave at the end of the loop's turn (`Outbox`)
         self._finishing: dict[asyncio.Task[None], UpstreamResponse] = {}  # answers whose upstream body still ends
         self.host_header = url.host_port_subcomponent or self._host  # brackets an IPv6 literal; no default port
 

@@ -240,11 +240,12 @@ def test_a_worker_that_cannot_listen_stops_the_supervisor(tmp_path: Path, redis_
             from clexproxy.observability.accesslog import configure_logging
             from clexproxy.config import load_settings
             from clexproxy.server.supervisor import Supervisor, worker_settings
+            from clexproxy.server.worker import run_worker
             configure_logging("INFO", "text")
             settings = load_settings(None, env={{}}, overrides={{
                 "demo": True, "port": {port}, "workers": 2, "redis_url": {redis_server.url!r},
                 "data_dir": {str(tmp_path / "data")!r}}})
-            sys.exit(Supervisor(worker_settings(settings), "banner").run())
+            sys.exit(Supervisor(worker_settings(settings), "banner", target=run_worker).run())
         """)
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=clean_env(),
                               cwd=REPO, timeout=EXIT_TIMEOUT)

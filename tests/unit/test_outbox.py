@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from clexproxy.server.outbox import Outbox
+from clexproxy.outbox import Outbox
 
 
 class Transport:

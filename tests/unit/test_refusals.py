@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from clexproxy.server import refusals
-from clexproxy.server.refusals import RecentRefusals
+from clexproxy.limits import refusals
+from clexproxy.limits.refusals import RecentRefusals
 
 
 def test_a_refusal_is_remembered_for_the_ttl_only() -> None:
