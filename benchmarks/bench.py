@@ -247,7 +247,8 @@ def demo_key(data_dir: Path) -> str:
 
 def seed_keys(data_dir: Path, accounts: int, keys_per_account: int, plan: str) -> list[str]:
     """Accounts and keys written straight into a fresh store (100,000 keys through the CLI would take minutes)."""
-    from clexproxy.store.sqlite import SQLiteStore, key_hint, new_key
+    from clexproxy.store.base import key_hint, new_key
+    from clexproxy.store.sqlite import SQLiteStore
 
     store = SQLiteStore.in_data_dir(data_dir)
     store.close()

@@ -24,7 +24,7 @@ from clexproxy.handlers import admin, health, models
 from clexproxy.handlers.common import GATEWAY, request_id
 from clexproxy.handlers.proxy import PROXIED_PATHS, make_handler
 from clexproxy.observability.accesslog import text_value
-from clexproxy.store.base import open_store
+from clexproxy.store import open_store
 
 log = logging.getLogger("clexproxy.app")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from clexproxy.catalog import Catalog, Plan
 from clexproxy.errors import AuthenticationFailed
 from clexproxy.fastpath.keys import KeyEntry, KeyTable
-from clexproxy.store.sqlite import AccountRow, KeyRow
+from clexproxy.store.base import AccountRow, KeyRow
 
 log = logging.getLogger("clexproxy.auth")
 

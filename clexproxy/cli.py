@@ -13,8 +13,8 @@ from typing import Any
 
 from clexproxy import __version__
 from clexproxy.config import ENV_PREFIX, ConfigError, Settings, load_settings
-from clexproxy.store.base import Store, open_store
-from clexproxy.store.sqlite import StoreError
+from clexproxy.store import open_store
+from clexproxy.store.base import Store, StoreError, UnknownPlan
 from clexproxy.sync.redis import RedisError, RedisSync
 
 DEFAULTS = Settings()
@@ -132,7 +132,7 @@ def _check_plan(args: argparse.Namespace, settings: Settings) -> None:
     plans = settings.catalog.plans
     wants_plan = (args.command, args.action) in (("keys", "create"), ("accounts", "set-plan"))
     if wants_plan and args.plan not in plans:
-        raise StoreError(f"unknown plan {args.plan!r}; choose one of: {', '.join(plans)}")
+        raise UnknownPlan(f"unknown plan {args.plan!r}; choose one of: {', '.join(plans)}")
 
 
 async def _keys(args: argparse.Namespace, settings: Settings, store: Store) -> None:

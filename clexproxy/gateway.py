@@ -25,8 +25,7 @@ from clexproxy.limits.refusals import RecentRefusals
 from clexproxy.limits.shared import SharedLimits
 from clexproxy.observability.accesslog import AccessLog
 from clexproxy.observability.metrics import Metrics, NullMetrics
-from clexproxy.store.base import Store
-from clexproxy.store.sqlite import UsageRow
+from clexproxy.store.base import Store, UsageRow
 from clexproxy.sync.redis import RedisError, RedisSync
 from clexproxy.upstream.pool import UpstreamPool
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from clexproxy.config import Settings
 from clexproxy.fastpath.keys import hash_key, key_format_ok
-from clexproxy.store.base import open_store
-from clexproxy.store.sqlite import StoreError, usable_data_dir
+from clexproxy.store import open_store
+from clexproxy.store.base import KeyLimitReached
+from clexproxy.store.datadir import usable_data_dir
 
 DEMO_KEY_FILE = "demo_key"
 
@@ -30,7 +31,7 @@ async def ensure_demo_key(settings: Settings) -> str:
         limits = {p.name: p.max_keys for p in settings.catalog.plans.values()}
         try:
             _, key = await store.create_key(settings.demo.account, settings.demo.plan, limits)
-        except StoreError:
+        except KeyLimitReached:
             # The demo account is at its key limit with keys we cannot show: retire the oldest.
             oldest = (await store.list_keys(settings.demo.account, include_revoked=False))[0]
             await store.revoke_key(oldest.id)

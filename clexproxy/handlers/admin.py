@@ -16,7 +16,7 @@ from aiohttp import web
 
 from clexproxy.errors import AuthenticationFailed, InvalidRequest, NotFound
 from clexproxy.handlers.common import GATEWAY, read_json, request_id
-from clexproxy.store.sqlite import AccountRow, KeyRow, StoreError
+from clexproxy.store.base import AccountNotFound, AccountRow, KeyNotFound, KeyRow, StoreError
 
 T = TypeVar("T")
 
@@ -75,12 +75,14 @@ def _plan(request: web.Request, body: Any, default: str | None = None) -> str:
 
 
 async def _store_call(request: web.Request, call: Awaitable[T]) -> T:
+    """A store write, applied here at once; a refusal is a 404 when what it names is missing, else a 400."""
     gateway = request.app[GATEWAY]
     try:
         result = await call
+    except (AccountNotFound, KeyNotFound) as exc:
+        raise NotFound(str(exc)) from None
     except StoreError as exc:
-        message = str(exc)
-        raise (NotFound(message) if message.startswith("no ") else InvalidRequest(message)) from None
+        raise InvalidRequest(str(exc)) from None
     await gateway.sync_store(force=True)
     await gateway.announce_key_change()
     return result

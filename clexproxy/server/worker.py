@@ -28,7 +28,7 @@ from clexproxy.server.screen import GatewayRunner
 from clexproxy.server.shutdown import CUT_SECONDS, drain
 from clexproxy.server.supervisor import Supervisor, worker_settings
 from clexproxy.signals import STOP_SIGNALS, wait_for_stop_signal
-from clexproxy.store.sqlite import usable_data_dir
+from clexproxy.store.datadir import usable_data_dir
 
 log = logging.getLogger("clexproxy.server.worker")
 

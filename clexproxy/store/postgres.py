@@ -24,7 +24,19 @@ from asyncpg import Record
 from asyncpg.pool import Pool, PoolConnectionProxy
 
 from clexproxy.fastpath.keys import hash_key
-from clexproxy.store.sqlite import AccountRow, KeyRow, StoreError, UsageDelta, UsageRow, key_hint, new_key
+from clexproxy.store.base import (
+    AccountExists,
+    AccountNotFound,
+    AccountRow,
+    KeyAlreadyRevoked,
+    KeyLimitReached,
+    KeyNotFound,
+    KeyRow,
+    UsageDelta,
+    UsageRow,
+    key_hint,
+    new_key,
+)
 
 # Advisory lock ids (arbitrary, unique to clexproxy): anything else in this database that uses
 # advisory locks must stay clear of them.
@@ -131,12 +143,12 @@ class PostgresStore:
     async def create_account(self, name: str, plan: str) -> AccountRow:
         async with self._write() as conn:
             if await conn.fetchval("SELECT 1 FROM accounts WHERE name = $1", name):
-                raise StoreError(f"account {name!r} already exists")
+                raise AccountExists(f"account {name!r} already exists")
             now = time.time()
             try:
                 account_id = await conn.fetchval(_INSERT_ACCOUNT, name, plan, now)
             except asyncpg.UniqueViolationError as exc:  # a writer that bypassed SEQ_LOCK got there first
-                raise StoreError(f"account {name!r} already exists") from exc
+                raise AccountExists(f"account {name!r} already exists") from exc
             return AccountRow(int(account_id), name, plan, now)
 
     async def get_account(self, name: str) -> AccountRow | None:
@@ -153,7 +165,7 @@ class PostgresStore:
                 plan, name,
             )
             if row is None:
-                raise StoreError(f"no account named {name!r}")
+                raise AccountNotFound(f"no account named {name!r}")
             return _account(row)
 
     # keys -------------------------------------------------------------------------------------
@@ -180,7 +192,7 @@ class PostgresStore:
             )
             limit = max_keys_by_plan.get(account_plan, 0)
             if active >= limit:
-                raise StoreError(
+                raise KeyLimitReached(
                     f"account {account!r} already has {active} active key(s); the {account_plan} plan allows {limit}"
                 )
             digest, hint = hash_key(key), key_hint(key)
@@ -209,7 +221,9 @@ class PostgresStore:
             )
             if status == "UPDATE 0":
                 exists = await conn.fetchval("SELECT 1 FROM keys WHERE id = $1", key_id)
-                raise StoreError(f"key {key_id} is already revoked" if exists else f"no key with id {key_id}")
+                if exists:
+                    raise KeyAlreadyRevoked(f"key {key_id} is already revoked")
+                raise KeyNotFound(f"no key with id {key_id}")
             row = await conn.fetchrow(_KEY_SELECT + " WHERE k.id = $1", key_id)
             assert row is not None
             return _key(row)

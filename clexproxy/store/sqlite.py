@@ -3,24 +3,39 @@
 The server never touches it on the request path: it loads everything at start, then a
 background task applies what changed (`changes_since`, driven by a sequence number every
 mutation bumps) and writes usage behind. WAL mode lets the CLI write while the server reads.
+`SQLiteStore` is synchronous; `ThreadedSQLiteStore` runs it on a thread of its own behind the
+async `Store` protocol, off the event loop.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
+import asyncio
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, TypeVar
 
 from clexproxy.fastpath.keys import hash_key
+from clexproxy.store.base import (
+    AccountExists,
+    AccountNotFound,
+    AccountRow,
+    DataDirUnusable,
+    KeyAlreadyRevoked,
+    KeyLimitReached,
+    KeyNotFound,
+    KeyRow,
+    UsageDelta,
+    UsageRow,
+    key_hint,
+    new_key,
+)
+from clexproxy.store.datadir import DATA_DIR_FIX, usable_data_dir
 
-KEY_PREFIX = "clex_"
-KEY_RANDOM_BYTES = 32  # 43 URL-safe characters: above SPEC's minimum of 32
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -57,83 +72,6 @@ CREATE TABLE IF NOT EXISTS usage (
 """
 
 
-class StoreError(Exception):
-    """A request the store refuses (unknown account, key limit reached...); the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class AccountRow:
-    id: int
-    name: str
-    plan: str
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRow:
-    id: int
-    account_id: int
-    account: str
-    key_hash: bytes
-    hint: str
-    created_at: float
-    revoked_at: float | None
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-
-class UsageDelta(NamedTuple):
-    """Usage to add to an (account, day) row; a plain 6-tuple in the same order (`UsageRow`) is one too."""
-
-    account_id: int
-    day: int
-    credits: int
-    calls: int
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-# (account_id, day, credits, calls, prompt_tokens, completion_tokens): what `CreditLedger.drain_usage`
-# gives, and what a flush writes.
-UsageRow = tuple[int, int, int, int, int, int]
-
-
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_BYTES)
-
-
-def key_hint(key: str) -> str:
-    """Enough of a key to tell keys apart in a listing, too little to use."""
-    return f"{key[:9]}...{key[-4:]}"
-
-
-DATA_DIR_FIX = "or choose another with --data-dir (CLEX_DATA_DIR)"
-
-
-def usable_data_dir(data_dir: str | Path) -> Path:
-    """The data dir, created when missing; a StoreError naming the path and the fix when it cannot hold the store.
-
-    The store, its WAL journal, the demo key and the workers' metrics all live there, so the
-    directory itself must be writable, not only the database file.
-    """
-    path = Path(data_dir)
-    if path.exists() and not path.is_dir():
-        raise StoreError(f"data dir {path} is not a directory: move that file away {DATA_DIR_FIX}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(
-            f"cannot create data dir {path} ({exc.strerror}): create it writable for this user {DATA_DIR_FIX}"
-        ) from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise StoreError(
-            f"data dir {path} is not writable: make it writable for this user (uid {os.getuid()}) {DATA_DIR_FIX}"
-        )
-    return path
-
-
 class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
@@ -143,7 +81,7 @@ class SQLiteStore:
             # check_same_thread=False: the server drives it from one worker thread at a time.
             self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            raise StoreError(
+            raise DataDirUnusable(
                 f"cannot open the key store {path} ({exc}): make it writable for this user {DATA_DIR_FIX}"
             ) from None
         try:
@@ -155,7 +93,7 @@ class SQLiteStore:
             self._db.close()
             if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
                 raise
-            raise StoreError(
+            raise DataDirUnusable(
                 f"cannot use the key store {path} ({exc}): make it writable for this user {DATA_DIR_FIX}"
             ) from None
 
@@ -189,7 +127,7 @@ class SQLiteStore:
     def create_account(self, name: str, plan: str) -> AccountRow:
         with self._tx() as db:
             if db.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone():
-                raise StoreError(f"account {name!r} already exists")
+                raise AccountExists(f"account {name!r} already exists")
             now = time.time()
             cur = db.execute(
                 "INSERT INTO accounts (name, plan, created_at, seq) VALUES (?, ?, ?, ?)",
@@ -209,7 +147,7 @@ class SQLiteStore:
         with self._tx() as db:
             cur = db.execute("UPDATE accounts SET plan = ?, seq = ? WHERE name = ?", (plan, self._next_seq(db), name))
             if cur.rowcount == 0:
-                raise StoreError(f"no account named {name!r}")
+                raise AccountNotFound(f"no account named {name!r}")
         account = self.get_account(name)
         assert account is not None
         return account
@@ -235,7 +173,7 @@ class SQLiteStore:
             ).fetchone()[0]
             limit = max_keys_by_plan.get(account_plan, 0)
             if active >= limit:
-                raise StoreError(
+                raise KeyLimitReached(
                     f"account {account!r} already has {active} active key(s); the {account_plan} plan allows {limit}"
                 )
             digest = hash_key(key)
@@ -266,7 +204,9 @@ class SQLiteStore:
             )
             if cur.rowcount == 0:
                 exists = db.execute("SELECT 1 FROM keys WHERE id = ?", (key_id,)).fetchone()
-                raise StoreError(f"key {key_id} is already revoked" if exists else f"no key with id {key_id}")
+                if exists:
+                    raise KeyAlreadyRevoked(f"key {key_id} is already revoked")
+                raise KeyNotFound(f"no key with id {key_id}")
         return next(k for k in self.list_keys() if k.id == key_id)
 
     # change feed ------------------------------------------------------------------------------
@@ -326,3 +266,56 @@ class SQLiteStore:
             (account, since_day),
         ).fetchall()
         return [UsageDelta(*r) for r in rows]
+
+
+class ThreadedSQLiteStore:
+    """`SQLiteStore` behind the async `Store` protocol: one thread owns the connection, off the event loop."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.sqlite = store
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clexproxy-store")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def close(self) -> None:
+        await self._run(self.sqlite.close)
+        self._thread.shutdown(wait=True)
+
+    async def change_marker(self) -> int:
+        # PRAGMA data_version moves only for other connections' commits; the gateway forces a
+        # look after its own writes.
+        return await self._run(self.sqlite.data_version)
+
+    async def changes_since(self, seq: int) -> tuple[list[AccountRow], list[KeyRow], int]:
+        return await self._run(self.sqlite.changes_since, seq)
+
+    async def credits_spent(self, day: int) -> dict[int, int]:
+        return await self._run(self.sqlite.credits_spent, day)
+
+    async def add_usage(self, deltas: Iterable[UsageRow]) -> None:
+        await self._run(self.sqlite.add_usage, deltas)
+
+    async def create_account(self, name: str, plan: str) -> AccountRow:
+        return await self._run(self.sqlite.create_account, name, plan)
+
+    async def get_account(self, name: str) -> AccountRow | None:
+        return await self._run(self.sqlite.get_account, name)
+
+    async def list_accounts(self) -> list[AccountRow]:
+        return await self._run(self.sqlite.list_accounts)
+
+    async def set_plan(self, name: str, plan: str) -> AccountRow:
+        return await self._run(self.sqlite.set_plan, name, plan)
+
+    async def create_key(self, account: str, plan: str, max_keys_by_plan: dict[str, int]) -> tuple[KeyRow, str]:
+        return await self._run(self.sqlite.create_key, account, plan, max_keys_by_plan)
+
+    async def list_keys(self, account: str | None = None, include_revoked: bool = True) -> list[KeyRow]:
+        return await self._run(self.sqlite.list_keys, account, include_revoked)
+
+    async def revoke_key(self, key_id: int) -> KeyRow:
+        return await self._run(self.sqlite.revoke_key, key_id)
+
+    async def usage(self, account: str, since_day: int = 0) -> list[UsageDelta]:
+        return await self._run(self.sqlite.usage, account, since_day)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,14 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from clexproxy.clock import ManualClock
 from clexproxy.fastpath.keys import hash_key
+from clexproxy.store.base import (
+    AccountExists,
+    AccountNotFound,
+    KeyAlreadyRevoked,
+    KeyLimitReached,
+    KeyNotFound,
+    StoreError,
+)
 
 from .conftest import GatewayFactory, RunningGateway
 
@@ -225,3 +234,31 @@ async def test_usage(admin: RunningGateway) -> None:
     assert day["prompt_tokens"] > 0
     status, doc, _ = await call(admin, "GET", "/admin/accounts/ghost/usage")
     assert_error(status, doc, 404)
+
+
+async def test_each_store_refusal_maps_to_its_status(admin: RunningGateway) -> None:
+    """A store's refusal is answered by its class, with the store's message: 404 for what is not there, else 400."""
+    await create_key(admin, "solo", "free")  # the free plan's one key
+    revoked = await create_key(admin, "acme", "pro")
+    status, _, _ = await call(admin, "DELETE", f"/admin/keys/{revoked['id']}")
+    assert status == 200
+    store = admin.gateway.store
+    limits = {p.name: p.max_keys for p in admin.gateway.catalog.plans.values()}
+    # (the refusal, the store call that raises it, the admin call that makes the same mistake, its status)
+    cases: list[tuple[type[StoreError], Callable[[], Awaitable[Any]], tuple[str, str, Any], int]] = [
+        (AccountNotFound, lambda: store.set_plan("ghost", "pro"), ("PATCH", "/admin/accounts/ghost", {"plan": "pro"}),
+         404),
+        (KeyNotFound, lambda: store.revoke_key(4242), ("DELETE", "/admin/keys/4242", None), 404),
+        (KeyLimitReached, lambda: store.create_key("solo", "free", limits), ("POST", "/admin/accounts/solo/keys", None),
+         400),
+        (AccountExists, lambda: store.create_account("acme", "pro"),
+         ("POST", "/admin/accounts", {"name": "acme", "plan": "pro"}), 400),
+        (KeyAlreadyRevoked, lambda: store.revoke_key(revoked["id"]), ("DELETE", f"/admin/keys/{revoked['id']}", None),
+         400),
+    ]
+    for refusal, store_call, (method, path, body), expected in cases:
+        with pytest.raises(refusal) as info:
+            await store_call()
+        status, doc, _ = await call(admin, method, path, body)
+        error = assert_error(status, doc, expected)
+        assert error["message"] == str(info.value), refusal

@@ -12,13 +12,27 @@ import hashlib
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
 from clexproxy.catalog import DEFAULT_PLANS
+from clexproxy.store import open_store
+from clexproxy.store.base import (
+    AccountExists,
+    AccountNotFound,
+    AccountRow,
+    KeyAlreadyRevoked,
+    KeyLimitReached,
+    KeyNotFound,
+    KeyRow,
+    Store,
+    StoreError,
+    UsageDelta,
+)
 from clexproxy.store.postgres import PostgresStore
-from clexproxy.store.sqlite import AccountRow, KeyRow, StoreError, UsageDelta
 from tests.pg_server import PgServer, PostgresNotInstalled
 
 LIMITS = {name: plan.max_keys for name, plan in DEFAULT_PLANS.items()}
@@ -97,18 +111,18 @@ async def test_plaintext_key_never_stored(store: PostgresStore, pg: PgServer, ds
 
 async def test_key_limit_per_plan(store: PostgresStore) -> None:
     await store.create_key("solo", "free", LIMITS)
-    with pytest.raises(StoreError, match=r"free plan allows 1") as info:
+    with pytest.raises(KeyLimitReached, match=r"free plan allows 1") as info:
         await store.create_key("solo", "free", LIMITS)
     assert "'solo'" in str(info.value)
     for _ in range(5):
         await store.create_key("team", "starter", LIMITS)
-    with pytest.raises(StoreError, match="allows 5"):
+    with pytest.raises(KeyLimitReached, match="allows 5"):
         await store.create_key("team", "starter", LIMITS)
     assert len(await store.list_keys("team")) == 5
 
 
 async def test_unknown_plan_allows_no_key_and_creates_no_account(store: PostgresStore) -> None:
-    with pytest.raises(StoreError, match="the gold plan allows 0"):
+    with pytest.raises(KeyLimitReached, match="the gold plan allows 0"):
         await store.create_key("ghost", "gold", LIMITS)
     assert await store.get_account("ghost") is None  # the failed call's account insert was rolled back
 
@@ -116,7 +130,7 @@ async def test_unknown_plan_allows_no_key_and_creates_no_account(store: Postgres
 async def test_existing_account_keeps_its_plan(store: PostgresStore) -> None:
     """The plan argument is only for a new account: it cannot lift an existing account's key limit."""
     await store.create_key("solo", "free", LIMITS)
-    with pytest.raises(StoreError):
+    with pytest.raises(KeyLimitReached):
         await store.create_key("solo", "pro", LIMITS)
     account = await store.get_account("solo")
     assert account is not None and account.plan == "free"
@@ -134,9 +148,9 @@ async def test_revoke(store: PostgresStore) -> None:
     revoked = await store.revoke_key(row.id)
     assert revoked.id == row.id and not revoked.active and revoked.revoked_at is not None
     assert revoked.account == "acme" and revoked.key_hash == row.key_hash
-    with pytest.raises(StoreError, match="already revoked"):
+    with pytest.raises(KeyAlreadyRevoked, match="already revoked"):
         await store.revoke_key(row.id)
-    with pytest.raises(StoreError, match="no key with id 999"):
+    with pytest.raises(KeyNotFound, match="no key with id 999"):
         await store.revoke_key(999)
 
 
@@ -154,14 +168,52 @@ async def test_list_keys(store: PostgresStore) -> None:
 
 async def test_accounts_and_set_plan(store: PostgresStore) -> None:
     created = await store.create_account("acme", "free")
-    with pytest.raises(StoreError, match="account 'acme' already exists"):
+    with pytest.raises(AccountExists, match="account 'acme' already exists"):
         await store.create_account("acme", "pro")
     changed = await store.set_plan("acme", "pro")
     assert changed.id == created.id and changed.plan == "pro" and changed.created_at == created.created_at
-    with pytest.raises(StoreError, match="no account named 'ghost'"):
+    with pytest.raises(AccountNotFound, match="no account named 'ghost'"):
         await store.set_plan("ghost", "pro")
     assert [a.name for a in await store.list_accounts()] == ["acme"]
     assert await store.get_account("ghost") is None
+
+
+async def make_each_mistake(store: Store) -> list[tuple[type[StoreError], str]]:
+    """Each mistake a caller can make of a fresh store, once, through the `Store` protocol: what it raised."""
+    await store.create_key("solo", "free", LIMITS)  # the free plan's one key
+    revoked, _ = await store.create_key("acme", "pro", LIMITS)
+    await store.revoke_key(revoked.id)
+    mistakes: list[Callable[[], Awaitable[Any]]] = [
+        lambda: store.create_account("acme", "pro"),
+        lambda: store.set_plan("ghost", "pro"),
+        lambda: store.create_key("solo", "free", LIMITS),
+        lambda: store.revoke_key(revoked.id),
+        lambda: store.revoke_key(999),
+    ]
+    raised: list[tuple[type[StoreError], str]] = []
+    for mistake in mistakes:
+        with pytest.raises(StoreError) as info:
+            await mistake()
+        raised.append((type(info.value), str(info.value)))
+    return raised
+
+
+async def test_each_mistake_raises_what_sqlite_raises(store: PostgresStore, tmp_path: Path) -> None:
+    """The same mistake is the same `StoreError` subclass with the same message on both backends."""
+    sqlite = await open_store(str(tmp_path / "data"))
+    try:
+        on_sqlite = await make_each_mistake(sqlite)
+    finally:
+        await sqlite.close()
+    on_postgres = await make_each_mistake(store)
+    assert on_postgres == on_sqlite
+    assert on_postgres == [
+        (AccountExists, "account 'acme' already exists"),
+        (AccountNotFound, "no account named 'ghost'"),
+        (KeyLimitReached, "account 'solo' already has 1 active key(s); the free plan allows 1"),
+        (KeyAlreadyRevoked, "key 2 is already revoked"),
+        (KeyNotFound, "no key with id 999"),
+    ]
 
 
 async def test_changes_since(store: PostgresStore) -> None:
@@ -280,13 +332,13 @@ async def test_concurrent_create_key_never_exceeds_max_keys(make_store: StoreFac
     made = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, BaseException)]
     assert len(made) == 5 and len(refused) == 15
-    assert all(isinstance(r, StoreError) and "allows 5" in str(r) for r in refused), refused
+    assert all(isinstance(r, KeyLimitReached) and "allows 5" in str(r) for r in refused), refused
     assert len(await b.list_keys("team", include_revoked=False)) == 5
 
     # An account neither host has seen yet: created once, with exactly its one free key.
     results = await asyncio.gather(*attempts("fresh", "free", 12), return_exceptions=True)
     assert sum(not isinstance(r, BaseException) for r in results) == 1
-    assert all(isinstance(r, StoreError) for r in results if isinstance(r, BaseException)), results
+    assert all(isinstance(r, KeyLimitReached) for r in results if isinstance(r, BaseException)), results
     assert [x.name for x in await a.list_accounts()].count("fresh") == 1
     assert len(await a.list_keys("fresh")) == 1
 

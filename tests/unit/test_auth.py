@@ -10,7 +10,7 @@ from clexproxy.auth import Directory
 from clexproxy.catalog import default_catalog
 from clexproxy.errors import AuthenticationFailed
 from clexproxy.fastpath.keys import hash_key
-from clexproxy.store.sqlite import AccountRow, KeyRow
+from clexproxy.store.base import AccountRow, KeyRow
 
 KEY = "clex_" + secrets.token_urlsafe(32)
 OTHER_KEY = "clex_" + secrets.token_urlsafe(32)

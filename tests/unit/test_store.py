@@ -1,4 +1,8 @@
-"""The embedded SQLite store: hashed keys only, plan key limits, revocation, the change feed and usage upserts."""
+"""The embedded SQLite store: hashed keys only, plan key limits, revocation, the change feed and usage upserts.
+
+Each refusal is asserted as its `StoreError` subclass; that PostgreSQL raises the same subclass and
+message for the same mistake is checked with both backends side by side in the PostgreSQL tests.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,16 @@ from pathlib import Path
 import pytest
 
 from clexproxy.catalog import DEFAULT_PLANS
-from clexproxy.store.sqlite import SQLiteStore, StoreError, UsageDelta
+from clexproxy.store.base import (
+    AccountExists,
+    AccountNotFound,
+    DataDirUnusable,
+    KeyAlreadyRevoked,
+    KeyLimitReached,
+    KeyNotFound,
+    UsageDelta,
+)
+from clexproxy.store.sqlite import SQLiteStore
 
 LIMITS = {name: plan.max_keys for name, plan in DEFAULT_PLANS.items()}
 KEY_RE = re.compile(r"clex_[A-Za-z0-9_-]{32,}")
@@ -58,12 +71,12 @@ def test_plaintext_key_never_stored(store: SQLiteStore, tmp_path: Path) -> None:
 
 def test_key_limit_per_plan(store: SQLiteStore) -> None:
     store.create_key("solo", "free", LIMITS)
-    with pytest.raises(StoreError, match=r"free plan allows 1") as info:
+    with pytest.raises(KeyLimitReached, match=r"free plan allows 1") as info:
         store.create_key("solo", "free", LIMITS)
     assert "'solo'" in str(info.value)
     for _ in range(5):
         store.create_key("team", "starter", LIMITS)
-    with pytest.raises(StoreError, match="allows 5"):
+    with pytest.raises(KeyLimitReached, match="allows 5"):
         store.create_key("team", "starter", LIMITS)
     assert len(store.list_keys("team")) == 5
 
@@ -71,7 +84,7 @@ def test_key_limit_per_plan(store: SQLiteStore) -> None:
 def test_existing_account_keeps_its_plan(store: SQLiteStore) -> None:
     """The plan argument is only for a new account: it cannot lift an existing account's key limit."""
     store.create_key("solo", "free", LIMITS)
-    with pytest.raises(StoreError):
+    with pytest.raises(KeyLimitReached):
         store.create_key("solo", "pro", LIMITS)
     account = store.get_account("solo")
     assert account is not None and account.plan == "free"
@@ -88,9 +101,9 @@ def test_revoke(store: SQLiteStore) -> None:
     row, _ = store.create_key("acme", "pro", LIMITS)
     revoked = store.revoke_key(row.id)
     assert revoked.id == row.id and not revoked.active and revoked.revoked_at is not None
-    with pytest.raises(StoreError, match="already revoked"):
+    with pytest.raises(KeyAlreadyRevoked, match="already revoked"):
         store.revoke_key(row.id)
-    with pytest.raises(StoreError, match="no key with id 999"):
+    with pytest.raises(KeyNotFound, match="no key with id 999"):
         store.revoke_key(999)
 
 
@@ -107,11 +120,11 @@ def test_list_keys(store: SQLiteStore) -> None:
 
 def test_accounts_and_set_plan(store: SQLiteStore) -> None:
     created = store.create_account("acme", "free")
-    with pytest.raises(StoreError, match="already exists"):
+    with pytest.raises(AccountExists, match="already exists"):
         store.create_account("acme", "pro")
     changed = store.set_plan("acme", "pro")
     assert changed.id == created.id and changed.plan == "pro"
-    with pytest.raises(StoreError, match="no account named 'ghost'"):
+    with pytest.raises(AccountNotFound, match="no account named 'ghost'"):
         store.set_plan("ghost", "pro")
     assert [a.name for a in store.list_accounts()] == ["acme"]
     assert store.get_account("ghost") is None
@@ -185,3 +198,10 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
         assert again.credits_spent(7) == {row.account_id: 4}
     finally:
         again.close()
+
+
+def test_a_data_dir_that_is_a_file_is_unusable(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a directory")
+    with pytest.raises(DataDirUnusable, match=r"is not a directory: move that file away"):
+        SQLiteStore.in_data_dir(tmp_path / "data")
+
