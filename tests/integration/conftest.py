@@ -20,7 +20,8 @@ from aiohttp import web
 from clexproxy.app import build_app
 from clexproxy.clock import Clock, ManualClock
 from clexproxy.config import Settings, load_settings
-from clexproxy.demo.upstream import DemoRecorder, DemoServer
+from clexproxy.demo.recorder import DemoRecorder
+from clexproxy.demo.upstream import DemoServer
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY
 from clexproxy.server.screen import GatewayRunner

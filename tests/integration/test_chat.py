@@ -6,7 +6,7 @@ import aiohttp
 import orjson
 import pytest
 
-from clexproxy.demo.upstream import DemoRecorder
+from clexproxy.demo.recorder import DemoRecorder
 
 from .conftest import RunningGateway
 

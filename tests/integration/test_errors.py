@@ -14,7 +14,7 @@ import openai
 import orjson
 import pytest
 
-from clexproxy.demo.upstream import DemoRecorder
+from clexproxy.demo.recorder import DemoRecorder
 
 from .conftest import GatewayFactory, RunningGateway
 

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from clexproxy import relay
-from clexproxy.demo.upstream import DemoRecorder
+from clexproxy.demo.recorder import DemoRecorder
 from clexproxy.handlers import proxy
 from tests.redis_server import RedisServer
 

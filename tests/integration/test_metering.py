@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from clexproxy.clock import ManualClock
-from clexproxy.demo.upstream import DemoRecorder
+from clexproxy.demo.recorder import DemoRecorder
 
 from .conftest import GatewayFactory, RunningGateway
 

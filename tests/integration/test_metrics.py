@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clexproxy.clock import ManualClock
-from clexproxy.demo.upstream import DemoRecorder
+from clexproxy.demo.recorder import DemoRecorder
 
 from .conftest import GatewayFactory, RunningGateway
 

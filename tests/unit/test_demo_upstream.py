@@ -24,17 +24,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from clexproxy.demo.upstream import (
-    DEFAULT_COMPLETION_TOKENS,
-    DEFAULT_EMBEDDING_DIMENSIONS,
-    DEMO_MODELS,
-    DEMO_RECORDER_KEY,
-    DemoRecorder,
-    DemoServer,
-    RecordedRequest,
-    build_demo_app,
-    start_demo_upstream,
-)
+from clexproxy.demo.answers import DEMO_MODELS
+from clexproxy.demo.embeddings import DEFAULT_EMBEDDING_DIMENSIONS
+from clexproxy.demo.knobs import DEFAULT_COMPLETION_TOKENS
+from clexproxy.demo.recorder import DEMO_RECORDER_KEY, DemoRecorder, RecordedRequest
+from clexproxy.demo.upstream import DemoServer, build_demo_app, start_demo_upstream
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "hello there world"
