@@ -1,6 +1,6 @@
 """The PostgreSQL store on a real server: everything the SQLite store promises, then what several hosts add.
 
-One server for the session (tests/pg_server.py), a fresh database per test. A "host" is a
+One server for the session (`postgres_server`), a fresh database per test. A "host" is a
 `PostgresStore` with its own pool; the multi-host tests run two or three against one database
 and check the totals (keys per plan, usage sums, the change feed), never the timing.
 """
@@ -71,7 +71,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
     pytest.fail(f"never happened: {what}")
 
 
-# What the SQLite store does (tests/unit/test_store.py), on PostgreSQL ---------------------------------
+# What the SQLite store does (its own tests), on PostgreSQL ---------------------------------------------
 
 
 async def test_create_key_format_and_row(store: PostgresStore) -> None:
