@@ -7,15 +7,14 @@ provider credential.
 Access lines skip the `logging` machinery (a record, handlers, a lock and a flush per line cost
 more than the rest of the line): `AccessLog` formats each line in place and a timer writes the
 batch every `FLUSH_SECONDS`, and at shutdown. Other log records go through `logging` with the
-same formats.
+same formats (`configure_logging`).
 
 A text line must not be forgeable by what a client sends (an X-Request-Id with spaces and
 `key=value` pairs, a path with CR, ESC sequences or raw bytes), so every string value that is
 not plain (printable ASCII without a space, a quote or a backslash) is written quoted, with
 escapes (`text_value`): a line always splits into the pairs the gateway wrote, one line per
 request. The common values need no quoting and cost one cheap check: our own request ids, and
-catalog names, checked once each (`_plain`). The JSON format is safe by construction. Other log
-records in the text format have their control characters escaped (`TextFormatter`).
+catalog names, checked once each (`_plain`). The JSON format is safe by construction.
 """
 
 from __future__ import annotations
@@ -26,13 +25,12 @@ import logging
 import re
 import sys
 import time
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 import orjson
 
 from clexproxy.outcome import CallOutcome
 
-LogFormat = Literal["text", "json"]
 ACCESS = logging.getLogger("clexproxy.access")
 
 # Written as is in a text line: printable ASCII but the space, the double quote and the backslash.
@@ -41,7 +39,7 @@ _NEEDS_QUOTES = re.compile(r'[^!#-\[\]-~]')
 _ESCAPED = re.compile(r'[^ !#-\[\]-~]')
 
 
-def _escape_char(char: str) -> str:
+def escape_char(char: str) -> str:
     code = ord(char)
     if code < 0x100:
         return f"\\x{code:02x}"
@@ -50,7 +48,7 @@ def _escape_char(char: str) -> str:
 
 def _escape(match: re.Match[str]) -> str:
     char = match.group()
-    return "\\" + char if char == '"' or char == "\\" else _escape_char(char)
+    return "\\" + char if char == '"' or char == "\\" else escape_char(char)
 
 
 def text_value(value: str) -> str:
@@ -248,53 +246,3 @@ class AccessLog:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), FLUSH_SECONDS)
             self.flush()
-
-
-class JsonFormatter(logging.Formatter):
-    """The other log records, one JSON object per line, shaped like the access lines."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc).decode()
-
-
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
-
-def _escape_unprintable(text: str, keep: str = "") -> str:
-    """`text` with each character that is not printable (but those in `keep`) as a backslash escape."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() or c in keep else _escape_char(c) for c in text)
-
-
-class TextFormatter(logging.Formatter):
-    """The other log records as text, one record per line whatever their arguments hold.
-
-    A message can carry bytes from outside (a client's request id, an upstream's error text):
-    its CR, LF, ESC and other unprintable characters are written as escapes, so it can neither
-    start a line of its own nor drive a terminal. A traceback keeps its line breaks.
-    """
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = _escape_unprintable(record.message)
-        return super().formatMessage(record)
-
-    def formatException(self, ei: Any) -> str:
-        return _escape_unprintable(super().formatException(ei), keep="\n")
-
-
-def configure_logging(level: str, fmt: LogFormat) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    logging.Formatter.converter = time.gmtime

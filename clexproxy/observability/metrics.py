@@ -1,14 +1,11 @@
 """Prometheus metrics: cheap on the request path, aggregated across a host's workers at scrape time.
 
-The request path touches only plain dicts (a counter is `values[labels] += 1`); nothing takes a
-lock or formats a string until a scrape. prometheus-client renders the exposition from a custom
-collector. With a metrics directory configured, every process writes a snapshot of its values
-there every `flush_seconds` (and when it stops); a scrape served by any of them merges all
-snapshots, so one scrape reports the whole host. Counters and histograms of a process that has
-gone keep counting in the merge (its file stays), so totals never go backwards when a worker is
-replaced; gauges count only live processes, summed, except a state every process reports
-(`clexproxy_redis_up`), where the host shows its lowest: one worker cut off from Redis is enough
-to page.
+The request path touches only plain dicts (the families: `CounterVec`, `HistogramVec`, ...);
+`call_finished` adds one row per call shape and `_fold` spreads the rows over the families at
+snapshot time. prometheus-client renders the exposition from this custom collector. With a
+metrics directory configured, each process's snapshot goes to a file and a scrape of any of them
+merges them all (`SnapshotFiles`): one scrape reports the whole host, and `clexproxy_redis_up`
+shows the host's lowest, so one worker cut off from Redis is enough to page.
 
 With Redis configured, `RedisSync` reports each round trip (its duration, or its failure) and
 `SharedLimits` each credit lease it is granted (`redis_call`, `redis_failed`, `lease_granted`):
@@ -27,26 +24,32 @@ import logging
 import os
 import platform
 import secrets
-import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from clexproxy import __version__
 from clexproxy.fastpath import USING_EXTENSION
+from clexproxy.observability.families import (
+    SEP,
+    CounterVec,
+    Family,
+    GaugeVec,
+    HistogramVec,
+    LowestGauge,
+    add_slots,
+    render_family,
+)
+from clexproxy.observability.snapshots import SnapshotFiles, merge_into
 from clexproxy.outcome import CallOutcome
 
 log = logging.getLogger("clexproxy.observability.metrics")
-
-Labels = tuple[str, ...]
-SEP = "\x1f"  # joins label values in snapshot keys; cannot occur in our label values
 
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -55,62 +58,6 @@ RATE_BUCKETS = (1.0, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 150.0, 200.0, 300
 REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class _Family:
-    kind = ""
-
-    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = labelnames
-
-
-class CounterVec(_Family):
-    kind = "counter"
-
-    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
-        super().__init__(name, documentation, labelnames)
-        self.values: dict[Labels, float] = {}
-
-    def inc(self, labels: Labels, amount: float = 1.0) -> None:
-        values = self.values
-        values[labels] = values.get(labels, 0.0) + amount
-
-
-class GaugeVec(CounterVec):
-    kind = "gauge"
-
-    def dec(self, labels: Labels, amount: float = 1.0) -> None:
-        values = self.values
-        values[labels] = values.get(labels, 0.0) - amount
-
-    def set(self, labels: Labels, value: float) -> None:
-        self.values[labels] = value
-
-
-class LowestGauge(GaugeVec):
-    """A state each process reports, 1 for fine and 0 for not: a host's scrape shows its lowest (not the sum)."""
-
-
-class HistogramVec(_Family):
-    """Per label set: one non-cumulative count per bucket (the last is +Inf), then the sum."""
-
-    kind = "histogram"
-
-    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...], buckets: tuple[float, ...]) -> None:
-        super().__init__(name, documentation, labelnames)
-        self.bounds = buckets
-        self.values: dict[Labels, list[float]] = {}
-
-    def observe(self, labels: Labels, value: float) -> None:
-        slots = self.values.get(labels)
-        if slots is None:
-            slots = self.values[labels] = [0.0] * (len(self.bounds) + 2)
-        slots[bisect_left(self.bounds, value)] += 1.0
-        slots[-1] += value
-
-
-Family = CounterVec | HistogramVec
-
 # A per-call row: count, credits charged, prompt tokens, completion tokens, then the duration
 # histogram's slots (one per bucket, +Inf, sum) and the overhead histogram's.
 _DURATION = 4
@@ -118,53 +65,6 @@ _DURATION_SUM = _DURATION + len(LATENCY_BUCKETS) + 1
 _OVERHEAD = _DURATION_SUM + 1
 _OVERHEAD_SUM = _OVERHEAD + len(OVERHEAD_BUCKETS) + 1
 _ROW_SIZE = _OVERHEAD_SUM + 1
-
-
-def _add_slots(histogram: HistogramVec, labels: Labels, slots: list[float]) -> None:
-    mine = histogram.values.get(labels)
-    if mine is None:
-        histogram.values[labels] = list(slots)
-    else:
-        for i, v in enumerate(slots):
-            mine[i] += v
-
-
-def _merge_into(
-    target: dict[str, dict[str, Any]], snapshot: dict[str, dict[str, Any]], gauge_names: frozenset[str], gauges: bool,
-    lowest: frozenset[str] = frozenset(),
-) -> None:
-    """Add one process's snapshot to the host's totals; its gauges only when `gauges` (the process is alive).
-
-    The gauges named in `lowest` take the smallest value any live process reports instead of the sum.
-    """
-    for name, series in snapshot.items():
-        merged = target.setdefault(name, {})
-        if name in lowest:
-            if gauges:
-                for key, value in series.items():
-                    merged[key] = min(merged.get(key, value), value)
-            continue
-        for key, value in series.items():
-            if isinstance(value, list):
-                slots = merged.get(key)
-                if slots is None:
-                    merged[key] = list(value)
-                else:
-                    for i, v in enumerate(value):
-                        slots[i] += v
-            elif gauges or name not in gauge_names:
-                merged[key] = merged.get(key, 0.0) + value
-
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Metrics:
@@ -236,6 +136,8 @@ class Metrics:
         self.workers.set((), 1)
         self._gauge_names = frozenset(f.name for f in fam if f.kind == "gauge")
         self._lowest_names = frozenset(f.name for f in fam if isinstance(f, LowestGauge))
+        self._files = (None if self.metrics_dir is None
+                       else SnapshotFiles(self.metrics_dir, self.instance, self._gauge_names, self._lowest_names))
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
 
@@ -333,8 +235,8 @@ class Metrics:
                 self.tokens.inc((model, "completion"), row[3])
             if row[_DURATION_SUM] or any(row[_DURATION:_DURATION_SUM]):
                 labels = (endpoint, "true" if stream else "false")
-                _add_slots(self.duration, labels, row[_DURATION:_DURATION_SUM + 1])
-                _add_slots(self.overhead, labels, row[_OVERHEAD:_OVERHEAD_SUM + 1])
+                add_slots(self.duration, labels, row[_DURATION:_DURATION_SUM + 1])
+                add_slots(self.overhead, labels, row[_OVERHEAD:_OVERHEAD_SUM + 1])
 
     # snapshots and the host-wide merge --------------------------------------------------------
 
@@ -343,30 +245,15 @@ class Metrics:
         return {f.name: {SEP.join(k): v for k, v in f.values.items()} for f in self._families}
 
     def write_snapshot(self, stopped: bool = False) -> None:
-        if self.metrics_dir is None:
-            return
-        self.metrics_dir.mkdir(parents=True, exist_ok=True)
-        path = self.metrics_dir / f"{self.instance}.json"
-        tmp = path.with_suffix(".tmp")
-        doc = {"pid": os.getpid(), "time": time.time(), "stopped": stopped, "metrics": self.snapshot()}
-        tmp.write_bytes(orjson.dumps(doc))
-        tmp.replace(path)  # atomic: a scrape never reads half a file
+        if self._files is not None:
+            self._files.write(self.snapshot(), stopped)
 
     def _merged(self) -> dict[str, dict[str, Any]]:
         merged: dict[str, dict[str, Any]] = {}
         live_workers = 1
-        if self.metrics_dir is not None and self.metrics_dir.is_dir():
-            for path in self.metrics_dir.glob("*.json"):
-                if path.stem == self.instance:
-                    continue
-                try:
-                    doc = orjson.loads(path.read_bytes())
-                except (OSError, orjson.JSONDecodeError):
-                    continue
-                alive = _pid_alive(int(doc.get("pid", 0))) and not doc.get("stopped", False)
-                live_workers += alive
-                _merge_into(merged, doc.get("metrics", {}), self._gauge_names, gauges=alive, lowest=self._lowest_names)
-        _merge_into(merged, self.snapshot(), self._gauge_names, gauges=True, lowest=self._lowest_names)
+        if self._files is not None:
+            live_workers += self._files.merge_others(merged)
+        merge_into(merged, self.snapshot(), self._gauge_names, gauges=True, lowest=self._lowest_names)
         info = merged.get("clexproxy_workers", {})
         info[""] = float(live_workers)
         for name in ("clexproxy_build_info", "clexproxy_config_info"):
@@ -377,27 +264,7 @@ class Metrics:
         merged = self._merged()
         for fam in self._families:
             series = merged.get(fam.name, {})
-            yield from self._render(fam, series)
-
-    @staticmethod
-    def _render(fam: Family, series: dict[str, Any]) -> Iterable[Metric]:
-        def labels(key: str) -> list[str]:
-            return key.split(SEP) if fam.labelnames else []
-
-        if isinstance(fam, HistogramVec):
-            h = HistogramMetricFamily(fam.name, fam.documentation, labels=fam.labelnames)
-            for key, slots in series.items():
-                cumulative, buckets = 0.0, []
-                for bound, count in zip((*fam.bounds, float("inf")), slots[:-1], strict=False):
-                    cumulative += count
-                    buckets.append((_le(bound), cumulative))
-                h.add_metric(labels(key), buckets, slots[-1])
-            return [h]
-        cls = GaugeMetricFamily if fam.kind == "gauge" else CounterMetricFamily
-        m = cls(fam.name, fam.documentation, labels=fam.labelnames)
-        for key, value in series.items():
-            m.add_metric(labels(key), value)
-        return [m]
+            yield from render_family(fam, series)
 
     def render(self) -> bytes:
         return generate_latest(self._registry)
@@ -425,21 +292,6 @@ class Metrics:
                 self.write_snapshot()
             except OSError:
                 log.exception("could not write the metrics snapshot")
-
-
-def _le(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(bound)
-
-
-def reset_metrics_dir(metrics_dir: str) -> None:
-    """Start a host's run with no snapshots from an earlier run (the process that starts the host calls this)."""
-    if not metrics_dir:
-        return
-    path = Path(metrics_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    for old in (*path.glob("*.json"), *path.glob("*.tmp")):
-        with contextlib.suppress(FileNotFoundError):
-            old.unlink()
 
 
 class NullMetrics(Metrics):

@@ -20,8 +20,8 @@ from clexproxy.demo.provision import ensure_demo_key
 from clexproxy.fastpath import USING_EXTENSION
 from clexproxy.handlers import health
 from clexproxy.handlers.common import GATEWAY
-from clexproxy.observability.accesslog import configure_logging
-from clexproxy.observability.metrics import reset_metrics_dir
+from clexproxy.observability.logsetup import configure_logging
+from clexproxy.observability.snapshots import reset_metrics_dir
 from clexproxy.server.fdlimit import raise_open_file_limit, upstream_connection_cap
 from clexproxy.server.ports import CannotListen, PortClaim, claim_port
 from clexproxy.server.screen import GatewayRunner

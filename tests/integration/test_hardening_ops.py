@@ -237,7 +237,7 @@ def test_a_worker_that_cannot_listen_stops_the_supervisor(tmp_path: Path, redis_
         port = held.getsockname()[1]
         script = textwrap.dedent(f"""
             import dataclasses, sys
-            from clexproxy.observability.accesslog import configure_logging
+            from clexproxy.observability.logsetup import configure_logging
             from clexproxy.config import load_settings
             from clexproxy.server.supervisor import Supervisor, worker_settings
             from clexproxy.server.worker import run_worker

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clexproxy.observability.accesslog import AccessLog, call_fields, call_text, configure_logging
+from clexproxy.observability.accesslog import AccessLog, call_fields, call_text
+from clexproxy.observability.logsetup import configure_logging
 from clexproxy.outcome import CallOutcome
 
 _PAIR = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\.)*"|[^ "]+)(?: |$)')
