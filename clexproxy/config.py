@@ -1,10 +1,15 @@
 """Settings: one typed, frozen object built from defaults, a TOML file, `CLEX_*` variables and CLI flags.
 
 Precedence, lowest first: the defaults below, the TOML file, the environment, the command line.
-Scalar settings live in TOML sections and map onto flat fields: `[server] port` is `port`
-(`CLEX_PORT`); any other section prefixes its keys, so `[upstream] read_timeout` is
-`upstream_read_timeout` (`CLEX_UPSTREAM_READ_TIMEOUT`). The catalog tables (`[tiers]`,
-`[plans.NAME]`, `[providers.NAME]`, `[models."ID"]`, `[catalog]`) extend or override the shipped one.
+Scalar settings live in TOML sections, each a small value object (`settings.upstream.read_timeout`);
+a setting keeps one flat name for its flag and variable: `[server] port` is `port` (`CLEX_PORT`),
+any other section prefixes its keys, so `[upstream] read_timeout` is `upstream_read_timeout`
+(`CLEX_UPSTREAM_READ_TIMEOUT`). The catalog tables (`[tiers]`, `[plans.NAME]`, `[providers.NAME]`,
+`[models."ID"]`, `[catalog]`) extend or override the shipped one.
+
+Provider credentials are read here too, once, from the variable each provider's `api_key_env`
+names: the upstream pool and the startup checks take them from `Settings.credentials`, and a
+`Credential` never shows its value (not in `repr`, not in `as_dict`).
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ class ServerSettings:
     max_body_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line
-    # The admin API is off unless a token is configured (CLEX_ADMIN_TOKEN).
-    admin_token: str = ""
+    # The admin API is off unless a token is configured (CLEX_ADMIN_TOKEN); never shown by repr.
+    admin_token: str = field(default="", repr=False)
     # Worker processes sharing the port (SO_REUSEPORT); more than one needs `redis.url`, so that
     # N workers never each grant an account its whole budget.
     workers: int = 1
@@ -145,6 +150,17 @@ class DemoSettings:
     plan: str = "pro"
 
 
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A provider's API key, read from the variable `variable` when the settings are loaded.
+
+    Its repr (and str) names the variable, never the value, so settings can be printed or logged whole.
+    """
+
+    variable: str
+    value: str = field(repr=False)
+
+
 # The TOML sections that hold scalar settings, and the value object each becomes.
 SECTIONS: dict[str, type] = {
     "server": ServerSettings,
@@ -188,6 +204,8 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
     catalog: Catalog = field(default_factory=default_catalog)
+    # Provider name -> its credential, for the providers whose `api_key_env` variable is set (`load_settings`).
+    credentials: Mapping[str, Credential] = field(default_factory=dict)
 
     def value(self, name: str) -> Any:
         """A setting by its one name (`upstream_read_timeout`)."""
@@ -363,12 +381,26 @@ def _check_catalog(catalog: Catalog) -> None:
         raise ConfigError(f"fallback model {catalog.fallback_model!r} is not in the catalog")
 
 
+def _credentials(catalog: Catalog, env: Mapping[str, str]) -> dict[str, Credential]:
+    """Each provider's credential from the variable its `api_key_env` names; unset or empty means none."""
+    out: dict[str, Credential] = {}
+    for name, provider in catalog.providers.items():
+        variable = provider.api_key_env
+        value = env.get(variable) if variable else None
+        if variable and value:
+            out[name] = Credential(variable, value)
+    return out
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Build the one Settings object; CLI flags come in as `overrides` (None values are ignored)."""
+    """Build the one Settings object; CLI flags come in as `overrides` (None values are ignored).
+
+    `env` (the process environment unless given) supplies the `CLEX_*` settings and the provider credentials.
+    """
     env = os.environ if env is None else env
     path = path or env.get("CLEX_CONFIG") or None
     doc: dict[str, Any] = {}
@@ -389,7 +421,8 @@ def load_settings(
         if value is not None:
             values[name] = value
     coerced = {name: _coerce(name, value) for name, value in values.items()}
-    settings = Settings().replace(**coerced, catalog=_build_catalog(doc, default_catalog()))
+    catalog = _build_catalog(doc, default_catalog())
+    settings = Settings(catalog=catalog, credentials=_credentials(catalog, env)).replace(**coerced)
     if settings.demo.plan not in settings.catalog.plans:
         raise ConfigError(f"demo_plan {settings.demo.plan!r} is not a plan")
     if settings.server.log_format not in ("text", "json"):
@@ -423,7 +456,7 @@ def load_settings(
 
 
 def as_dict(settings: Settings) -> dict[str, Any]:
-    """The scalar settings, for a startup log line (never includes the admin token's value)."""
+    """The scalar settings, for a startup log line: never the admin token's value nor a provider credential."""
     out = {name: settings.value(name) for name in SETTING_NAMES}
     out["admin_token"] = "set" if settings.server.admin_token else "unset"
     return out

@@ -75,7 +75,7 @@ class Gateway:
             self.redis = RedisSync(settings.redis.url, observer=self.metrics)
             self.meter.share(SharedLimits(self.redis, self.meter.ledger, settings.server.workers, self._stored_spend,
                                           observer=self.metrics))
-        self.upstream = UpstreamPool(settings, self.catalog)
+        self.upstream = UpstreamPool(settings.upstream, self.catalog, settings.credentials)
         self.access_log = AccessLog(access_stream, settings.server.log_format)
         self.keepalives = KeepAlives(settings.sse.keepalive_seconds)
         self.refusals = RecentRefusals()

@@ -176,7 +176,7 @@ def warn_missing_credentials(settings: Settings) -> None:
             served[name] = served.get(name, 0) + 1
     for name, count in served.items():
         variable = catalog.providers[name].api_key_env
-        if variable and not os.environ.get(variable):
+        if variable and name not in settings.credentials:
             log.warning("%s is not set: calls to provider '%s' (%d catalog model%s) go without a credential "
                         "and its models will fail", variable, name, count, "" if count == 1 else "s")
 

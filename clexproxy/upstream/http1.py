@@ -3,7 +3,7 @@
 Why not `aiohttp.ClientSession`: per call it builds a ClientRequest and a ClientResponse,
 runs tracing hooks, the cookie jar, timeout contexts and header defaults, and looks the
 connection up through the connector — about half of a bare pass-through's CPU per request on
-the benchmark machine (benchmarks/RESULTS.md). clexproxy needs none of it: it POSTs JSON to a
+the benchmark machine (the benchmarks' results). clexproxy needs none of it: it POSTs JSON to a
 handful of fixed URLs. This module keeps aiohttp's `ResponseHandler` (its C response parser,
 flow control and `StreamReader` payload, so a body is read exactly as a ClientResponse's
 `content` would be) and replaces only the per-call wrapping: the request head is prebuilt per

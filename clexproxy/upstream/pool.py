@@ -1,4 +1,4 @@
-"""Provider calls: a connection pool per provider origin, retries, fallback, error mapping.
+"""Provider calls: a connection pool per provider origin, retries and fallback.
 
 Before the first byte of an answer a failed or overloaded deployment is retried, with
 backoff, on the model's next deployment and then on the configured fallback model, at most
@@ -7,23 +7,20 @@ its status line: a 200 whose stream drops, stays empty, holds no SSE data event,
 error event or with `[DONE]` (or, for a JSON answer, a body that is empty or not a JSON object)
 is a failed attempt like a 5xx, so the client never gets a 200 (and its metering headers) for
 an answer that never came. What `send` read to decide that is handed to the relay with the
-reply, already parsed, so no byte is parsed twice.
+reply, already parsed, so no byte is parsed twice. What a failed attempt means for the caller
+(`classify`, `final_error`, the `Scrubber`) is decided apart, on the error paths only.
 
-Errors that reach the client say what happened in the caller's terms: never a provider URL,
-host, credential or trace, and the model by its catalog id, not by a deployment's name.
+Each provider's credential comes from `Settings.credentials`, resolved when the settings were
+loaded; the pool puts it in the prebuilt request head and gives it to the `Scrubber`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import os
-import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any
 
 import aiohttp
@@ -33,70 +30,19 @@ from aiohttp.streams import StreamReader
 from yarl import URL
 
 from clexproxy.catalog import Catalog, Deployment, Model, Provider
-from clexproxy.config import Settings
-from clexproxy.errors import (
-    MAX_RETRY_AFTER,
-    ApiError,
-    InternalError,
-    InvalidRequest,
-    ModelNotFound,
-    ServiceUnavailable,
-)
+from clexproxy.config import Credential, UpstreamSettings
+from clexproxy.errors import ApiError, InternalError, InvalidRequest, ServiceUnavailable
 from clexproxy.fastpath.sse import SSEEvent, SSEParser
 from clexproxy.outcome import CallOutcome
+from clexproxy.upstream.failures import OVERLOADED, Failure, Scrubber, classify, error_status, error_text, final_error
 from clexproxy.upstream.http1 import Origin, UpstreamResponse
 
 log = logging.getLogger("clexproxy.upstream.pool")
 
-RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
-OVERLOADED = frozenset({408, 429, 502, 503, 504, 529})
-MAX_ERROR_BODY = 64 * 1024
 # Bytes a stream may send before its first data event (comments, say) before it counts as not SSE at all.
 MAX_PREAMBLE = 1024 * 1024
 DONE = b"[DONE]"
 ERROR_KEY = b'"error"'  # a JSON key is never escaped: a cheap test before any parse
-
-_URL_RE = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S*")
-_BEARER_RE = re.compile(r"(?i)\bbearer\s+\S+")
-# host:port with a host that is a bracketed IPv6 literal, a name (at least one letter: `12:30` is a time) or IPv4.
-_HOST_PORT_RE = re.compile(
-    r"(?:\[[0-9A-Fa-f:.]+(?:%[\w.-]+)?\]|(?<![\w.-])(?:(?=[\w.-]*[A-Za-z])[\w-]+(?:\.[\w-]+)*"
-    r"|\d{1,3}(?:\.\d{1,3}){3})):\d{1,5}(?!\w)"
-)
-_IPV4_RE = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])")
-_IPV6_RE = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%[\w.-]+)?\]")
-_MODEL_MARK = "\x00"  # stands for the catalog id while the rest is scrubbed, so no pattern can touch the id
-
-
-class Scrubber:
-    """Makes upstream error text fit for a client: no credential, URL, host or `host:port`, the catalog's model id.
-
-    Built once per pool from every provider credential and every provider host; applied on error
-    paths only (a provider's message for a request it rejected, an error event in a stream).
-    """
-
-    def __init__(self, secrets: Iterable[str], hosts: Iterable[str]) -> None:
-        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
-        names = sorted({h for h in hosts if h}, key=len, reverse=True)
-        alternatives = "|".join(re.escape(h) for h in names)
-        self._hosts = re.compile(rf"(?<![\w.-])(?:{alternatives})(?![\w-])", re.IGNORECASE) if names else None
-
-    def __call__(self, text: str, upstream_name: str = "", model_id: str = "") -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        renamed = bool(upstream_name) and upstream_name != model_id
-        if renamed:
-            text = re.sub(r"(?<![\w./:-])" + re.escape(upstream_name) + r"(?![\w/-])", _MODEL_MARK, text)
-        text = _BEARER_RE.sub("[redacted]", text)
-        text = _URL_RE.sub("[redacted-url]", text)
-        text = _HOST_PORT_RE.sub("[redacted-host]", text)
-        text = _IPV6_RE.sub("[redacted-host]", text)
-        text = _IPV4_RE.sub("[redacted-host]", text)
-        if self._hosts is not None:
-            text = self._hosts.sub("[redacted-host]", text)
-        if renamed:
-            text = text.replace(_MODEL_MARK, model_id)
-        return text[:500]
 
 
 @dataclass(slots=True)
@@ -121,22 +67,14 @@ class UpstreamReply:
 
     def midstream_error(self, error: Any) -> ApiError:
         """The SPEC error that takes the place of an error event the upstream sent inside an answer."""
-        text = _error_text(error)
+        text = error_text(error)
         if text:
             text = self.scrubber(text, self.deployment.model, self.model.id)
         detail = f": {text}" if text else "."
         message = f"The provider for model '{self.model.id}' failed mid-stream{detail}"
-        if _error_status(error) in OVERLOADED:
+        if error_status(error) in OVERLOADED:
             return ServiceUnavailable(message, error_type="upstream_error")
         return InternalError(message, error_type="upstream_error")
-
-
-@dataclass(slots=True)
-class _Failure:
-    kind: str  # "overloaded", "unreachable", "failed", "auth", "not_found", "invalid"
-    status: int
-    retry_after: float = 1.0
-    message: str = ""  # the provider's own words, scrubbed; shown only for requests it rejected as invalid
 
 
 class _NoAnswer(Exception):
@@ -148,36 +86,6 @@ class _NoAnswer(Exception):
         self.reason = reason
 
 
-def _error_text(error: Any) -> str:
-    """The message of an OpenAI-style error object (or of a bare string error)."""
-    if isinstance(error, dict):
-        msg = error.get("message") or error.get("detail")
-        return msg if isinstance(msg, str) else ""
-    return error if isinstance(error, str) else ""
-
-
-def _error_status(error: Any) -> int:
-    """The HTTP status an error object states (`status`, or a numeric `code`), 0 when it states none."""
-    if isinstance(error, dict):
-        for name in ("status", "code"):
-            value = error.get(name)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.isdigit():
-                return int(value)
-    return 0
-
-
-def _error_message(raw: bytes) -> str:
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return ""
-    if isinstance(doc, dict):
-        return _error_text(doc.get("error", doc))
-    return ""
-
-
 def _error_of(data: bytes) -> Any:
     """The `error` of an SSE data event that is an error event, else None (parses only when `"error"` occurs)."""
     if data.find(ERROR_KEY) < 0:  # not `in`, which tries its operand as an int first: a raised, cleared error
@@ -187,26 +95,6 @@ def _error_of(data: bytes) -> Any:
     except orjson.JSONDecodeError:
         return None
     return doc.get("error") if isinstance(doc, dict) else None
-
-
-def _retry_after(headers: Mapping[str, str]) -> float:
-    """The upstream's `Retry-After` in seconds, delay or HTTP-date, between 1 s and a day (1 s when unusable)."""
-    value = headers.get("Retry-After")
-    if value is None:
-        return 1.0
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return 1.0
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - time.time()
-    if not seconds >= 1.0:  # also NaN
-        return 1.0
-    return min(seconds, MAX_RETRY_AFTER)
 
 
 async def _read_to_first_event(
@@ -257,18 +145,16 @@ def _passed(client_headers: Mapping[str, str], prefixes: tuple[str, ...]) -> byt
 class UpstreamPool:
     """Owns the provider connections; closed in the app's cleanup."""
 
-    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+    def __init__(self, settings: UpstreamSettings, catalog: Catalog, credentials: Mapping[str, Credential]) -> None:
         self._settings = settings
         self._catalog = catalog
         self._origins: dict[str, Origin] = {}
         self._heads: dict[tuple[str, str], tuple[Origin, bytes]] = {}
         self._plans: dict[str, list[tuple[Model, Deployment, bool]]] = {}
-        self._auth: dict[str, str | None] = {}
-        for provider in catalog.providers.values():
-            key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
-            self._auth[provider.name] = f"Bearer {key}" if key else None
+        self._auth = {name: f"Bearer {credential.value}" for name, credential in credentials.items()
+                      if name in catalog.providers}
         self._scrub = Scrubber(
-            (v[7:] for v in self._auth.values() if v),
+            (credential.value for credential in credentials.values()),
             (URL(p.base_url).host or "" for p in catalog.providers.values()),
         )
 
@@ -282,8 +168,8 @@ class UpstreamPool:
             if origin is None:
                 s = self._settings
                 origin = self._origins[origin_key] = Origin(
-                    url.origin(), limit=s.upstream.max_connections, keepalive_timeout=s.upstream.keepalive_timeout,
-                    connect_timeout=s.upstream.connect_timeout, read_timeout=s.upstream.read_timeout,
+                    url.origin(), limit=s.max_connections, keepalive_timeout=s.keepalive_timeout,
+                    connect_timeout=s.connect_timeout, read_timeout=s.read_timeout,
                 )
             fixed = {"Content-Type": "application/json", "Accept": "*/*", "Accept-Encoding": "identity"}
             auth = self._auth.get(provider.name)
@@ -311,13 +197,13 @@ class UpstreamPool:
         retrying a failing deployment again is worth less than asking another model.
         """
         settings = self._settings
-        out = [(model, d, False) for d in model.deployments] * (1 + settings.upstream.retries)
+        out = [(model, d, False) for d in model.deployments] * (1 + settings.retries)
         fallback_id = self._catalog.fallback_model
         fallback = self._catalog.models.get(fallback_id) if fallback_id else None
         backup: list[tuple[Model, Deployment, bool]] = []
         if fallback is not None and fallback.id != model.id and fallback.kind == model.kind:
             backup = [(fallback, d, True) for d in fallback.deployments]
-        cap = settings.upstream.max_attempts
+        cap = settings.max_attempts
         if backup and cap > 1:
             out = out[: cap - 1]
         out += backup
@@ -333,14 +219,14 @@ class UpstreamPool:
     ) -> UpstreamReply:
         """POST to the first deployment that answers 200; raise the mapped ApiError when none does."""
         payloads: dict[str, bytes] = {}
-        failure: _Failure | None = None
+        failure: Failure | None = None
         not_found_only = True
         for attempt, (target, deployment, is_fallback) in enumerate(self._candidates(model)):
             if is_fallback and failure is not None and failure.kind == "not_found" and not_found_only:
                 break  # the upstream says the model does not exist: a fallback would answer a different question
             provider = self._catalog.providers[deployment.provider]
             if attempt:
-                await asyncio.sleep(min(1.0, self._settings.upstream.retry_backoff * (2 ** (attempt - 1))))
+                await asyncio.sleep(min(1.0, self._settings.retry_backoff * (2 ** (attempt - 1))))
             payload = payloads.get(deployment.model)
             if payload is None:
                 body["model"] = deployment.model
@@ -358,7 +244,7 @@ class UpstreamPool:
                 log.warning("upstream %s unreachable for %s: %s", provider.name, deployment.model, reason)
                 kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
                 call.upstream_failures.append((provider.name, kind))
-                failure, not_found_only = _Failure("unreachable", 0), False
+                failure, not_found_only = Failure("unreachable", 0), False
                 continue
             call.upstream_ttfbs.append((provider.name, time.monotonic() - sent))
             if response.status == 200:
@@ -393,7 +279,7 @@ class UpstreamPool:
                     log.warning("upstream %s answered 200 for %s with no answer: %s", provider.name,
                                 deployment.model, reason)
                     call.upstream_failures.append((provider.name, kind))
-                    failure, not_found_only = _Failure("unreachable", 0), False
+                    failure, not_found_only = Failure("unreachable", 0), False
                     continue
                 except BaseException:
                     response.close()
@@ -402,52 +288,9 @@ class UpstreamPool:
                 return UpstreamReply(response, target, deployment, provider, is_fallback, self._scrub, received, doc,
                                      events, parser)
             call.upstream_failures.append((provider.name, f"{response.status // 100}xx"))
-            failure = await self._classify(response, provider, deployment, target)
+            failure = await classify(response, provider, deployment, target, self._scrub)
             not_found_only = not_found_only and failure.kind == "not_found"
             if failure.kind == "invalid":
                 detail = f": {failure.message}" if failure.message else "."
                 raise InvalidRequest(f"The provider rejected the request{detail}", error_type="upstream_error")
-        raise self._final_error(model, failure)
-
-    async def _classify(self, response: UpstreamResponse, provider: Provider, deployment: Deployment,
-                        target: Model) -> _Failure:
-        try:
-            raw = await response.content.read(MAX_ERROR_BODY)
-        except (TimeoutError, aiohttp.ClientError):
-            raw = b""
-        finally:
-            response.release()
-        status = response.status
-        message = self._scrub(_error_message(raw), deployment.model, target.id)
-        is_missing = status == 404 or b"model_not_found" in raw
-        log.warning("upstream %s answered %d", provider.name, status)
-        if is_missing:
-            return _Failure("not_found", status)
-        if status in (401, 403):
-            return _Failure("auth", status)
-        if status in OVERLOADED:
-            return _Failure("overloaded", status, _retry_after(response.headers))
-        if status in RETRYABLE:
-            return _Failure("failed", status)
-        return _Failure("invalid", status, message=message)
-
-    def _final_error(self, model: Model, failure: _Failure | None) -> ApiError:
-        if failure is None:
-            return ServiceUnavailable(f"Model '{model.id}' has no available deployment.", retry_after=5.0)
-        if failure.kind == "not_found":
-            return ModelNotFound(
-                f"Model '{model.id}' is not available from its provider. Check /v1/models for supported models.",
-                error_type="upstream_error",
-            )
-        if failure.kind in ("overloaded", "unreachable"):
-            return ServiceUnavailable(
-                f"Model '{model.id}' is overloaded or unreachable right now; retry shortly or use a smaller model.",
-                retry_after=failure.retry_after,
-                error_type="upstream_error",
-            )
-        if failure.kind == "auth":
-            return InternalError(
-                f"The provider for model '{model.id}' rejected the gateway's credentials.", error_type="upstream_error"
-            )
-        return InternalError(f"The provider for model '{model.id}' failed to answer.", error_type="upstream_error")
-
+        raise final_error(model, failure)

@@ -96,9 +96,12 @@ async def make_gateway(tmp_path: Path, upstream: DemoServer) -> AsyncIterator[Ga
 
     async def factory(
         clock: Clock | None = None, data_dir: Path | None = None, access_stream: BinaryIO | None = None,
-        config: str | None = None, **overrides: Any,
+        config: str | None = None, env: dict[str, str] | None = None, **overrides: Any,
     ) -> RunningGateway:
-        """A running gateway; `config` is the text of a TOML config file (plans, models...) to load."""
+        """A running gateway; `config` is the text of a TOML config file (plans, models...) to load.
+
+        `env` is all the environment its settings see (provider credentials, say): none of the tests' own.
+        """
         path = None
         if config is not None:
             path = tmp_path / f"gateway-{len(started)}.toml"
@@ -112,7 +115,7 @@ async def make_gateway(tmp_path: Path, upstream: DemoServer) -> AsyncIterator[Ga
             "store_flush_seconds": 0.05,
             **overrides,
         }
-        settings = load_settings(path, env={}, overrides=values)
+        settings = load_settings(path, env=env or {}, overrides=values)
         running = await start_gateway(settings, clock, access_stream or io.BytesIO())
         started.append(running)
         return running

@@ -227,11 +227,10 @@ async def test_retry_then_fallback(gw: RunningGateway, key: str, recorder: DemoR
 
 
 async def test_errors_never_leak_provider_url_or_credential(
-    make_gateway: GatewayFactory, upstream: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+    make_gateway: GatewayFactory, upstream: Any, tmp_path: Any
 ) -> None:
     """A provider configured by TOML with a real credential: errors mention neither it nor the URL."""
     secret = "nvapi-SECRET-credential-value"
-    monkeypatch.setenv("TEST_PROVIDER_KEY", secret)
     config = tmp_path / "c.toml"
     config.write_text(
         f'[providers.local]\nbase_url = "{upstream.url}"\napi_key_env = "TEST_PROVIDER_KEY"\n'
@@ -243,7 +242,7 @@ async def test_errors_never_leak_provider_url_or_credential(
 
     from .conftest import start_gateway
 
-    settings = load_settings(config, env={}, overrides={"data_dir": str(tmp_path / "d")})
+    settings = load_settings(config, env={"TEST_PROVIDER_KEY": secret}, overrides={"data_dir": str(tmp_path / "d")})
     gw = await start_gateway(settings)
     try:
         key = await gw.add_key("cfg", "pro")

@@ -172,14 +172,14 @@ def catalog(url: str, models: dict[str, list[str]], fallback: str | None = BACKU
     return text
 
 
-async def start(make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, url: str,
+async def start(make_gateway: GatewayFactory, url: str,
                 models: dict[str, list[str]], fallback: str | None = BACKUP, *, pass_headers: bool = False,
                 **settings: Any) -> tuple[RunningGateway, str, io.BytesIO]:
     """A gateway on the scripted catalog, a pro key, and its JSON access log."""
-    monkeypatch.setenv("HARDENING_PROVIDER_KEY", SECRET)
     access = io.BytesIO()
     gw = await make_gateway(config=catalog(url, models, fallback, pass_headers=pass_headers), demo=False,
-                            access_stream=access, log_format="json", **settings)
+                            env={"HARDENING_PROVIDER_KEY": SECRET}, access_stream=access, log_format="json",
+                            **settings)
     key = await gw.add_key("acme", "pro")
     return gw, key, access
 
@@ -263,11 +263,11 @@ STREAM_NO_ANSWER = {"drop": drop_after_headers, "comments": comments_only, "json
 
 @pytest.mark.parametrize("broken", sorted(STREAM_NO_ANSWER))
 async def test_stream_200_without_an_answer_falls_back(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, scripted: Any, broken: str
+    make_gateway: GatewayFactory, scripted: Any, broken: str
 ) -> None:
     """Item 7: the deployment's 200 with no answer event is retried on the fallback, whose answer the client gets."""
     up = await scripted(STREAM_NO_ANSWER)
-    gw, key, access = await start(make_gateway, monkeypatch, up.url, {MODEL: [broken], BACKUP: ["good"]})
+    gw, key, access = await start(make_gateway, up.url, {MODEL: [broken], BACKUP: ["good"]})
     client = gw.client(key)
     stream = await client.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
     chunks = [chunk async for chunk in stream]
@@ -279,11 +279,11 @@ async def test_stream_200_without_an_answer_falls_back(
 
 @pytest.mark.parametrize("broken", sorted(STREAM_NO_ANSWER))
 async def test_stream_200_without_an_answer_anywhere_is_a_503_refunded(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, scripted: Any, broken: str
+    make_gateway: GatewayFactory, scripted: Any, broken: str
 ) -> None:
     """Item 7: every deployment answers 200 with nothing: a 503 JSON with Retry-After, not a 200 then a refund."""
     up = await scripted(STREAM_NO_ANSWER)
-    gw, key, access = await start(make_gateway, monkeypatch, up.url, {MODEL: [broken], BACKUP: [broken]})
+    gw, key, access = await start(make_gateway, up.url, {MODEL: [broken], BACKUP: [broken]})
     status, body, headers = await call(gw, key, stream=True)
     assert status == 503, body
     assert headers["Content-Type"].startswith("application/json")
@@ -307,11 +307,11 @@ UNARY_NO_ANSWER = {"drop": drop_after_headers, "json-error": json_error, "empty"
 
 @pytest.mark.parametrize("broken", sorted(UNARY_NO_ANSWER))
 async def test_unary_200_without_an_answer_falls_back(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, scripted: Any, broken: str
+    make_gateway: GatewayFactory, scripted: Any, broken: str
 ) -> None:
     """Item 7, non-streaming: a 200 whose body is cut, empty, not JSON or an error is retried on the fallback."""
     up = await scripted(UNARY_NO_ANSWER)
-    gw, key, access = await start(make_gateway, monkeypatch, up.url, {MODEL: [broken], BACKUP: ["good"]})
+    gw, key, access = await start(make_gateway, up.url, {MODEL: [broken], BACKUP: ["good"]})
     answer = await gw.client(key).chat.completions.create(model=MODEL, messages=HELLO, stream=False)
     assert answer.choices[0].message.content == "Hi there"
     assert [b["model"] for b in up.seen] == [broken, "good"]
@@ -321,11 +321,11 @@ async def test_unary_200_without_an_answer_falls_back(
 
 @pytest.mark.parametrize("broken", sorted(UNARY_NO_ANSWER))
 async def test_unary_200_without_an_answer_anywhere_is_a_503(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, scripted: Any, broken: str
+    make_gateway: GatewayFactory, scripted: Any, broken: str
 ) -> None:
     """Item 7, non-streaming: when every deployment's 200 is empty, cut, not JSON or an error: SPEC's 503."""
     up = await scripted(UNARY_NO_ANSWER)
-    gw, key, _ = await start(make_gateway, monkeypatch, up.url, {MODEL: [broken], BACKUP: [broken]})
+    gw, key, _ = await start(make_gateway, up.url, {MODEL: [broken], BACKUP: [broken]})
     status, body, headers = await call(gw, key, stream=False)
     assert status == 503, body
     assert orjson.loads(body)["error"]["code"] == "service_unavailable"
@@ -334,7 +334,7 @@ async def test_unary_200_without_an_answer_anywhere_is_a_503(
 
 
 async def test_keepalive_already_sent_then_no_answer_ends_in_an_error_event(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, scripted: Any
+    make_gateway: GatewayFactory, scripted: Any
 ) -> None:
     """Item 7: keep-alives go out while the first event is awaited; if the 200 is out and all fail, an error event."""
     seen_keepalive = asyncio.Event()
@@ -346,7 +346,7 @@ async def test_keepalive_already_sent_then_no_answer_ends_in_an_error_event(
         return False
 
     up = await scripted({"slow-drop": slow_drop})
-    gw, key, access = await start(make_gateway, monkeypatch, up.url, {MODEL: ["slow-drop"], BACKUP: ["slow-drop"]},
+    gw, key, access = await start(make_gateway, up.url, {MODEL: ["slow-drop"], BACKUP: ["slow-drop"]},
                                   sse_keepalive_seconds=0.05)
     async with aiohttp.ClientSession() as session, session.post(
         gw.base_url + "/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "stream": True},
@@ -374,7 +374,7 @@ LEAKY = (f"engine up-name-7b at http://10.1.2.3:8000/v1 failed (auth Bearer {SEC
 
 
 async def test_midstream_error_event_becomes_a_spec_error_event(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, scripted: Any
+    make_gateway: GatewayFactory, scripted: Any
 ) -> None:
     """Item 2: an error event after the answer started is replaced by SPEC's, scrubbed; the content before it stays."""
 
@@ -385,7 +385,7 @@ async def test_midstream_error_event_becomes_a_spec_error_event(
         return True
 
     up = await scripted({"up-name-7b": fails_midway})
-    gw, key, access = await start(make_gateway, monkeypatch, up.url, {MODEL: ["up-name-7b"], BACKUP: ["good"]})
+    gw, key, access = await start(make_gateway, up.url, {MODEL: ["up-name-7b"], BACKUP: ["good"]})
     status, body, _ = await call(gw, key, stream=True)
     assert status == 200
     events = events_of(body)
@@ -401,7 +401,7 @@ async def test_midstream_error_event_becomes_a_spec_error_event(
 
 
 async def test_rejected_request_message_is_scrubbed_and_names_the_clex_model(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, scripted: Any
+    make_gateway: GatewayFactory, scripted: Any
 ) -> None:
     """Item 2: a provider's 400 message keeps its words but loses hosts, ports, credentials and its model name."""
 
@@ -410,7 +410,7 @@ async def test_rejected_request_message_is_scrubbed_and_names_the_clex_model(
         return True
 
     up = await scripted({"up-name-7b": rejects})
-    gw, key, _ = await start(make_gateway, monkeypatch, up.url, {MODEL: ["up-name-7b"], BACKUP: ["good"]})
+    gw, key, _ = await start(make_gateway, up.url, {MODEL: ["up-name-7b"], BACKUP: ["good"]})
     for stream in (False, True):
         status, body, _ = await call(gw, key, stream=stream)
         assert status == 400
@@ -431,7 +431,7 @@ async def test_rejected_request_message_is_scrubbed_and_names_the_clex_model(
     ("DATE-3600", 1, 1),
 ])
 async def test_upstream_retry_after_is_sanitized_capped_and_dates_honoured(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, scripted: Any, value: str, low: int, high: int
+    make_gateway: GatewayFactory, scripted: Any, value: str, low: int, high: int
 ) -> None:
     """Items 5 and 9: `inf`/`1e308` gave a 500; a huge value passed uncapped; an HTTP-date was read as 1 s."""
     if value.startswith("DATE"):
@@ -442,7 +442,7 @@ async def test_upstream_retry_after_is_sanitized_capped_and_dates_honoured(
         return True
 
     up = await scripted({"busy": overloaded})
-    gw, key, _ = await start(make_gateway, monkeypatch, up.url, {MODEL: ["busy"]}, fallback=None)
+    gw, key, _ = await start(make_gateway, up.url, {MODEL: ["busy"]}, fallback=None)
     for stream in (False, True):
         status, body, headers = await call(gw, key, stream=stream)
         assert status == 503, body
@@ -457,7 +457,7 @@ async def test_upstream_retry_after_is_sanitized_capped_and_dates_honoured(
 
 
 async def test_content_before_a_malformed_usage_chunk_is_relayed(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, scripted: Any
+    make_gateway: GatewayFactory, scripted: Any
 ) -> None:
     """Item 8: the tokens that came in the same read as a broken usage chunk reach the client before the error."""
 
@@ -468,7 +468,7 @@ async def test_content_before_a_malformed_usage_chunk_is_relayed(
         return True
 
     up = await scripted({"bad-usage": bad_usage})
-    gw, key, _ = await start(make_gateway, monkeypatch, up.url, {MODEL: ["bad-usage"]}, fallback=None)
+    gw, key, _ = await start(make_gateway, up.url, {MODEL: ["bad-usage"]}, fallback=None)
     status, body, _ = await call(gw, key, stream=True)
     assert status == 200
     events = events_of(body)
@@ -484,7 +484,7 @@ async def test_content_before_a_malformed_usage_chunk_is_relayed(
 
 
 async def test_bytes_after_done_neither_reach_the_client_nor_make_a_499(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, scripted: Any
+    make_gateway: GatewayFactory, scripted: Any
 ) -> None:
     """Item 15: LiteLLM's proxy sends more after `[DONE]`; here the upstream also never ends its body."""
 
@@ -497,7 +497,7 @@ async def test_bytes_after_done_neither_reach_the_client_nor_make_a_499(
         return False
 
     up = await scripted({"trailer": trailer})
-    gw, key, access = await start(make_gateway, monkeypatch, up.url, {MODEL: ["trailer"]}, fallback=None)
+    gw, key, access = await start(make_gateway, up.url, {MODEL: ["trailer"]}, fallback=None)
     status, body, _ = await call(gw, key, stream=True)  # the client reads to the end, then closes its connection
     assert status == 200
     assert body.endswith(b"data: [DONE]\n\n") and b"trailer" not in body
@@ -515,7 +515,7 @@ async def test_bytes_after_done_neither_reach_the_client_nor_make_a_499(
 
 
 async def test_unasked_usage_with_choices_is_stripped_and_dropped_when_empty(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, scripted: Any
+    make_gateway: GatewayFactory, scripted: Any
 ) -> None:
     """Item 16: `usage` never reaches a client that did not ask; a chunk left with nothing to say is dropped."""
 
@@ -532,7 +532,7 @@ async def test_unasked_usage_with_choices_is_stripped_and_dropped_when_empty(
         return True
 
     up = await scripted({"litellm": litellm})
-    gw, key, access = await start(make_gateway, monkeypatch, up.url, {MODEL: ["litellm"]}, fallback=None)
+    gw, key, access = await start(make_gateway, up.url, {MODEL: ["litellm"]}, fallback=None)
     stream = await gw.client(key).chat.completions.create(model=MODEL, messages=HELLO, stream=True)
     chunks = [chunk async for chunk in stream]
     assert all(getattr(c, "usage", None) is None for c in chunks)
@@ -553,10 +553,10 @@ async def test_unasked_usage_with_choices_is_stripped_and_dropped_when_empty(
 
 
 async def test_response_model_is_the_clex_id_when_the_upstream_name_differs(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, upstream: DemoServer
+    make_gateway: GatewayFactory, upstream: DemoServer
 ) -> None:
     """Item 17: the demo upstream echoes the name it was asked for; the client sees the catalog id everywhere."""
-    gw, key, _ = await start(make_gateway, monkeypatch, upstream.url,
+    gw, key, _ = await start(make_gateway, upstream.url,
                              {MODEL: ["upstream-name-7b"], BACKUP: ["upstream-backup"]}, pass_headers=True)
     client = gw.client(key)
     whole = await client.chat.completions.create(model=MODEL, messages=HELLO, stream=False)
@@ -578,12 +578,12 @@ async def test_response_model_is_the_clex_id_when_the_upstream_name_differs(
 @pytest.mark.parametrize(("cap", "expected"), [(6, ["d0", "d1", "d2", "d3", "d0", "fb"]), (1, ["d0"]),
                                                 (2, ["d0", "fb"])])
 async def test_upstream_attempts_per_call_are_capped(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, upstream: DemoServer, cap: int,
+    make_gateway: GatewayFactory, upstream: DemoServer, cap: int,
     expected: list[str],
 ) -> None:
     """Item 17: four deployments, two retries each and a fallback were 13 attempts; the cap bounds them."""
     models = {MODEL: ["d0", "d1", "d2", "d3"], BACKUP: ["fb"]}
-    gw, key, _ = await start(make_gateway, monkeypatch, upstream.url, models, pass_headers=True,
+    gw, key, _ = await start(make_gateway, upstream.url, models, pass_headers=True,
                              upstream_retries=2, upstream_max_attempts=cap, upstream_retry_backoff=0.001)
     status, body, _ = await call(gw, key, stream=False, **{"x-demo-status": "500"})
     assert status == 500, body
@@ -591,7 +591,7 @@ async def test_upstream_attempts_per_call_are_capped(
 
 
 async def test_openai_client_sees_a_clean_error_for_a_midstream_failure(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, scripted: Any
+    make_gateway: GatewayFactory, scripted: Any
 ) -> None:
     """Item 2, the client's view: the official client raises with SPEC's message, not the provider's bytes."""
 
@@ -601,7 +601,7 @@ async def test_openai_client_sees_a_clean_error_for_a_midstream_failure(
         return True
 
     up = await scripted({"up-name-7b": fails_midway})
-    gw, key, _ = await start(make_gateway, monkeypatch, up.url, {MODEL: ["up-name-7b"]}, fallback=None)
+    gw, key, _ = await start(make_gateway, up.url, {MODEL: ["up-name-7b"]}, fallback=None)
     stream = await gw.client(key).chat.completions.create(model=MODEL, messages=HELLO, stream=True)
     with pytest.raises(openai.APIError) as info:
         async for _ in stream:

@@ -209,6 +209,25 @@ def test_env_admin_token_and_as_dict_hides_it() -> None:
     assert "s3cret" not in repr(shown)
 
 
+def test_provider_credentials_are_read_from_env_at_load(tmp_path: Path) -> None:
+    """Each provider's `api_key_env` variable, shipped or from TOML; an unset or empty one is no credential."""
+    path = write(tmp_path, '[providers.local]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "LOCAL_KEY"\n')
+    s = load_settings(path, env={"NVIDIA_API_KEY": "nvapi-1", "LOCAL_KEY": "local-2"})
+    assert {name: (c.variable, c.value) for name, c in s.credentials.items()} == {
+        "nvidia": ("NVIDIA_API_KEY", "nvapi-1"), "local": ("LOCAL_KEY", "local-2")}
+    assert load_settings(path, env={"NVIDIA_API_KEY": ""}).credentials == {}
+    assert defaults().credentials == {}
+
+
+def test_a_credential_never_shows_in_as_dict_or_repr() -> None:
+    secret = "nvapi-NEVER-SHOWN-0123456789"
+    s = load_settings(env={"NVIDIA_API_KEY": secret, "CLEX_ADMIN_TOKEN": "admin-NEVER-SHOWN"})
+    assert s.credentials["nvidia"].value == secret
+    for shown in (repr(as_dict(s)), repr(s), str(s), repr(s.credentials), str(s.credentials["nvidia"])):
+        assert secret not in shown and "admin-NEVER-SHOWN" not in shown
+    assert "NVIDIA_API_KEY" in repr(s.credentials["nvidia"])  # it says where the credential comes from
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -29,8 +29,9 @@ from clexproxy.fastpath.sse import SSEParser
 from clexproxy.keepalive import KEEPALIVE, KeepAlives
 from clexproxy.outcome import CallOutcome
 from clexproxy.sse_frames import Frames, _carries_nothing
+from clexproxy.upstream.failures import Scrubber, retry_after
 from clexproxy.upstream.http1 import Origin
-from clexproxy.upstream.pool import Scrubber, UpstreamPool, UpstreamReply, _retry_after
+from clexproxy.upstream.pool import UpstreamPool, UpstreamReply
 
 SECRET = "nvapi-unit-SECRET-0123456789"
 CLEX = "meta/llama-3.3-70b-instruct"
@@ -97,14 +98,14 @@ def headers(value: str) -> CIMultiDictProxy[str]:
 ])
 def test_upstream_retry_after_is_parsed_and_capped(value: str, expected: float) -> None:
     """Item 9: capped at a day as the 429's is; unusable values are 1 s."""
-    assert _retry_after(headers(value)) == expected
+    assert retry_after(headers(value)) == expected
 
 
 def test_upstream_retry_after_http_date_is_honoured() -> None:
     """Item 9: an HTTP-date is a wait until then (it was read as 1 s)."""
-    seconds = _retry_after(headers(formatdate(time.time() + 600, usegmt=True)))
+    seconds = retry_after(headers(formatdate(time.time() + 600, usegmt=True)))
     assert 500 < seconds <= 600
-    far = _retry_after(headers(formatdate(time.time() + 30 * 86_400, usegmt=True)))
+    far = retry_after(headers(formatdate(time.time() + 30 * 86_400, usegmt=True)))
     assert far == MAX_RETRY_AFTER
 
 
@@ -115,7 +116,7 @@ def test_upstream_retry_after_http_date_is_honoured() -> None:
 
 def pool(**overrides: Any) -> tuple[UpstreamPool, Settings]:
     settings = load_settings(env={}, overrides=overrides)
-    return UpstreamPool(settings, settings.catalog), settings
+    return UpstreamPool(settings.upstream, settings.catalog, settings.credentials), settings
 
 
 def four_deployments(settings: Settings) -> Model:
@@ -296,7 +297,7 @@ async def relaying(upstream: DemoServer) -> AsyncIterator[tuple[str, list[int]]]
     settings = load_settings(env={}, overrides={"demo": True})
     provider = Provider("demo", upstream.url, pass_headers=("x-demo-",))
     catalog = settings.catalog.with_all_models_on(provider)
-    upstream_pool = UpstreamPool(settings, catalog)
+    upstream_pool = UpstreamPool(settings.upstream, catalog, settings.credentials)
     keepalives = {"/relay": KeepAlives(5.0), "/relay-eager": KeepAlives(0.05)}
     calls: list[int] = []
 

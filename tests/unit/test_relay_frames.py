@@ -11,7 +11,8 @@ import pytest
 from clexproxy.catalog import default_catalog
 from clexproxy.outcome import CallOutcome
 from clexproxy.sse_frames import Frames
-from clexproxy.upstream.pool import Scrubber, UpstreamReply
+from clexproxy.upstream.failures import Scrubber
+from clexproxy.upstream.pool import UpstreamReply
 
 
 def answer(chunks: int = 5) -> bytes:
