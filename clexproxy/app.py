@@ -162,7 +162,10 @@ def build_app(settings: Settings, clock: Clock | None = None, access_stream: Bin
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     app.cleanup_ctx.append(_gateway_context(settings, clock or SystemClock(), access_stream))
     router = app.router
-    handlers = {endpoint: make_handler(endpoint) for endpoint in set(PROXIED_PATHS.values())}
+    handlers = {
+        endpoint: make_handler(endpoint, settings.server.max_body_bytes, settings.sse.json_user_agents)
+        for endpoint in set(PROXIED_PATHS.values())
+    }
     for path, endpoint in PROXIED_PATHS.items():
         router.add_post(path, handlers[endpoint])  # a GET gets a JSON 405 that says what to send (_json_for_unrouted)
     router.add_get("/v1/models", guarded(models.list_models))

@@ -1,41 +1,47 @@
 """A worker's share of limits that hold across processes and hosts: leased credits and batched slots.
 
 With several workers (`serve --workers N`, several hosts) each account's daily credits and
-per-minute rate are one budget, kept in Redis (clexproxy/sync/redis.py). This worker spends
-from what it holds in memory and goes to Redis only when that runs out:
+per-minute rate are one budget, kept in Redis (`RedisSync`). This worker spends from what it
+holds in memory and goes to Redis only when that runs out, so `count_request` and `admit`
+suspend only then:
 
-* credits: a lease sits in the `CreditLedger` (`auto_lease=False`); `reserve` spends it, and a
-  call the lease cannot cover waits for one refill, shared by every call of the account that
-  needs it at that moment;
+* credits: a lease sits in this worker's `CreditLedger` (`auto_lease=False`); `admit` spends
+  it, and a call the lease cannot cover waits for one refill, shared by every call of the
+  account that needs it at that moment;
 * slots: a batch of per-minute slots, used within the time Redis's schedule gave them (so a
   batch taken in a quiet minute cannot add to a busy one later); a refusal is remembered until
-  its retry time, so a flood is answered from memory (and by the screen).
+  its retry time, so a flood is answered from memory (and by the screen, `rpm_refusal`).
 
 When Redis cannot be reached, credits are fail-closed (a call beyond the lease in hand gets a
 503) and the per-minute limit falls back to its 1/N share on this worker's own bucket, N being
 the worker count; a circuit keeps calls from waiting on a Redis that just failed. A lease trip
 that failed may still have taken its credits on Redis (the reply is what was lost): its id is
-kept, and Redis is asked what it took once it answers again (`settle`).
+kept, and Redis is asked what it took once it answers again (`reconcile`).
+
+Every reading of time comes from the injected `Clock`: monotonic for slots, leases and the
+circuit, wall time for the UTC day.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from clexproxy.auth import Account
+from clexproxy.clock import Clock, utc_day
 from clexproxy.errors import ServiceUnavailable
 from clexproxy.fastpath.limits import BucketResult, CreditLedger, TokenBuckets
+from clexproxy.limits.base import Admission, LedgerLimits, RpmRefusal
+from clexproxy.limits.headers import metering_headers
 from clexproxy.sync.redis import SLICE_DIVISOR, RedisError, RedisSync
 
 log = logging.getLogger("clexproxy.shared")
 
 
 class LeaseObserver(Protocol):
-    """What is told about each credit lease Redis grants (clexproxy.observability.metrics.Metrics is one)."""
+    """What is told about each credit lease Redis grants (`Metrics` is one)."""
 
     def lease_granted(self, plan: str) -> None: ...
 
@@ -65,12 +71,14 @@ class _Slots:
         self.rate_since = 0.0
 
 
-class SharedLimits:
-    def __init__(self, sync: RedisSync, ledger: CreditLedger, workers: int,
+class SharedLimits(LedgerLimits):
+    """`Limits` for one of several workers: credits leased from Redis, per-minute slots taken in batches."""
+
+    def __init__(self, clock: Clock, sync: RedisSync, workers: int,
                  stored_spend: Callable[[int, int], Awaitable[int]], observer: LeaseObserver | None = None) -> None:
+        super().__init__(clock, CreditLedger(auto_lease=False))  # credits come only from leases
         self.sync = sync
         self.observer: LeaseObserver = observer or _Unobserved()
-        self.ledger = ledger
         self.workers = max(1, workers)
         # A lease is at most 1/(4N) of what is left (N: this host's workers), so the leases of every
         # worker together hold a small part of a budget, and a small budget is leased one call at a
@@ -90,23 +98,37 @@ class SharedLimits:
         self._circuit_until = 0.0
         self._circuit_wait = CIRCUIT_MIN
         # Fail-open plans' spending while Redis was away: (account, day, credits, debit id), charged
-        # to Redis in order once it answers again (`settle`), and the per-day totals it is capped by.
+        # to Redis in order once it answers again (`reconcile`), and the per-day totals it is capped by.
         self._owed: list[tuple[int, int, int, str]] = []
         self._spent_open: dict[tuple[int, int], int] = {}
         # Leases whose trip failed, as (account, day, lease id): each may have been granted on Redis.
         self._unconfirmed: list[tuple[int, int, str]] = []
-        self._settling = asyncio.Lock()
+        self._reconciling = asyncio.Lock()
 
     # credits ------------------------------------------------------------------------------------
 
-    def credits_left(self, account_id: int, day: int, unknown: int) -> int:
+    def credits_left(self, account_id: int, day: int, unknown: int = 0) -> int:
         """This worker's lease plus what Redis held at its last lease (`unknown` before any): the headers' figure.
 
         Other workers spend meanwhile, so across workers it is an estimate; the budget itself is exact.
         """
         return self.ledger.remaining(account_id, day) + self._left.get(account_id, unknown)
 
-    async def lease(self, account: Account, cost: int, day: int) -> bool:
+    async def admit(self, account: Account, cost: int, bucket: BucketResult) -> Admission:
+        """From the lease in hand; a lease too short is topped up from Redis first (the credits 429 or a 503)."""
+        wall = self.clock.time()
+        day = utc_day(wall)
+        if account.id not in self.ledger:
+            self.track(account)
+        while self.ledger.reserve(account.id, cost, day) < 0:  # else a concurrent call took the refill first
+            wall = self.clock.time()
+            day = utc_day(wall)
+            if not await self._top_up(account, cost, day):
+                raise self._credits_error(account, cost, bucket, wall)
+        left = self.credits_left(account.id, day)
+        return Admission(account.id, cost, day, metering_headers(account.plan, left, bucket, wall))
+
+    async def _top_up(self, account: Account, cost: int, day: int) -> bool:
         """Top the lease up to cover one call of `cost`; False when the day's budget cannot.
 
         Calls of one account that need credits at the same moment share one trip to Redis;
@@ -134,12 +156,12 @@ class SharedLimits:
         if deficit <= 0:
             return True
         known = self._spent_out.get((account.id, day))
-        if known is not None and known[0] < deficit and time.monotonic() < known[1]:
+        if known is not None and known[0] < deficit and self.clock.monotonic() < known[1]:
             return False
-        if time.monotonic() < self._circuit_until:
+        if self.clock.monotonic() < self._circuit_until:
             if account.plan.fail_open:
                 return self._lease_without_redis(account, cost, day, deficit)
-            raise _unavailable(self._circuit_until - time.monotonic())
+            raise _unavailable(self._circuit_until - self.clock.monotonic())
         limit = account.plan.credits_per_day
         calls = self._next_lease_calls(account.id)
         lease_id = RedisSync.new_lease_id()
@@ -161,12 +183,12 @@ class SharedLimits:
             raise _unavailable(self._circuit_wait) from None
         self._closed_circuit()
         if self.unsettled:
-            await self.settle()
+            await self.reconcile()
         self._left[account.id] = grant.left
         if grant.granted == 0:
             if len(self._spent_out) > 65_536:
                 self._spent_out.clear()
-            self._spent_out[(account.id, day)] = (grant.left, time.monotonic() + SPENT_OUT_SECONDS)
+            self._spent_out[(account.id, day)] = (grant.left, self.clock.monotonic() + SPENT_OUT_SECONDS)
             return False
         self.ledger.grant(account.id, grant.granted, day)
         self._leased.add((account.id, day))
@@ -183,7 +205,7 @@ class SharedLimits:
         self.ledger.grant(account.id, deficit, day)
         return True
 
-    async def settle(self) -> int:
+    async def reconcile(self) -> int:
         """Square up with Redis after an outage; the credits charged for fail-open spending.
 
         Fail-open plans' spending is charged (each debit once). A day Redis no longer holds needs
@@ -192,7 +214,7 @@ class SharedLimits:
         given back. Stops at the first Redis error; what is left waits for the next try.
         """
         charged = 0
-        async with self._settling:  # one settler at a time: each item is sent, then dropped, in order
+        async with self._reconciling:  # one at a time: each item is sent, then dropped, in order
             while self._owed:
                 account_id, day, credits, debit_id = self._owed[0]
                 try:
@@ -217,12 +239,11 @@ class SharedLimits:
 
     @property
     def unsettled(self) -> bool:
-        """Something from an outage is still to be squared with Redis (`settle`)."""
         return bool(self._owed or self._unconfirmed)
 
     def _next_lease_calls(self, account_id: int) -> int:
         """Leases follow the account's pace on this worker: a busy account goes to Redis about once a second."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         calls, last = self._lease_calls.get(account_id, (LEASE_CALLS, 0.0))
         if last:
             lasted = now - last
@@ -233,9 +254,10 @@ class SharedLimits:
         self._lease_calls[account_id] = (calls, now)
         return calls
 
-    async def give_back(self, day: int) -> int:
-        """Return every unused lease of `day` (at shutdown); the credits returned."""
-        await self.settle()
+    async def give_back(self) -> int:
+        """Outage debts are squared first (`reconcile`); a past day's leases are not returned: that day is over."""
+        await self.reconcile()
+        day = self.today()
         returned = 0
         for account_id, lease_day in sorted(self._leased):
             if lease_day != day or account_id not in self.ledger:
@@ -253,8 +275,17 @@ class SharedLimits:
 
     # slots --------------------------------------------------------------------------------------
 
-    def take_slot(self, account: Account, now: float) -> BucketResult | None:
-        """A slot from memory, a remembered refusal, or None: Redis must be asked (`fetch_slot`)."""
+    async def count_request(self, account: Account) -> BucketResult:
+        """A slot from the batch in hand or a remembered refusal; else one trip to Redis, shared by concurrent calls."""
+        bucket = self._take_slot(account, self.clock.monotonic())
+        if bucket is None:
+            bucket = await self._fetch_slot(account)
+        if not bucket.allowed:
+            raise self.rpm_error(account, bucket)
+        return bucket
+
+    def _take_slot(self, account: Account, now: float) -> BucketResult | None:
+        """A slot from memory, a remembered refusal, or None: Redis must be asked (`_fetch_slot`)."""
         slots = self._slots.get(account.id)
         if slots is None:
             return None
@@ -266,34 +297,36 @@ class SharedLimits:
             return self._result(account, slots, False, slots.denied_until - now)
         return None
 
-    def peek_slot(self, account: Account, now: float) -> BucketResult:
-        """What `take_slot` would say, for headers, without taking anything or asking Redis."""
+    def peek_bucket(self, account: Account) -> BucketResult:
+        """What `_take_slot` would say, without taking anything or asking Redis."""
         slots = self._slots.get(account.id)
         if slots is None:
             rpm = account.plan.requests_per_minute
             return BucketResult(rpm > 0, rpm, 0.0, 0.0)
+        now = self.clock.monotonic()
         if now < slots.denied_until and not (slots.allowance > 0 and now < slots.valid_until):
             return self._result(account, slots, False, slots.denied_until - now)
         return self._result(account, slots, True, 0.0)
 
-    def refusal(self, account: Account, now: float) -> BucketResult | None:
-        """The remembered refusal of the account's calls, if it still holds (the screen asks this)."""
+    def rpm_refusal(self, account: Account) -> RpmRefusal | None:
+        """The remembered refusal of the account's calls, if it still holds."""
         slots = self._slots.get(account.id)
+        now = self.clock.monotonic()
         if slots is None or now >= slots.denied_until or (slots.allowance > 0 and now < slots.valid_until):
             return None
-        return self._result(account, slots, False, slots.denied_until - now)
+        return self._refused(account, self._result(account, slots, False, slots.denied_until - now))
 
-    async def fetch_slot(self, account: Account, now: float) -> BucketResult:
+    async def _fetch_slot(self, account: Account) -> BucketResult:
         """One slot for this call, from Redis (with a batch for the calls that follow)."""
         rpm = account.plan.requests_per_minute
-        if time.monotonic() < self._circuit_until:
-            return self._fallback_slot(account, rpm, now)
+        if self.clock.monotonic() < self._circuit_until:
+            return self._fallback_slot(account, rpm)
         while True:
             pending = self._fetching.get(account.id)
             if pending is None:
                 break
             await asyncio.shield(pending)
-            taken = self.take_slot(account, time.monotonic())
+            taken = self._take_slot(account, self.clock.monotonic())
             if taken is not None:
                 return taken
         future = asyncio.get_running_loop().create_future()
@@ -304,7 +337,7 @@ class SharedLimits:
             log.warning("Redis unavailable for per-minute limits (%s); %d/%d of the limit on this worker",
                         exc, rpm, self.workers)
             self._open_circuit()
-            return self._fallback_slot(account, rpm, time.monotonic())
+            return self._fallback_slot(account, rpm)
         finally:
             del self._fetching[account.id]
             future.set_result(None)
@@ -313,14 +346,14 @@ class SharedLimits:
         slots = self._slots.get(account.id)
         if slots is None:
             slots = self._slots[account.id] = _Slots()
-        now = time.monotonic()
+        now = self.clock.monotonic()
         elapsed = now - slots.rate_since
         rate = slots.calls / elapsed if slots.rate_since and elapsed > 0 else 0.0
         slots.calls, slots.rate_since = 0, now
         want = max(1, min(int(rate * SLOT_BATCH_SECONDS) + 1, rpm // (2 * self.workers) or 1))
         grant = await self.sync.take_slots(account.id, rpm, want)
         self._closed_circuit()
-        now = time.monotonic()
+        now = self.clock.monotonic()
         slots.left = grant.left
         if grant.granted == 0:
             slots.allowance, slots.denied_until = 0, now + grant.retry_after
@@ -330,9 +363,9 @@ class SharedLimits:
         slots.denied_until = 0.0
         return self._result(account, slots, True, 0.0)
 
-    def _fallback_slot(self, account: Account, rpm: int, now: float) -> BucketResult:
+    def _fallback_slot(self, account: Account, rpm: int) -> BucketResult:
         share = rpm / self.workers
-        return self._fallback.acquire(account.id, share, share / 60.0, now)
+        return self._fallback.acquire(account.id, share, share / 60.0, self.clock.monotonic())
 
     def _result(self, account: Account, slots: _Slots, allowed: bool, retry_after: float) -> BucketResult:
         rpm = account.plan.requests_per_minute
@@ -343,7 +376,7 @@ class SharedLimits:
     # the circuit --------------------------------------------------------------------------------
 
     def _open_circuit(self) -> None:
-        self._circuit_until = time.monotonic() + self._circuit_wait
+        self._circuit_until = self.clock.monotonic() + self._circuit_wait
         self._circuit_wait = min(CIRCUIT_MAX, self._circuit_wait * 2)
 
     def _closed_circuit(self) -> None:

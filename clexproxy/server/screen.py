@@ -28,7 +28,8 @@ from clexproxy.errors import ApiError, RateLimited
 from clexproxy.fastpath.scan import plain_request
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY, pick_request_id
-from clexproxy.handlers.proxy import PROXIED_PATHS, settle_refusal
+from clexproxy.handlers.proxy import PROXIED_PATHS
+from clexproxy.handlers.settle import finish_call
 from clexproxy.outbox import Outbox
 from clexproxy.outcome import CallOutcome
 from clexproxy.server.connections import ClientConnection, ClientServer, ConnectionLimits
@@ -98,7 +99,7 @@ class ScreeningRequestHandler(ClientConnection):
             call.status, call.error_code = error.status, error.code
             self._refused(call, authorization, sent_id)
             return raw_response(error, call.request_id)
-        limited = gateway.meter.rpm_refused(account)
+        limited = gateway.limits.rpm_refusal(account)
         if limited is None:
             refusals.forget(authorization)
             return None
@@ -116,7 +117,7 @@ class ScreeningRequestHandler(ClientConnection):
         screening = self._screening
         screening.screened += 1
         screening.gateway.metrics.call_started(call.endpoint)
-        settle_refusal(screening.gateway, call)
+        finish_call(screening.gateway, call)
 
     def answer(self, raw: bytes) -> None:
         transport = self.transport

@@ -151,7 +151,7 @@ async def test_a_bug_past_the_handler_is_a_500_with_metering_headers(
     def broken(*args: Any) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(gw.gateway.meter, "record_tokens", broken)
+    monkeypatch.setattr(gw.gateway.limits, "settle", broken)
     status, raw, headers = await post(gw, key, {"model": LARGE, "messages": HELLO, "stream": False})
     error_of(raw, 500, "internal_server_error")
     metered(headers)
@@ -238,7 +238,7 @@ async def test_a_fallback_answer_is_charged_at_the_served_model(make_gateway: Ga
     assert line["credits"] == 1 and line["model"] == LARGE
     assert value(await scrape(gw), "clexproxy_credits_charged_total", plan="pro") == 4  # 1, then 3
     await gw.gateway.flush_usage()
-    spent = await gw.gateway.store.credits_spent(gw.gateway.meter.today())
+    spent = await gw.gateway.store.credits_spent(gw.gateway.limits.today())
     assert spent[gw.gateway.directory.accounts[max(gw.gateway.directory.accounts)].id] == 4
 
 
@@ -292,13 +292,13 @@ async def test_a_fallback_charge_with_limits_shared_through_redis(make_gateway: 
             error_of(raw, 429, "rate_limit_exceeded")
     assert served >= 10  # a 3-credit reservation needs 3 in a lease: the last few credits may sit unused
     account_id = max(first.gateway.directory.accounts)
-    day = first.gateway.meter.today()
+    day = first.gateway.limits.today()
     for gw in (first, second):
         await gw.gateway.flush_usage()
     spent = (await first.gateway.store.credits_spent(day))[account_id]
     assert spent == served  # one credit per answer
     left_on_redis = await first.gateway.redis.credits_left(account_id, day) or 0  # type: ignore[union-attr]
-    leases = sum(gw.gateway.meter.ledger.remaining(account_id, day) for gw in (first, second))
+    leases = sum(gw.gateway.limits.ledger.remaining(account_id, day) for gw in (first, second))
     assert spent + left_on_redis + leases == 20  # every credit is spent, leased or on Redis: none lost
 
 

@@ -255,7 +255,7 @@ async def test_a_flush_waits_for_the_write_already_in_flight(
     await second
     account = await gw.gateway.store.get_account("inflight")
     assert account is not None
-    spent = await gw.gateway.store.credits_spent(gw.gateway.meter.today())
+    spent = await gw.gateway.store.credits_spent(gw.gateway.limits.today())
     assert spent[account.id] == 5
     await first
 

@@ -1,6 +1,6 @@
-"""Gateways sharing one account's limits through a real Redis (clexproxy/limits/shared.py), in one process.
+"""Gateways sharing one account's limits through a real Redis (`SharedLimits`), in one process.
 
-Each gateway here is what one worker is: its own meter, its own Redis connection, the same
+Each gateway here is what one worker is: its own limits, its own Redis connection, the same
 store. The multi-process and multi-host versions of these floods are in test_scale_out.py.
 """
 
@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from clexproxy.gateway import Gateway
+from clexproxy.limits.shared import SharedLimits
 from tests.redis_server import RedisServer
 from tests.reply_cutter import ReplyCutter
 
@@ -45,8 +46,8 @@ async def totals_once_settled(gateway: Gateway, what: str) -> tuple[int, int, in
 
     The write-behind timer settles with Redis once it answers again (after the circuit's pause).
     """
-    shared = gateway.meter.shared
-    assert shared is not None and gateway.redis is not None
+    shared = gateway.limits
+    assert isinstance(shared, SharedLimits) and gateway.redis is not None
     for _ in range(200):
         if not shared.unsettled:
             break
@@ -55,10 +56,10 @@ async def totals_once_settled(gateway: Gateway, what: str) -> tuple[int, int, in
         pytest.fail(f"{what} was never squared with Redis")
     await gateway.flush_usage()
     account = gateway.directory.accounts[max(gateway.directory.accounts)]
-    day = gateway.meter.today()
+    day = shared.today()
     spent = (await gateway.store.credits_spent(day))[account.id]
     left = await gateway.redis.credits_left(account.id, day) or 0
-    return spent, gateway.meter.ledger.remaining(account.id, day), left
+    return spent, shared.ledger.remaining(account.id, day), left
 
 
 async def test_workers_spend_one_budget_exactly(make_gateway: GatewayFactory, redis_server: RedisServer) -> None:
@@ -70,7 +71,7 @@ async def test_workers_spend_one_budget_exactly(make_gateway: GatewayFactory, re
     assert statuses == Counter({200: 20, 429: 40})  # 20 calls of 5 credits, never 21
     for gw in (first, second):
         await gw.gateway.flush_usage()
-    spent = await first.gateway.store.credits_spent(first.gateway.meter.today())
+    spent = await first.gateway.store.credits_spent(first.gateway.limits.today())
     account = first.gateway.directory.accounts[max(first.gateway.directory.accounts)]
     assert spent[account.id] == 100
 
@@ -104,8 +105,9 @@ async def test_leases_go_back_when_a_worker_stops(make_gateway: GatewayFactory, 
     gateway = first.gateway
     assert gateway.redis is not None
     account = gateway.directory.accounts[max(gateway.directory.accounts)]
-    day = gateway.meter.today()
-    held = gateway.meter.ledger.remaining(account.id, day)
+    assert isinstance(gateway.limits, SharedLimits)
+    day = gateway.limits.today()
+    held = gateway.limits.ledger.remaining(account.id, day)
     assert held > 0
     left_before = await gateway.redis.credits_left(account.id, day)
     await first.stop()
@@ -125,8 +127,8 @@ async def test_a_lease_whose_reply_was_lost_is_recovered_not_stranded(make_gatew
         key = await gw.add_key("cut", "pro")  # 2,000 credits a day
         assert await call(gw, key, PREMIUM) == 200
         gateway = gw.gateway
-        shared = gateway.meter.shared
-        assert shared is not None
+        shared = gateway.limits
+        assert isinstance(shared, SharedLimits)
         cutter.cutting = b":lease:"  # the key of a credit lease's record: only lease trips lose their replies
         statuses: Counter[int] = Counter()
         for _ in range(500):  # until the lease in hand runs out and the next trip's answer is cut
@@ -202,18 +204,20 @@ async def test_a_lease_lands_even_when_the_call_that_asked_for_it_leaves(make_ga
     gw = await make_gateway(redis_url=redis_server.url)
     await gw.add_key("leaves", "pro")
     gateway = gw.gateway
-    assert gateway.meter.shared is not None and gateway.redis is not None
+    limits = gateway.limits
+    assert isinstance(limits, SharedLimits) and gateway.redis is not None
     account = gateway.directory.accounts[max(gateway.directory.accounts)]
-    day = gateway.meter.today()
-    gateway.meter.track(account)
-    asking = asyncio.ensure_future(gateway.meter.shared.lease(account, 5, day))
+    day = limits.today()
+    limits.track(account)
+    bucket = await limits.count_request(account)
+    asking = asyncio.ensure_future(limits.admit(account, 5, bucket))  # no lease in hand: a trip to Redis
     await asyncio.sleep(0)  # the trip to Redis has started
     asking.cancel()  # the client left
     for _ in range(100):
-        if gateway.meter.ledger.remaining(account.id, day) > 0:
+        if limits.ledger.remaining(account.id, day) > 0:
             break
         await asyncio.sleep(0.01)
-    held = gateway.meter.ledger.remaining(account.id, day)
+    held = limits.ledger.remaining(account.id, day)
     assert held > 0
     assert (await gateway.redis.credits_left(account.id, day) or 0) + held == 2000  # nothing stranded in Redis
 
@@ -237,7 +241,7 @@ async def test_a_fail_open_plan_keeps_answering_and_is_charged_when_redis_return
     during = Counter([await call(gw, key, PREMIUM) for _ in range(30)])
     assert during == Counter({200: 30})  # beyond the lease, on this worker's own count
     gateway = gw.gateway
-    assert gateway.meter.shared is not None and gateway.meter.shared.unsettled
+    assert gateway.limits.unsettled
     redis_server.start()
     spent, held, left = await totals_once_settled(gateway, "the outage's spending")
     assert spent == 31 * 5

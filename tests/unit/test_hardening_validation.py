@@ -1,5 +1,6 @@
-"""Issue 10, the call's own path in units: the stream default (14), nesting and roles (5), sampling flags (18),
-and a fallback's charge in the Meter (17)."""
+"""Issue 10, the call's own path in units: the stream default (14), nesting and roles (5), sampling flags (18).
+
+A fallback's charge in the limits (17) is tested with the limits (test_limits_local)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from clexproxy.auth import Account
-from clexproxy.catalog import DEFAULT_MODELS, DEFAULT_PLANS, Plan
-from clexproxy.clock import SECONDS_PER_DAY, ManualClock
+from clexproxy.catalog import DEFAULT_MODELS, Plan
 from clexproxy.config import load_settings
 from clexproxy.errors import InvalidRequest
 from clexproxy.handlers.validation import (
@@ -21,11 +20,9 @@ from clexproxy.handlers.validation import (
     user_agent_prefixes,
     validate_chat,
 )
-from clexproxy.limits.local import Meter
 
 MODEL = "meta/llama-3.3-70b-instruct"
 HELLO = [{"role": "user", "content": "Hi"}]
-NOON = 1_795_608_000.0  # 2026-11-25 12:00:00 UTC
 VERCEL = "ai-sdk/openai-compatible/1.0.19 ai-sdk/provider-utils/3.0.10 runtime/node.js/22"
 AGENTS = user_agent_prefixes(load_settings(env={}).sse.json_user_agents)
 
@@ -175,50 +172,3 @@ def test_sampling_defaults_flag_shipped_and_configured(tmp_path: Any) -> None:
     with pytest.raises(ValueError, match="sampling_defaults"):
         load_settings(path, env={})
 
-
-# 17: a fallback's answer charged at the model that answered ------------------------------------------
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(NOON)
-
-
-def _account() -> Account:
-    return Account(1, "acct-1", DEFAULT_PLANS["free"])  # 100 credits a day
-
-
-def test_a_cheaper_fallback_is_charged_its_own_cost_as_one_call(clock: ManualClock) -> None:
-    meter = Meter(clock)
-    acct = _account()
-    admission = meter.admit(acct, 3)
-    assert admission.headers["X-Clex-Credits-Remaining"] == "97"
-    meter.charge_served(admission, 1)
-    assert admission.cost == 1 and admission.headers["X-Clex-Credits-Remaining"] == "99"
-    assert meter.ledger.remaining(acct.id, meter.today()) == 99
-    assert [(row[2], row[3]) for row in meter.drain()] == [(1, 1)]  # one call, one credit
-    meter.charge_served(admission, 1)  # idempotent
-    assert meter.ledger.remaining(acct.id, meter.today()) == 99
-    meter.refund(admission)  # an answer that then failed before it started: the served cost comes back
-    assert meter.ledger.remaining(acct.id, meter.today()) == 100
-
-
-def test_a_dearer_fallback_is_charged_what_was_reserved(clock: ManualClock) -> None:
-    meter = Meter(clock)
-    acct = _account()
-    admission = meter.admit(acct, 2)
-    meter.charge_served(admission, 5)
-    assert admission.cost == 2 and meter.ledger.remaining(acct.id, meter.today()) == 98
-
-
-def test_a_refunded_or_midnight_crossing_call_keeps_its_settlement(clock: ManualClock) -> None:
-    meter = Meter(clock)
-    acct = _account()
-    refunded = meter.admit(acct, 3)
-    meter.refund(refunded)
-    meter.charge_served(refunded, 1)
-    assert meter.ledger.remaining(acct.id, meter.today()) == 100
-    late = meter.admit(acct, 3)
-    clock.advance(SECONDS_PER_DAY / 2 + 1)  # past 00:00 UTC: yesterday's usage cannot be re-reserved
-    meter.charge_served(late, 1)
-    assert late.cost == 3
