@@ -514,7 +514,7 @@ def report(results: dict[str, list[Row]], quick: bool, started: float) -> str:
         done = subprocess.run([PY, str(micro), "--markdown", *(["--quick"] if quick else [])],
                               capture_output=True, text=True, timeout=300, cwd=ROOT)
         if done.returncode == 0:
-            lines += ["## `_fastpath` compiled vs its pure-Python twin", "", done.stdout.strip(), ""]
+            lines += ["## `fastpath` compiled vs its pure-Python twins", "", done.stdout.strip(), ""]
     text = "\n".join(lines) + "\n"
     return text
 

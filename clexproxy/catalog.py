@@ -1,6 +1,6 @@
 """What the gateway sells: tiers, plans, providers and models, with SPEC's tables as the shipped default.
 
-Everything here is immutable configuration; `config.py` builds a `Catalog` from these defaults
+Everything here is immutable configuration; `load_settings` builds a `Catalog` from these defaults
 plus a TOML file, and `--demo` swaps every deployment for the bundled demo upstream.
 """
 

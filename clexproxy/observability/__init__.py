@@ -1,1 +1,1 @@
-"""observability"""
+"""What the gateway tells its operators: Prometheus metrics (`Metrics`), access lines (`AccessLog`), other logs."""

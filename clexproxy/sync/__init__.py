@@ -1,1 +1,1 @@
-"""Cross-process and cross-host agreement (Redis): see redis.py."""
+"""Keeping each process in step: with the other processes through Redis (`RedisSync`), with the store (`StoreSync`)."""
