@@ -1,4 +1,4 @@
-"""Refused calls answered from the raw request (clexproxy/server/screen.py): same answer, same counts, in order.
+"""Refused calls answered from the raw request (`ScreeningRequestHandler`): same answer, same counts, in order.
 
 Requests go over raw sockets so the tests control what shares a connection: a request alone on
 an idle connection, whose Authorization header was refused a moment ago, is screened; one sent
