@@ -83,8 +83,8 @@ async def _store_call(request: web.Request, call: Awaitable[T]) -> T:
         raise NotFound(str(exc)) from None
     except StoreError as exc:
         raise InvalidRequest(str(exc)) from None
-    await gateway.sync_store(force=True)
-    await gateway.announce_key_change()
+    await gateway.sync.sync_store(force=True)
+    await gateway.sync.announce_key_change()
     return result
 
 
@@ -149,7 +149,7 @@ async def account_usage(request: web.Request) -> web.Response:
     _check_token(request)
     gateway = request.app[GATEWAY]
     name = await _existing_account(request)
-    await gateway.flush_usage()
+    await gateway.sync.flush_usage()
     rows = await gateway.store.usage(name)
     usage = [
         {"day": iso_day(r.day), "credits": r.credits, "calls": r.calls,

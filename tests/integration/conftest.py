@@ -48,7 +48,7 @@ class RunningGateway:
         """Create a key through the store, as the CLI would, and make it live at once."""
         limits = {p.name: p.max_keys for p in self.settings.catalog.plans.values()}
         _, key = await self.gateway.store.create_key(account, plan, limits)
-        await self.gateway.sync_store(force=True)
+        await self.gateway.sync.sync_store(force=True)
         self.keys[account] = key
         return key
 

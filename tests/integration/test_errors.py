@@ -109,7 +109,7 @@ async def test_401_revoked_key_and_openai_client(gw: RunningGateway, key: str) -
         await gw.client("clex_" + "b" * 40).chat.completions.create(model=MODEL, messages=HELLO)
     keys = await gw.gateway.store.list_keys("acme")
     await gw.gateway.store.revoke_key(keys[0].id)
-    await gw.gateway.sync_store(force=True)
+    await gw.gateway.sync.sync_store(force=True)
     status, doc, _ = await post(gw, key, {"model": MODEL, "messages": HELLO})
     assert_error(status, doc, 401, "authentication_error")
 

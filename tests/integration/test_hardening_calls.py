@@ -237,7 +237,7 @@ async def test_a_fallback_answer_is_charged_at_the_served_model(make_gateway: Ga
     line = next(ln for ln in access_lines(gw, sink) if ln.get("request_id") == "fb-json")
     assert line["credits"] == 1 and line["model"] == LARGE
     assert value(await scrape(gw), "clexproxy_credits_charged_total", plan="pro") == 4  # 1, then 3
-    await gw.gateway.flush_usage()
+    await gw.gateway.sync.flush_usage()
     spent = await gw.gateway.store.credits_spent(gw.gateway.limits.today())
     assert spent[gw.gateway.directory.accounts[max(gw.gateway.directory.accounts)].id] == 4
 
@@ -279,7 +279,7 @@ async def test_a_fallback_charge_with_limits_shared_through_redis(make_gateway: 
     first = await make_gateway(redis_url=redis_server.url, workers=2, config=SHARED_PLAN)
     second = await make_gateway(redis_url=redis_server.url, workers=2, config=SHARED_PLAN)
     key = await first.add_key("shared-fb", "tight")
-    await second.gateway.sync_store(force=True)
+    await second.gateway.sync.sync_store(force=True)
     served = 0
     for i in range(30):
         gw = (first, second)[i % 2]
@@ -294,7 +294,7 @@ async def test_a_fallback_charge_with_limits_shared_through_redis(make_gateway: 
     account_id = max(first.gateway.directory.accounts)
     day = first.gateway.limits.today()
     for gw in (first, second):
-        await gw.gateway.flush_usage()
+        await gw.gateway.sync.flush_usage()
     spent = (await first.gateway.store.credits_spent(day))[account_id]
     assert spent == served  # one credit per answer
     left_on_redis = await first.gateway.redis.credits_left(account_id, day) or 0  # type: ignore[union-attr]

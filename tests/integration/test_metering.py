@@ -243,9 +243,9 @@ async def test_a_flush_waits_for_the_write_already_in_flight(
     other = sqlite3.connect(data / "clexproxy.sqlite3", isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")  # another writer holds the database
     try:
-        first = asyncio.create_task(gw.gateway.flush_usage())  # drains the 5 credits, then waits on the lock
+        first = asyncio.create_task(gw.gateway.sync.flush_usage())  # drains the 5 credits, then waits on the lock
         await asyncio.sleep(0)
-        second = asyncio.create_task(gw.gateway.flush_usage())  # nothing left to drain
+        second = asyncio.create_task(gw.gateway.sync.flush_usage())  # nothing left to drain
         for _ in range(20):
             await asyncio.sleep(0)
         assert not first.done() and not second.done()

@@ -213,7 +213,7 @@ async def test_one_scrape_reports_every_process_and_survives_a_restart(
     first = await make_gateway(data_dir=data, metrics_dir=shared, metrics_flush_seconds=0.05)
     second = await make_gateway(data_dir=data, metrics_dir=shared, metrics_flush_seconds=0.05)
     key = await first.add_key("shared", "pro")
-    await second.gateway.sync_store(force=True)
+    await second.gateway.sync.sync_store(force=True)
     for gw, n in ((first, 3), (second, 2)):
         for _ in range(n):
             await gw.client(key).chat.completions.create(model=CHEAP, messages=HELLO, stream=False)

@@ -1,8 +1,9 @@
-"""Credit leases and per-minute slots on a real redis-server (clexproxy/sync/redis.py).
+"""Credit leases and per-minute slots on a real redis-server (`RedisSync`), and key changes announced there.
 
 The property that matters is the total: however many workers ask, at once or again after a
 lost reply, Redis never hands out more credits than the day's budget nor more slots than the
-plan's rate allows.
+plan's rate allows. A key change one worker announces is applied by another's `StoreSync` at
+once, not at its next poll.
 """
 
 from __future__ import annotations
@@ -10,10 +11,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from clexproxy.auth import Directory
+from clexproxy.catalog import default_catalog
+from clexproxy.clock import ManualClock
+from clexproxy.config import StoreSettings
+from clexproxy.limits.local import LocalLimits
+from clexproxy.store.sqlite import SQLiteStore, ThreadedSQLiteStore
 from clexproxy.sync.redis import DAY_TTL_SECONDS, RedisSync
+from clexproxy.sync.store import StoreSync
 from tests.redis_server import RedisServer
 
 DAY = 20_417
@@ -164,3 +173,42 @@ async def test_many_workers_share_one_rate(redis_server: RedisServer) -> None:
     finally:
         for sync in workers:
             await sync.close()
+
+
+async def test_a_key_change_announced_by_one_worker_is_applied_by_another_at_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two workers' `StoreSync`s on one key store, polling once an hour: the announcement is what applies it."""
+    never = StoreSettings(poll_seconds=3600, flush_seconds=3600)
+    workers = []
+    for _ in range(2):
+        store = ThreadedSQLiteStore(SQLiteStore.in_data_dir(tmp_path))
+        directory = Directory(default_catalog())
+        redis = RedisSync(redis_server.url)
+        workers.append((StoreSync(never, store, directory, LocalLimits(ManualClock(1e9)), redis),
+                        store, directory, redis))
+    for sync, *_ in workers:
+        await sync.load()
+        sync.start()
+    (writer, writer_store, _, _), (_, _, reader_directory, _) = workers
+    try:
+        row, key = await writer_store.create_key("announced", "pro", {"pro": 5})
+        await writer.sync_store(force=True)  # as the admin API does after its own write
+        for _ in range(500):  # bounded wait; announced again until the reader's subscription is up
+            await writer.announce_key_change()
+            if reader_directory.keys.lookup(key) is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert reader_directory.keys.lookup(key) is not None
+        await writer_store.revoke_key(row.id)
+        for _ in range(500):
+            await writer.announce_key_change()
+            if reader_directory.keys.lookup(key) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert reader_directory.keys.lookup(key) is None
+    finally:
+        for sync, store, _, redis in workers:
+            await sync.stop()
+            await redis.close()
+            await store.close()

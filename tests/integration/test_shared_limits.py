@@ -54,7 +54,7 @@ async def totals_once_settled(gateway: Gateway, what: str) -> tuple[int, int, in
         await asyncio.sleep(0.05)
     else:
         pytest.fail(f"{what} was never squared with Redis")
-    await gateway.flush_usage()
+    await gateway.sync.flush_usage()
     account = gateway.directory.accounts[max(gateway.directory.accounts)]
     day = shared.today()
     spent = (await gateway.store.credits_spent(day))[account.id]
@@ -66,11 +66,11 @@ async def test_workers_spend_one_budget_exactly(make_gateway: GatewayFactory, re
     first = await make_gateway(redis_url=redis_server.url, workers=2)
     second = await make_gateway(redis_url=redis_server.url, workers=2)
     key = await first.add_key("free-flood", "free")  # 100 credits a day
-    await second.gateway.sync_store(force=True)
+    await second.gateway.sync.sync_store(force=True)
     statuses = await flood([first, second], key, PREMIUM, 60)
     assert statuses == Counter({200: 20, 429: 40})  # 20 calls of 5 credits, never 21
     for gw in (first, second):
-        await gw.gateway.flush_usage()
+        await gw.gateway.sync.flush_usage()
     spent = await first.gateway.store.credits_spent(first.gateway.limits.today())
     account = first.gateway.directory.accounts[max(first.gateway.directory.accounts)]
     assert spent[account.id] == 100
@@ -88,7 +88,7 @@ async def test_workers_share_one_per_minute_rate(make_gateway: GatewayFactory, r
     first = await make_gateway(redis_url=redis_server.url, config=SLOW_PLAN)
     second = await make_gateway(redis_url=redis_server.url, config=SLOW_PLAN)
     key = await first.add_key("slow", "slow")  # 6 calls a minute: one slot frees every 10 s
-    await second.gateway.sync_store(force=True)
+    await second.gateway.sync.sync_store(force=True)
     started = time.monotonic()
     statuses = [await call(first, key, CHEAP)]
     statuses += [await call(second, key, CHEAP) for _ in range(8)]
