@@ -1,7 +1,9 @@
 """build_app(settings) -> web.Application: routes, the error middleware, and the resources' lifecycle.
 
 Every resource (the store, the upstream sessions, the in-process demo upstream, the sync
-timers) is opened and closed in `cleanup_ctx`, so an app that started always cleans up.
+timers) is opened and closed in `cleanup_ctx`, so an app that started always cleans up. The app
+state handlers read is typed and narrow (`GATEWAY`, `CATALOG`, `ADMIN_TOKEN`): no handler reads
+the settings.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from clexproxy.config import Settings
 from clexproxy.errors import ApiError, InternalError, MethodNotAllowed, NotFound, RequestTooLarge
 from clexproxy.gateway import Gateway
 from clexproxy.handlers import admin, health, models
-from clexproxy.handlers.common import GATEWAY, request_id
+from clexproxy.handlers.common import ADMIN_TOKEN, CATALOG, GATEWAY, request_id
 from clexproxy.handlers.proxy import PROXIED_PATHS, make_handler
 from clexproxy.observability.accesslog import text_value
 from clexproxy.store import open_store
@@ -146,6 +148,7 @@ def _gateway_context(
         store = await open_store(settings.server.data_dir, settings.database.url)
         gateway = Gateway(effective, clock, store, access_stream)
         app[GATEWAY] = gateway
+        app[CATALOG] = gateway.catalog
         try:
             await gateway.start()
             yield
@@ -160,6 +163,7 @@ def _gateway_context(
 def build_app(settings: Settings, clock: Clock | None = None, access_stream: BinaryIO | None = None) -> web.Application:
     """The gateway app; `access_stream` receives the access lines (stdout unless given: tests pass a buffer)."""
     app = web.Application(client_max_size=settings.server.max_body_bytes)
+    app[ADMIN_TOKEN] = settings.server.admin_token
     app.cleanup_ctx.append(_gateway_context(settings, clock or SystemClock(), access_stream))
     router = app.router
     handlers = {

@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from clexproxy.errors import AuthenticationFailed, InvalidRequest, NotFound
-from clexproxy.handlers.common import GATEWAY, read_json, request_id
+from clexproxy.handlers.common import ADMIN_TOKEN, GATEWAY, read_json, request_id
 from clexproxy.store.base import AccountNotFound, AccountRow, KeyNotFound, KeyRow, StoreError
 
 T = TypeVar("T")
@@ -24,7 +24,7 @@ MAX_ADMIN_BODY = 64 * 1024
 
 
 def _check_token(request: web.Request) -> None:
-    expected = request.app[GATEWAY].settings.admin_token
+    expected = request.app[ADMIN_TOKEN]
     if not expected:
         raise NotFound("The admin API is disabled: set CLEX_ADMIN_TOKEN to enable it.")
     sent = request.headers.get("Authorization", "")

@@ -1,4 +1,7 @@
-"""What every handler needs: the request id, the gateway state, and a bounded JSON body read.
+"""What every handler needs: the request id, the app state it reads, and a bounded JSON body read.
+
+A handler reads the narrowest app state that serves it: the catalog (`CATALOG`) and the admin token
+(`ADMIN_TOKEN`) as values, the running components (`GATEWAY`) only where it uses them; never the settings.
 
 Request ids are `req_<pid><random>_<n>`: the prefix is made again in every forked worker
 (`os.register_at_fork`), so workers forked from one parent never issue the same ids.
@@ -13,11 +16,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from clexproxy.catalog import Catalog
 from clexproxy.errors import InvalidRequest, RequestTooLarge
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.validation import MAX_DEPTH, too_deep
 
 GATEWAY = web.AppKey("gateway", Gateway)
+CATALOG = web.AppKey("catalog", Catalog)  # the one the gateway serves (with `--demo`, every model on the demo)
+ADMIN_TOKEN = web.AppKey("admin_token", str)  # "" when the admin API is off
 REQUEST_ID = web.RequestKey("request_id", str)
 MAX_CLIENT_REQUEST_ID = 128
 # The codings aiohttp decodes on a request body; any other is its own 4xx before a handler runs.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from clexproxy.handlers.common import GATEWAY
+from clexproxy.handlers.common import CATALOG, GATEWAY
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -14,8 +14,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready once the catalog, keys and usage are loaded and the store answers."""
-    gateway = request.app[GATEWAY]
-    checks = {"catalog": bool(gateway.catalog.models), "store": gateway.ready}
+    checks = {"catalog": bool(request.app[CATALOG].models), "store": request.app[GATEWAY].ready}
     ok = all(checks.values())
     return web.Response(
         body=orjson.dumps({"status": "ready" if ok else "not_ready", "checks": checks}),
@@ -25,7 +24,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
-    response = web.Response(body=gateway.metrics.render())
-    response.headers["Content-Type"] = gateway.metrics.content_type
+    metrics = request.app[GATEWAY].metrics
+    response = web.Response(body=metrics.render())
+    response.headers["Content-Type"] = metrics.content_type
     return response

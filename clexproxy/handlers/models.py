@@ -9,7 +9,7 @@ from aiohttp import web
 
 from clexproxy.catalog import Catalog, Model
 from clexproxy.errors import ModelNotFound
-from clexproxy.handlers.common import GATEWAY, request_id
+from clexproxy.handlers.common import CATALOG, request_id
 
 PUBLIC_CACHE = "public, max-age=60"
 
@@ -38,12 +38,12 @@ def _json(payload: Any, request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    catalog = request.app[GATEWAY].catalog
+    catalog = request.app[CATALOG]
     return _json({"object": "list", "data": [model_object(m, catalog) for m in catalog.models.values()]}, request)
 
 
 async def get_model(request: web.Request) -> web.Response:
-    catalog = request.app[GATEWAY].catalog
+    catalog = request.app[CATALOG]
     model_id = request.match_info["model_id"]
     model = catalog.models.get(model_id)
     if model is None:
@@ -52,7 +52,7 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def pricing(request: web.Request) -> web.Response:
-    catalog = request.app[GATEWAY].catalog
+    catalog = request.app[CATALOG]
     payload = {
         "currency": "credits",
         "default_credits": catalog.default_credits,
