@@ -8,13 +8,13 @@ DATA   ?= .clexproxy-data
 .PHONY: run test build test-pure test-tools lint clean bench bench-quick bench-peers bench-tools
 
 # The venv is rebuilt whenever the package definition or the compiled source changes.
-$(STAMP): pyproject.toml setup.py clexproxy/_fastpath.pyx
+$(STAMP): pyproject.toml setup.py $(wildcard clexproxy/fastpath/*.pyx)
 	@$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || (apt-get update -qq && apt-get install -y -qq python3-venv)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check 'Cython>=3.0' 'setuptools>=77' wheel
 	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e '.[test,dev]'
 	@# A new file, not an overwrite: a running gateway has the old one mapped and would crash.
-	rm -f clexproxy/_fastpath*.so
+	rm -f clexproxy/fastpath/_*.so
 	$(PY) setup.py -q build_ext --inplace
 	@touch $(STAMP)
 
@@ -35,7 +35,7 @@ test-tools:
 	@command -v promtool >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 
-# The same suite on the pure-Python twin of _fastpath.
+# The same suite on the pure-Python twins of the fastpath modules.
 test-pure: build test-tools
 	CLEXPROXY_NO_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
@@ -62,4 +62,4 @@ lint: build
 	$(VENV)/bin/mypy clexproxy
 
 clean:
-	rm -rf $(VENV) build clexproxy/_fastpath.c clexproxy/_fastpath*.so $(DATA)
+	rm -rf $(VENV) build clexproxy/fastpath/_*.c clexproxy/fastpath/_*.so $(DATA)

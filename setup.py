@@ -1,4 +1,4 @@
-"""Builds the compiled `_fastpath` extension.
+"""Builds the compiled fastpath extensions, one per concept (`clexproxy.fastpath._sse`, ...).
 
 A failed compile fails the build: a gateway that silently falls back to the pure-Python
 twin would be several times slower without anyone noticing. Only an explicit
@@ -12,6 +12,7 @@ import os
 from setuptools import Extension, setup
 
 NO_EXTENSIONS = os.environ.get("CLEXPROXY_NO_EXTENSIONS", "") not in ("", "0")
+CONCEPTS = ("sse", "limits", "keys", "scan")
 
 if NO_EXTENSIONS:
     ext_modules: list[Extension] = []
@@ -19,7 +20,10 @@ else:
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        [Extension("clexproxy._fastpath", ["clexproxy/_fastpath.pyx"], extra_compile_args=["-O3"])],
+        [
+            Extension(f"clexproxy.fastpath._{name}", [f"clexproxy/fastpath/_{name}.pyx"], extra_compile_args=["-O3"])
+            for name in CONCEPTS
+        ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False, "cdivision": True},
     )
 

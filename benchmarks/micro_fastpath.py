@@ -1,4 +1,4 @@
-"""Microbenchmarks of the compiled `clexproxy._fastpath` against its pure-Python twin `_fastpath_py`.
+"""Microbenchmarks of the compiled fastpath modules (`clexproxy.fastpath._sse`, ...) against their pure-Python twins.
 
 Why it exists: the extension is only worth its build step and its maintenance if it is much faster than the twin
 on the paths that run per streamed chunk and per request. This script puts a number on each of those paths, for
@@ -49,8 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-COMPILED = "clexproxy._fastpath"
-PURE = "clexproxy._fastpath_py"
+CONCEPTS = ("sse", "limits", "keys", "scan")
+COMPILED = "clexproxy.fastpath._{}"  # formatted with a concept
+PURE = "clexproxy.fastpath._{}_py"
 
 TCP_SLICE = 1400  # about one TCP segment's payload on an Ethernet path (MSS 1,448 B with timestamps)
 CONTENT_EVENTS = 50
@@ -207,7 +208,7 @@ def lookup_runner(fp: ModuleType, hit: bool) -> Runner:
 
 
 def plain_request_runner(fp: ModuleType) -> Runner:
-    """The screen's scan of one whole request as a flood client sends it (clexproxy/server/screen.py)."""
+    """The screen's scan of one whole request as a flood client sends it (`ScreeningRequestHandler`)."""
     body = b'{"model":"meta/llama-3.1-8b-instruct","messages":[{"role":"user","content":"Hello!"}],"stream":false}'
     raw = (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer " + key(1).encode()
@@ -263,10 +264,11 @@ def best_ns_per_op(runs: list[Runner], batch_ns: int, repeats: int) -> list[floa
 
 @dataclass(frozen=True)
 class Operation:
-    """One row of the report: how to build its runner for an implementation, and what one operation holds."""
+    """One row of the report: how to build its runner from a concept's module, and what one operation holds."""
 
     name: str
     label: str
+    concept: str  # the fastpath concept whose module `make` is given
     make: Callable[[ModuleType], Runner]
     events: int = 1  # for SSE: events per operation (one stream), for ns/event
     nbytes: int = 0  # for SSE: bytes per operation, for MB/s
@@ -279,20 +281,26 @@ def operations() -> list[Operation]:
     content, usage = content_chunk(), usage_chunk()
     return [
         Operation(
-            "sse_events", f"SSE parse, one event per feed ({nevents} events, {len(stream):,} B)",
+            "sse_events", f"SSE parse, one event per feed ({nevents} events, {len(stream):,} B)", "sse",
             lambda fp: sse_runner(fp, events), nevents, len(stream),
         ),
         Operation(
-            "sse_tcp", f"SSE parse, {TCP_SLICE:,} B slices ({len(slices)} feeds)",
+            "sse_tcp", f"SSE parse, {TCP_SLICE:,} B slices ({len(slices)} feeds)", "sse",
             lambda fp: sse_runner(fp, slices), nevents, len(stream),
         ),
-        Operation("has_usage_content", "has_usage, content chunk (no)", lambda fp: has_usage_runner(fp, content)),
-        Operation("has_usage_usage", "has_usage, usage chunk (yes)", lambda fp: has_usage_runner(fp, usage)),
-        Operation("bucket_acquire", "TokenBuckets.acquire", acquire_runner),
-        Operation("ledger_reserve_refund", "CreditLedger.reserve + refund", ledger_runner),
-        Operation("key_lookup_hit", "KeyTable.lookup, hit", lambda fp: lookup_runner(fp, True)),
-        Operation("key_lookup_miss", "KeyTable.lookup, miss (well-formed)", lambda fp: lookup_runner(fp, False)),
-        Operation("plain_request", "plain_request, one whole request (the screen's scan)", plain_request_runner),
+        Operation(
+            "has_usage_content", "has_usage, content chunk (no)", "sse", lambda fp: has_usage_runner(fp, content)
+        ),
+        Operation("has_usage_usage", "has_usage, usage chunk (yes)", "sse", lambda fp: has_usage_runner(fp, usage)),
+        Operation("bucket_acquire", "TokenBuckets.acquire", "limits", acquire_runner),
+        Operation("ledger_reserve_refund", "CreditLedger.reserve + refund", "limits", ledger_runner),
+        Operation("key_lookup_hit", "KeyTable.lookup, hit", "keys", lambda fp: lookup_runner(fp, True)),
+        Operation(
+            "key_lookup_miss", "KeyTable.lookup, miss (well-formed)", "keys", lambda fp: lookup_runner(fp, False)
+        ),
+        Operation(
+            "plain_request", "plain_request, one whole request (the screen's scan)", "scan", plain_request_runner
+        ),
     ]
 
 
@@ -309,17 +317,24 @@ def check_same_events(compiled: ModuleType, pure: ModuleType) -> None:
             raise AssertionError("the compiled and pure-Python SSE parsers disagree on the benchmark stream")
 
 
-def measure(quick: bool) -> dict[str, Any]:
+def load(concept: str) -> tuple[ModuleType, ModuleType]:
+    """A concept's compiled module and its twin."""
+    name = COMPILED.format(concept)
     try:
-        compiled = importlib.import_module(COMPILED)
+        compiled = importlib.import_module(name)
     except ImportError as exc:
-        raise SystemExit(f"{COMPILED} is not built ({exc}); run `python setup.py build_ext --inplace` first") from exc
-    pure = importlib.import_module(PURE)
-    check_same_events(compiled, pure)
+        raise SystemExit(f"{name} is not built ({exc}); run `python setup.py build_ext --inplace` first") from exc
+    return compiled, importlib.import_module(PURE.format(concept))
+
+
+def measure(quick: bool) -> dict[str, Any]:
+    modules = {concept: load(concept) for concept in CONCEPTS}
+    check_same_events(*modules["sse"])
     settings = QUICK if quick else FULL
     results: dict[str, Any] = {}
     for op in operations():
         row: dict[str, Any] = {"label": op.label}
+        compiled, pure = modules[op.concept]
         timings = best_ns_per_op([op.make(compiled), op.make(pure)], settings["batch_ns"], settings["repeats"])
         for impl, ns in zip(("compiled", "pure"), timings, strict=True):
             entry: dict[str, float] = {"ns_per_op": ns}
@@ -332,7 +347,10 @@ def measure(quick: bool) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "modules": {"compiled": COMPILED, "pure": PURE},
+        "modules": {
+            "compiled": [compiled.__name__ for compiled, _ in modules.values()],
+            "pure": [pure.__name__ for _, pure in modules.values()],
+        },
         "quick": quick,
         "repeats": settings["repeats"],
         "batch_ms": settings["batch_ns"] / 1e6,

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 DAY = 20_000  # days since the epoch
 
 
-def ledger_with(fp: ModuleType, limit: int = 100, spent: int = 0, auto_lease: bool = True) -> Any:
-    ledger = fp.CreditLedger(auto_lease=auto_lease)
+def ledger_with(limits: ModuleType, limit: int = 100, spent: int = 0, auto_lease: bool = True) -> Any:
+    ledger = limits.CreditLedger(auto_lease=auto_lease)
     ledger.set_account(1, limit, DAY, spent)
     return ledger
 
@@ -29,8 +29,8 @@ def usage(ledger: Any) -> list[tuple[int, int, int, int]]:
 # --- reserve and refund -------------------------------------------------------------------------
 
 
-def test_reserve_until_exhausted_is_exact(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=100)
+def test_reserve_until_exhausted_is_exact(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=100)
     results = [ledger.reserve(1, 5, DAY) for _ in range(25)]
     assert results[:20] == list(range(95, -1, -5))
     assert results[20:] == [-1] * 5
@@ -39,23 +39,23 @@ def test_reserve_until_exhausted_is_exact(fp: ModuleType) -> None:
     assert usage(ledger) == [(1, DAY, 100, 20)]
 
 
-def test_refused_reservation_changes_nothing(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=10)
+def test_refused_reservation_changes_nothing(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=10)
     assert ledger.reserve(1, 11, DAY) == -1
     assert (ledger.remaining(1, DAY), ledger.spent(1)) == (10, 0)
     assert ledger.drain_usage() == []
     assert ledger.reserve(1, 10, DAY) == 0
 
 
-def test_zero_cost_is_admitted_and_counted_as_a_call(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=0)
+def test_zero_cost_is_admitted_and_counted_as_a_call(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=0)
     assert ledger.reserve(1, 0, DAY) == 0
     assert ledger.reserve(1, 1, DAY) == -1
     assert usage(ledger) == [(1, DAY, 0, 1)]
 
 
-def test_refund_same_day_restores_credits(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=10)
+def test_refund_same_day_restores_credits(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=10)
     assert ledger.reserve(1, 10, DAY) == 0
     ledger.refund(1, 10, DAY)
     assert (ledger.remaining(1, DAY), ledger.spent(1)) == (10, 0)
@@ -63,15 +63,15 @@ def test_refund_same_day_restores_credits(fp: ModuleType) -> None:
     assert usage(ledger) == [(1, DAY, 4, 1)]
 
 
-def test_reserve_and_refund_that_cancel_are_omitted_from_usage(fp: ModuleType) -> None:
-    ledger = ledger_with(fp)
+def test_reserve_and_refund_that_cancel_are_omitted_from_usage(limits: ModuleType) -> None:
+    ledger = ledger_with(limits)
     ledger.reserve(1, 5, DAY)
     ledger.refund(1, 5, DAY)
     assert ledger.drain_usage() == []
 
 
-def test_negative_amounts_are_rejected(fp: ModuleType) -> None:
-    ledger = ledger_with(fp)
+def test_negative_amounts_are_rejected(limits: ModuleType) -> None:
+    ledger = ledger_with(limits)
     with pytest.raises(ValueError):
         ledger.reserve(1, -1, DAY)
     with pytest.raises(ValueError):
@@ -81,8 +81,8 @@ def test_negative_amounts_are_rejected(fp: ModuleType) -> None:
     assert ledger.remaining(1, DAY) == 100
 
 
-def test_unknown_account_raises_key_error(fp: ModuleType) -> None:
-    ledger = ledger_with(fp)
+def test_unknown_account_raises_key_error(limits: ModuleType) -> None:
+    ledger = ledger_with(limits)
     calls: list[tuple[str, tuple[int, ...]]] = [
         ("reserve", (2, 1, DAY)),
         ("refund", (2, 1, DAY)),
@@ -102,8 +102,8 @@ def test_unknown_account_raises_key_error(fp: ModuleType) -> None:
 # --- days ---------------------------------------------------------------------------------------
 
 
-def test_new_day_rolls_over(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=10)
+def test_new_day_rolls_over(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=10)
     assert ledger.reserve(1, 10, DAY) == 0
     assert ledger.reserve(1, 1, DAY) == -1
     assert ledger.reserve(1, 3, DAY + 1) == 7
@@ -111,28 +111,28 @@ def test_new_day_rolls_over(fp: ModuleType) -> None:
     assert usage(ledger) == [(1, DAY, 10, 1), (1, DAY + 1, 3, 1)]
 
 
-def test_remaining_for_a_newer_day_does_not_mutate(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=10)
+def test_remaining_for_a_newer_day_does_not_mutate(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=10)
     ledger.reserve(1, 8, DAY)
     assert ledger.remaining(1, DAY + 1) == 10
     assert ledger.remaining(1, DAY) == 2  # still on DAY
     assert ledger.spent(1) == 8
-    lease_mode = ledger_with(fp, limit=10, auto_lease=False)
+    lease_mode = ledger_with(limits, limit=10, auto_lease=False)
     lease_mode.grant(1, 5)
     assert lease_mode.remaining(1, DAY + 1) == 0
     assert lease_mode.remaining(1, DAY) == 5
 
 
-def test_reserve_with_an_older_day_counts_on_the_current_day(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=10)
+def test_reserve_with_an_older_day_counts_on_the_current_day(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=10)
     ledger.reserve(1, 1, DAY + 1)
     assert ledger.reserve(1, 2, DAY) == 7
     assert ledger.remaining(1, DAY) == 7
     assert usage(ledger) == [(1, DAY + 1, 3, 2)]
 
 
-def test_refund_after_rollover_corrects_the_old_day_only(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=10)
+def test_refund_after_rollover_corrects_the_old_day_only(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=10)
     ledger.reserve(1, 4, DAY)
     assert usage(ledger) == [(1, DAY, 4, 1)]
     ledger.reserve(1, 1, DAY + 1)
@@ -141,8 +141,8 @@ def test_refund_after_rollover_corrects_the_old_day_only(fp: ModuleType) -> None
     assert usage(ledger) == [(1, DAY, -4, -1), (1, DAY + 1, 1, 1)]
 
 
-def test_undrained_usage_stays_on_its_day_across_rollover(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=10)
+def test_undrained_usage_stays_on_its_day_across_rollover(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=10)
     ledger.reserve(1, 4, DAY)
     ledger.reserve(1, 2, DAY + 1)
     ledger.refund(1, 4, DAY)
@@ -151,8 +151,8 @@ def test_undrained_usage_stays_on_its_day_across_rollover(fp: ModuleType) -> Non
     assert ledger.drain_usage() == []
 
 
-def test_refund_for_a_day_not_reached_is_an_error(fp: ModuleType) -> None:
-    ledger = ledger_with(fp)
+def test_refund_for_a_day_not_reached_is_an_error(limits: ModuleType) -> None:
+    ledger = ledger_with(limits)
     with pytest.raises(ValueError):
         ledger.refund(1, 1, DAY + 1)
     assert ledger.drain_usage() == []
@@ -161,23 +161,23 @@ def test_refund_for_a_day_not_reached_is_an_error(fp: ModuleType) -> None:
 # --- set_account ----------------------------------------------------------------------------------
 
 
-def test_startup_with_stored_spend(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=100, spent=40)
+def test_startup_with_stored_spend(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=100, spent=40)
     assert (ledger.limit(1), ledger.spent(1), ledger.remaining(1, DAY)) == (100, 40, 60)
     assert ledger.drain_usage() == []  # stored spend is not new usage
     assert ledger.reserve(1, 60, DAY) == 0
     assert ledger.reserve(1, 1, DAY) == -1
 
 
-def test_startup_already_over_limit(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=100, spent=130)
+def test_startup_already_over_limit(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=100, spent=130)
     assert ledger.remaining(1, DAY) == 0
     assert ledger.reserve(1, 1, DAY) == -1
     assert ledger.reserve(1, 1, DAY + 1) == 99
 
 
-def test_plan_change_same_day_uses_the_ledgers_own_spend(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=100, spent=10)
+def test_plan_change_same_day_uses_the_ledgers_own_spend(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=100, spent=10)
     ledger.reserve(1, 30, DAY)
     ledger.set_account(1, 200, DAY, 0)  # `spent` ignored for a known same-day account
     assert (ledger.limit(1), ledger.spent(1), ledger.remaining(1, DAY)) == (200, 40, 160)
@@ -188,23 +188,23 @@ def test_plan_change_same_day_uses_the_ledgers_own_spend(fp: ModuleType) -> None
     assert usage(ledger) == [(1, DAY, 30, 1), (1, DAY + 1, 1, 1)]
 
 
-def test_set_account_for_a_newer_day_starts_that_day(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=100)
+def test_set_account_for_a_newer_day_starts_that_day(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=100)
     ledger.reserve(1, 30, DAY)
     ledger.set_account(1, 100, DAY + 1, 5)
     assert (ledger.spent(1), ledger.remaining(1, DAY + 1)) == (5, 95)
     assert usage(ledger) == [(1, DAY, 30, 1)]
 
 
-def test_set_account_with_an_older_day_only_changes_the_limit(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=100)
+def test_set_account_with_an_older_day_only_changes_the_limit(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=100)
     ledger.reserve(1, 30, DAY + 1)
     ledger.set_account(1, 50, DAY, 99)
     assert (ledger.limit(1), ledger.spent(1), ledger.remaining(1, DAY + 1)) == (50, 30, 20)
 
 
-def test_many_accounts(fp: ModuleType) -> None:
-    ledger = fp.CreditLedger()
+def test_many_accounts(limits: ModuleType) -> None:
+    ledger = limits.CreditLedger()
     for account in range(1, 51):
         ledger.set_account(account, account, DAY, 0)
     for account in range(1, 51):
@@ -217,8 +217,8 @@ def test_many_accounts(fp: ModuleType) -> None:
 # --- lease mode -----------------------------------------------------------------------------------
 
 
-def test_lease_mode_spends_only_granted_credits(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=100, auto_lease=False)
+def test_lease_mode_spends_only_granted_credits(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=100, auto_lease=False)
     assert ledger.remaining(1, DAY) == 0
     assert ledger.reserve(1, 1, DAY) == -1
     ledger.grant(1, 30)
@@ -231,15 +231,15 @@ def test_lease_mode_spends_only_granted_credits(fp: ModuleType) -> None:
     assert usage(ledger) == [(1, DAY, 20, 1)]
 
 
-def test_lease_mode_plan_change_keeps_the_lease(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=100, auto_lease=False)
+def test_lease_mode_plan_change_keeps_the_lease(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=100, auto_lease=False)
     ledger.grant(1, 30)
     ledger.set_account(1, 10, DAY, 0)
     assert (ledger.limit(1), ledger.remaining(1, DAY)) == (10, 30)
 
 
-def test_lease_mode_new_day_drops_the_lease(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=100, auto_lease=False)
+def test_lease_mode_new_day_drops_the_lease(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=100, auto_lease=False)
     ledger.grant(1, 30)
     assert ledger.reserve(1, 1, DAY + 1) == -1
     assert ledger.remaining(1, DAY + 1) == 0
@@ -247,8 +247,8 @@ def test_lease_mode_new_day_drops_the_lease(fp: ModuleType) -> None:
     assert ledger.remaining(1, DAY + 2) == 0
 
 
-def test_grant_for_a_day_rolls_over_first_and_stale_grants_are_dropped(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=100, auto_lease=False)
+def test_grant_for_a_day_rolls_over_first_and_stale_grants_are_dropped(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=100, auto_lease=False)
     ledger.grant(1, 30, DAY)
     ledger.reserve(1, 5, DAY)
     # A grant for tomorrow, arriving before tomorrow's first call, survives that call's rollover.
@@ -259,8 +259,8 @@ def test_grant_for_a_day_rolls_over_first_and_stale_grants_are_dropped(fp: Modul
     assert ledger.remaining(1, DAY + 1) == 0
 
 
-def test_take_back_in_auto_mode(fp: ModuleType) -> None:
-    ledger = ledger_with(fp, limit=100)
+def test_take_back_in_auto_mode(limits: ModuleType) -> None:
+    ledger = ledger_with(limits, limit=100)
     ledger.reserve(1, 10, DAY)
     assert ledger.take_back(1) == 90
     assert ledger.reserve(1, 1, DAY) == -1
@@ -273,7 +273,7 @@ def test_take_back_in_auto_mode(fp: ModuleType) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    limits=st.lists(st.integers(0, 60), min_size=1, max_size=3),
+    daily_limits=st.lists(st.integers(0, 60), min_size=1, max_size=3),
     steps=st.lists(
         st.tuples(
             st.sampled_from(["reserve", "reserve", "refund", "next_day", "drain"]),
@@ -283,11 +283,13 @@ def test_take_back_in_auto_mode(fp: ModuleType) -> None:
         max_size=80,
     ),
 )
-def test_usage_matches_a_simple_model(fp: ModuleType, limits: list[int], steps: list[tuple[str, int, int]]) -> None:
+def test_usage_matches_a_simple_model(
+    limits: ModuleType, daily_limits: list[int], steps: list[tuple[str, int, int]]
+) -> None:
     """Admit, refund (possibly after midnight), drain: the ledger agrees with plain bookkeeping."""
-    ledger = fp.CreditLedger()
+    ledger = limits.CreditLedger()
     day = DAY
-    for account, limit in enumerate(limits):
+    for account, limit in enumerate(daily_limits):
         ledger.set_account(account, limit, day, 0)
     spent: Counter[tuple[int, int]] = Counter()  # credits net of refunds, per (account, day)
     calls: Counter[tuple[int, int]] = Counter()
@@ -302,9 +304,9 @@ def test_usage_matches_a_simple_model(fp: ModuleType, limits: list[int], steps: 
             drained_calls[(account, d)] += call_delta
 
     for op, index, cost in steps:
-        account = index % len(limits)
+        account = index % len(daily_limits)
         if op == "reserve":
-            left = limits[account] - spent[(account, day)]
+            left = daily_limits[account] - spent[(account, day)]
             result = ledger.reserve(account, cost, day)
             if cost <= left:
                 assert result == left - cost
@@ -322,7 +324,7 @@ def test_usage_matches_a_simple_model(fp: ModuleType, limits: list[int], steps: 
             day += 1
         elif op == "drain":
             drain()
-        for a, limit in enumerate(limits):
+        for a, limit in enumerate(daily_limits):
             assert ledger.remaining(a, day) == limit - spent[(a, day)]
     drain()
     assert {k: v for k, v in drained_credits.items() if v} == {k: v for k, v in spent.items() if v}
@@ -345,8 +347,8 @@ LEDGER_OPS = st.lists(
 )
 
 
-def run_ledger_ops(fp: ModuleType, auto_lease: bool, ops: list[tuple[str, int, int, int]]) -> list[Any]:
-    ledger = fp.CreditLedger(auto_lease)
+def run_ledger_ops(limits: ModuleType, auto_lease: bool, ops: list[tuple[str, int, int, int]]) -> list[Any]:
+    ledger = limits.CreditLedger(auto_lease)
     base = DAY
     out: list[Any] = []
     for account in range(3):
@@ -386,16 +388,16 @@ def run_ledger_ops(fp: ModuleType, auto_lease: bool, ops: list[tuple[str, int, i
 @settings(max_examples=200, deadline=None)
 @given(auto_lease=st.booleans(), ops=LEDGER_OPS)
 def test_implementations_agree_on_random_ledger_operations(
-    fp: ModuleType, fp_other: ModuleType, auto_lease: bool, ops: list[tuple[str, int, int, int]]
+    limits: ModuleType, limits_other: ModuleType, auto_lease: bool, ops: list[tuple[str, int, int, int]]
 ) -> None:
-    assert run_ledger_ops(fp, auto_lease, ops) == run_ledger_ops(fp_other, auto_lease, ops)
+    assert run_ledger_ops(limits, auto_lease, ops) == run_ledger_ops(limits_other, auto_lease, ops)
 
 
 # --- tokens ------------------------------------------------------------------------------------
 
 
-def test_tokens_share_the_row_of_their_calls(fp: ModuleType) -> None:
-    ledger = ledger_with(fp)
+def test_tokens_share_the_row_of_their_calls(limits: ModuleType) -> None:
+    ledger = ledger_with(limits)
     ledger.reserve(1, 5, DAY)
     ledger.record_tokens(1, 9, 7, DAY)
     ledger.record_tokens(1, 1, 0, DAY)
@@ -406,8 +408,8 @@ def test_tokens_share_the_row_of_their_calls(fp: ModuleType) -> None:
     assert ledger.drain_usage() == []
 
 
-def test_tokens_of_a_call_that_straddled_midnight_stay_on_its_day(fp: ModuleType) -> None:
-    ledger = ledger_with(fp)
+def test_tokens_of_a_call_that_straddled_midnight_stay_on_its_day(limits: ModuleType) -> None:
+    ledger = ledger_with(limits)
     ledger.reserve(1, 5, DAY)
     ledger.reserve(1, 2, DAY + 1)  # rolls the account over; DAY's undrained usage moves aside
     ledger.record_tokens(1, 4, 3, DAY)
@@ -415,8 +417,8 @@ def test_tokens_of_a_call_that_straddled_midnight_stay_on_its_day(fp: ModuleType
     assert sorted(ledger.drain_usage()) == [(1, DAY, 5, 1, 4, 3), (1, DAY + 1, 2, 1, 1, 1)]
 
 
-def test_tokens_are_checked(fp: ModuleType) -> None:
-    ledger = ledger_with(fp)
+def test_tokens_are_checked(limits: ModuleType) -> None:
+    ledger = ledger_with(limits)
     with pytest.raises(ValueError):
         ledger.record_tokens(1, -1, 0, DAY)
     with pytest.raises(ValueError):

@@ -1,6 +1,6 @@
 """What the screen takes from one whole request: only the plain case; everything else goes to aiohttp.
 
-Runs on both implementations (`fp`), and checks that the two never disagree on random heads.
+Runs on both implementations (`scan`), and checks that the two never disagree on random heads.
 """
 
 from __future__ import annotations
@@ -22,24 +22,24 @@ def req(*headers: str, body: bytes = BODY, length: int | None = None) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def test_one_whole_request(fp: ModuleType) -> None:
-    parsed = fp.plain_request(req("authorization: Bearer clex_x", "X-REQUEST-ID: \t r1 ", length=len(BODY)))
+def test_one_whole_request(scan: ModuleType) -> None:
+    parsed = scan.plain_request(req("authorization: Bearer clex_x", "X-REQUEST-ID: \t r1 ", length=len(BODY)))
     assert parsed == (LINE, b"Bearer clex_x", b"r1")
 
 
-def test_absent_headers_are_none(fp: ModuleType) -> None:
-    assert fp.plain_request(req(length=len(BODY))) == (LINE, None, None)
-    assert fp.plain_request(b"GET /v1/models HTTP/1.1\r\n\r\n") == (b"GET /v1/models HTTP/1.1", None, None)
+def test_absent_headers_are_none(scan: ModuleType) -> None:
+    assert scan.plain_request(req(length=len(BODY))) == (LINE, None, None)
+    assert scan.plain_request(b"GET /v1/models HTTP/1.1\r\n\r\n") == (b"GET /v1/models HTTP/1.1", None, None)
 
 
-def test_other_headers_may_repeat_and_carry_obs_text(fp: ModuleType) -> None:
+def test_other_headers_may_repeat_and_carry_obs_text(scan: ModuleType) -> None:
     raw = req("Accept: a", "Accept: b", "X-Note: caf\xe9", "Connection: keep-alive", length=len(BODY))
     raw = raw.replace("caf\xe9".encode(), b"caf\xe9")
-    assert fp.plain_request(raw) == (LINE, None, None)
+    assert scan.plain_request(raw) == (LINE, None, None)
 
 
-def test_an_empty_authorization_is_empty_not_absent(fp: ModuleType) -> None:
-    assert fp.plain_request(req("Authorization:", length=len(BODY))) == (LINE, b"", None)
+def test_an_empty_authorization_is_empty_not_absent(scan: ModuleType) -> None:
+    assert scan.plain_request(req("Authorization:", length=len(BODY))) == (LINE, b"", None)
 
 
 @pytest.mark.parametrize(
@@ -80,13 +80,13 @@ def test_an_empty_authorization_is_empty_not_absent(fp: ModuleType) -> None:
         BODY,
     ],
 )
-def test_anything_else_is_left_to_aiohttp(fp: ModuleType, raw: bytes) -> None:
-    assert fp.plain_request(raw) is None
+def test_anything_else_is_left_to_aiohttp(scan: ModuleType, raw: bytes) -> None:
+    assert scan.plain_request(raw) is None
 
 
 @pytest.mark.parametrize("value", [bytearray(req(length=len(BODY))), memoryview(req(length=len(BODY))), "POST"])
-def test_only_bytes(fp: ModuleType, value: object) -> None:
-    assert fp.plain_request(value) is None
+def test_only_bytes(scan: ModuleType, value: object) -> None:
+    assert scan.plain_request(value) is None
 
 
 PIECES = st.sampled_from(
@@ -100,8 +100,8 @@ PIECES = st.sampled_from(
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(head=st.lists(PIECES, max_size=24), body=st.binary(max_size=16))
-def test_the_twins_agree(fp: ModuleType, fp_other: ModuleType, head: list[bytes], body: bytes) -> None:
+def test_the_twins_agree(scan: ModuleType, scan_other: ModuleType, head: list[bytes], body: bytes) -> None:
     raw = LINE + b"\r\n" + b"".join(head) + b"\r\n\r\n" + body
-    assert fp.plain_request(raw) == fp_other.plain_request(raw)
+    assert scan.plain_request(raw) == scan_other.plain_request(raw)
     framed = LINE + b"\r\n" + b"".join(head) + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    assert fp.plain_request(framed) == fp_other.plain_request(framed)
+    assert scan.plain_request(framed) == scan_other.plain_request(framed)
