@@ -5,7 +5,7 @@ Scalar settings live in TOML sections, each a small value object (`settings.upst
 a setting keeps one flat name for its flag and variable: `[server] port` is `port` (`CLEX_PORT`),
 any other section prefixes its keys, so `[upstream] read_timeout` is `upstream_read_timeout`
 (`CLEX_UPSTREAM_READ_TIMEOUT`). The catalog tables (`[tiers]`, `[plans.NAME]`, `[providers.NAME]`,
-`[models."ID"]`, `[catalog]`) extend or override the shipped one.
+`[models."ID"]`, `[catalog]`) extend or override the shipped one (`build_catalog`).
 
 Provider credentials are read here too, once, from the variable each provider's `api_key_env`
 names: the upstream pool and the startup checks take them from `Settings.credentials`, and a
@@ -17,15 +17,16 @@ from __future__ import annotations
 import os
 import tomllib
 import typing
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from clexproxy.catalog import Catalog, Deployment, Model, Plan, Provider, default_catalog
+from clexproxy.catalog import Catalog, default_catalog
+from clexproxy.catalog_tables import CatalogError, build_catalog
 
 ENV_PREFIX = "CLEX_"
+# The tables that are the catalog (`build_catalog` reads them), not scalar settings.
 CATALOG_SECTIONS = ("tiers", "plans", "providers", "models", "catalog")
 
 
@@ -263,124 +264,6 @@ def _flatten(doc: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-@contextmanager
-def _entry(where: str) -> Iterator[None]:
-    """Turn a malformed catalog table into a ConfigError that names it."""
-    try:
-        yield
-    except ConfigError as exc:
-        message = str(exc)
-        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise ConfigError(f"{where} is malformed: {type(exc).__name__}: {exc}") from None
-
-
-def _int(table: Mapping[str, Any], key: str, default: int) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    return value
-
-
-def _bool(table: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = table.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    return value
-
-
-def _plan(name: str, p: Mapping[str, Any], old: Plan | None) -> Plan:
-    """A plan; a new one must state every number (a silent 0 would refuse every call on it)."""
-    numbers = ("credits_per_day", "requests_per_minute", "max_keys")
-    if old is None:
-        missing = [n for n in numbers if n not in p]
-        if missing:
-            raise ConfigError(f"[plans.{name}] needs {', '.join(missing)}")
-    return Plan(
-        name,
-        _int(p, "credits_per_day", old.credits_per_day if old else 0),
-        _int(p, "requests_per_minute", old.requests_per_minute if old else 0),
-        _int(p, "max_keys", old.max_keys if old else 0),
-        _bool(p, "fail_open", old.fail_open if old else False),
-        _bool(p, "default_stream", old.default_stream if old else True),
-    )
-
-
-def _provider(name: str, p: Mapping[str, Any]) -> Provider:
-    if "base_url" not in p:
-        raise ConfigError(f"[providers.{name}] needs base_url")
-    return Provider(
-        name,
-        str(p["base_url"]).rstrip("/"),
-        api_key_env=p.get("api_key_env"),
-        format=p.get("format", "openai"),
-        pass_headers=tuple(str(h).lower() for h in p.get("pass_headers", ())),
-    )
-
-
-def _model(mid: str, m: Mapping[str, Any], old: Model | None) -> Model:
-    deployments: tuple[Deployment, ...]
-    if "deployments" in m:
-        deployments = tuple(Deployment(str(d["provider"]), str(d.get("model", mid))) for d in m["deployments"])
-    elif old is not None:
-        deployments = old.deployments
-    else:
-        raise ConfigError(f'[models."{mid}"] needs deployments')
-    return Model(
-        mid,
-        str(m.get("tier", old.tier if old else "cheap")),
-        _int(m, "context_length", old.context_length if old else 8_192),
-        _int(m, "max_output_tokens", old.max_output_tokens if old else 4_096),
-        deployments,
-        m.get("kind", old.kind if old else "chat"),
-        sampling_defaults=_bool(m, "sampling_defaults", old.sampling_defaults if old else True),
-    )
-
-
-def _build_catalog(doc: Mapping[str, Any], base: Catalog) -> Catalog:
-    tiers = dict(base.tiers)
-    with _entry("[tiers]"):
-        table = doc.get("tiers", {})
-        tiers.update({str(k): _int(table, k, 0) for k in table})
-    plans = dict(base.plans)
-    for name, p in doc.get("plans", {}).items():
-        with _entry(f"[plans.{name}]"):
-            plans[name] = _plan(name, p, plans.get(name))
-    providers = dict(base.providers)
-    for name, p in doc.get("providers", {}).items():
-        with _entry(f"[providers.{name}]"):
-            providers[name] = _provider(name, p)
-    models = dict(base.models)
-    for mid, m in doc.get("models", {}).items():
-        with _entry(f'[models."{mid}"]'):
-            models[mid] = _model(mid, m, models.get(mid))
-    with _entry("[catalog]"):
-        extra = doc.get("catalog", {})
-        catalog = Catalog(
-            tiers=tiers,
-            plans=plans,
-            providers=providers,
-            models=models,
-            default_credits=_int(extra, "default_credits", base.default_credits),
-            fallback_model=extra.get("fallback_model", base.fallback_model) or None,
-        )
-    _check_catalog(catalog)
-    return catalog
-
-
-def _check_catalog(catalog: Catalog) -> None:
-    for model in catalog.models.values():
-        if model.tier not in catalog.tiers:
-            raise ConfigError(f"model {model.id!r} has unknown tier {model.tier!r}")
-        if model.kind not in ("chat", "embedding"):
-            raise ConfigError(f"model {model.id!r} has unknown kind {model.kind!r}")
-        for dep in model.deployments:
-            if dep.provider not in catalog.providers:
-                raise ConfigError(f"model {model.id!r} uses unknown provider {dep.provider!r}")
-    if catalog.fallback_model and catalog.fallback_model not in catalog.models:
-        raise ConfigError(f"fallback model {catalog.fallback_model!r} is not in the catalog")
-
-
 def _credentials(catalog: Catalog, env: Mapping[str, str]) -> dict[str, Credential]:
     """Each provider's credential from the variable its `api_key_env` names; unset or empty means none."""
     out: dict[str, Credential] = {}
@@ -421,7 +304,10 @@ def load_settings(
         if value is not None:
             values[name] = value
     coerced = {name: _coerce(name, value) for name, value in values.items()}
-    catalog = _build_catalog(doc, default_catalog())
+    try:
+        catalog = build_catalog(doc, default_catalog())
+    except CatalogError as exc:
+        raise ConfigError(str(exc)) from None
     settings = Settings(catalog=catalog, credentials=_credentials(catalog, env)).replace(**coerced)
     if settings.demo.plan not in settings.catalog.plans:
         raise ConfigError(f"demo_plan {settings.demo.plan!r} is not a plan")
