@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -12,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from clexproxy import __version__
-from clexproxy.config import ENV_PREFIX, ConfigError, Settings, load_settings
+from clexproxy.config import ENV_PREFIX, SETTING_NAMES, ConfigError, Settings, load_settings
 from clexproxy.store import open_store
 from clexproxy.store.base import Store, StoreError, UnknownPlan
 from clexproxy.sync.redis import RedisError, RedisSync
@@ -27,7 +26,7 @@ SERVE_FLAGS = ("host", "port", "demo", "log_level", "log_format", "metrics_port"
 
 def _serve_epilog() -> str:
     """The variables `serve` reads that no flag mentions: the admin token, the CLEX_<SETTING> rule, credentials."""
-    flagless = [f.name for f in dataclasses.fields(Settings) if f.name not in (*SERVE_FLAGS, "catalog")]
+    flagless = [name for name in SETTING_NAMES if name not in SERVE_FLAGS]
     indent = " " * 24
     names = textwrap.fill(", ".join(ENV_PREFIX + name.upper() for name in flagless), width=100,
                           initial_indent=indent, subsequent_indent=indent)
@@ -49,7 +48,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="TOML config file (also CLEX_CONFIG; default: none, the built-in settings)")
     parser.add_argument("--data-dir", dest="data_dir", metavar="DIR",
                         help=f"directory of the SQLite key store and the demo key (also CLEX_DATA_DIR; "
-                             f"default {DEFAULTS.data_dir})")
+                             f"default {DEFAULTS.server.data_dir})")
     parser.add_argument("--database", dest="database_url", metavar="URL",
                         help="postgresql://... key store shared by several hosts, instead of SQLite in the data dir "
                              "(also CLEX_DATABASE_URL; default: SQLite)")
@@ -68,22 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog=_serve_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(serve)
     serve.add_argument("--host", help=f"bind address; 0.0.0.0 for every interface (also CLEX_HOST; "
-                                      f"default {DEFAULTS.host})")
-    serve.add_argument("--port", type=int, help=f"TCP port (also CLEX_PORT; default {DEFAULTS.port})")
+                                      f"default {DEFAULTS.server.host})")
+    serve.add_argument("--port", type=int, help=f"TCP port (also CLEX_PORT; default {DEFAULTS.server.port})")
     serve.add_argument("--demo", action="store_true", default=None,
                        help="route every model to the bundled demo upstream and create a demo key: no provider "
                             "keys or network needed (also CLEX_DEMO; default off)")
     serve.add_argument("--log-level", dest="log_level", type=str.upper, choices=LOG_LEVELS,
-                       help=f"least severe log line written (also CLEX_LOG_LEVEL; default {DEFAULTS.log_level})")
+                       help=f"least severe log line written (also CLEX_LOG_LEVEL; default {DEFAULTS.server.log_level})")
     serve.add_argument("--log-format", dest="log_format", choices=("text", "json"),
                        help="key=value text lines, or one JSON object per line for log shippers "
-                            f"(also CLEX_LOG_FORMAT; default {DEFAULTS.log_format})")
+                            f"(also CLEX_LOG_FORMAT; default {DEFAULTS.server.log_format})")
     serve.add_argument("--metrics-port", dest="metrics_port", type=int, metavar="PORT",
                        help="also serve /metrics alone on this port (also CLEX_METRICS_PORT; "
                             "default 0: the main port only)")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="worker processes sharing the port; more than 1 needs --redis "
-                            f"(also CLEX_WORKERS; default {DEFAULTS.workers})")
+                            f"(also CLEX_WORKERS; default {DEFAULTS.server.workers})")
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys",
                           description="Create, list and revoke API keys.")
@@ -187,14 +186,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 async def _manage(args: argparse.Namespace, settings: Settings) -> None:
     """`keys` and `accounts`: one store call each, on whichever store the gateway uses."""
     _check_plan(args, settings)
-    store = await open_store(settings.data_dir, settings.database_url)
+    store = await open_store(settings.server.data_dir, settings.database.url)
     try:
         await (_keys if args.command == "keys" else _accounts)(args, settings, store)
     finally:
         await store.close()
-    if settings.redis_url and args.action != "list":
+    if settings.redis.url and args.action != "list":
         # Gateways poll the store too; the announcement makes a revoke bite everywhere at once.
-        sync = RedisSync(settings.redis_url)
+        sync = RedisSync(settings.redis.url)
         try:
             await sync.announce_key_change()
         except RedisError as exc:
