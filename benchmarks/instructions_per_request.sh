@@ -5,6 +5,7 @@
 #   benchmarks/instructions_per_request.sh [REQUESTS] [ENV=VALUE ...]
 #   e.g. benchmarks/instructions_per_request.sh 2000 CLEX_METRICS_ENABLED=0
 #   REFUSED=1 benchmarks/instructions_per_request.sh 2000   # the refused call: a key no account holds (401)
+#   STREAM=1 benchmarks/instructions_per_request.sh 2000    # the admitted call, streamed (SSE)
 #
 # The gateway runs under callgrind with instrumentation off until a warm-up is done; only the
 # measured requests are counted (non-streaming, concurrency 8, the demo upstream in its own process).
@@ -29,9 +30,10 @@ env "$@" CLEX_DEMO_UPSTREAM_URL=http://127.0.0.1:$UP/v1 valgrind --tool=callgrin
 for _ in $(seq 1 600); do grep -q '^curl' "$WORK/gw.log" 2>/dev/null && break; sleep 0.2; done
 KEY=$(cat "$WORK/data/demo_key")
 [ -n "${REFUSED:-}" ] && KEY=clex_$(printf 'x%.0s' $(seq 1 43))
+MODE=--no-stream; [ -n "${STREAM:-}" ] && MODE=--stream
 load() {
   "$PY" benchmarks/load.py --url http://127.0.0.1:$PORT/v1 --key "$KEY" \
-    --model meta/llama-3.1-8b-instruct --requests "$1" --concurrency 8 --quiet --no-stream >/dev/null
+    --model meta/llama-3.1-8b-instruct --requests "$1" --concurrency 8 --quiet "$MODE" >/dev/null
 }
 load 300
 callgrind_control -i on $gw >/dev/null 2>&1
@@ -39,4 +41,4 @@ load "$N"
 callgrind_control -i off $gw >/dev/null 2>&1
 callgrind_control -d $gw >/dev/null 2>&1
 total=$(cat "$WORK"/callgrind.out.* | awk '/^totals:/ {s += $2} END {print s}')
-echo "instructions per ${REFUSED:+refused }request: $((total / N)) ($N requests${*:+, $*})"
+echo "instructions per ${REFUSED:+refused }${STREAM:+streamed }request: $((total / N)) ($N requests${*:+, $*})"
