@@ -27,13 +27,17 @@ test: build test-tools
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # The servers the tests start for real (never mocks): Redis, and PostgreSQL for the multi-host store;
-# and promtool (Debian's prometheus package), which unit-tests deploy/alerts.yml on deploy/alerts.test.yml.
+# promtool (Debian's prometheus package), which unit-tests deploy/alerts.yml on deploy/alerts.test.yml;
+# and Debian's chromium, the headless browser Playwright drives in tests/browser (Playwright's own
+# browser download is not reachable: never `playwright install`).
 test-tools:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
 	@command -v promtool >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
+	@test -x /usr/bin/chromium \
+		|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null)
 
 # The same suite on the pure-Python twins of the fastpath modules.
 test-pure: build test-tools
