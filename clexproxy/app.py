@@ -4,6 +4,11 @@ Every resource (the store, the upstream sessions, the in-process demo upstream, 
 timers) is opened and closed in `cleanup_ctx`, so an app that started always cleans up. The app
 state handlers read is typed and narrow (`GATEWAY`, `CATALOG`, `ADMIN_TOKEN`): no handler reads
 the settings.
+
+The bearer-key endpoints (the proxied calls and `BEARER_GETS`) answer browsers on other origins
+(`CorsPolicy`, built once from `[cors] allow_origins`): their preflights, and the CORS headers on
+every answer to a request with an Origin, errors included. No other path does: the health,
+metrics and admin endpoints are not for pages on other origins.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from aiohttp import web
 from clexproxy.catalog import Catalog, Provider
 from clexproxy.clock import Clock, SystemClock
 from clexproxy.config import Settings
+from clexproxy.cors import ALLOW_ORIGIN, REQUEST_HEADERS, REQUEST_METHOD, CorsPolicy
 from clexproxy.errors import ApiError, InternalError, MethodNotAllowed, NotFound, RequestTooLarge
 from clexproxy.gateway import Gateway
 from clexproxy.handlers import admin, health, models
@@ -34,16 +40,19 @@ DEMO_PROVIDER = "demo"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def guarded(handler: Handler) -> Handler:
+def guarded(handler: Handler, cors: CorsPolicy | None = None) -> Handler:
     """SPEC's JSON errors and one access line, around every handler but the proxied calls.
 
     No app-wide middleware: the proxied calls (the traffic) answer their own errors and log
-    their own, richer line, and should not pay for a wrapper on every request.
+    their own, richer line, and should not pay for a wrapper on every request. With `cors` (a
+    bearer-key endpoint), every answer to a request with an Origin carries the CORS headers.
     """
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         response = await _respond(request, handler)
+        if cors is not None and not response.prepared and ALLOW_ORIGIN not in response.headers:
+            response.headers.update(cors.answer(request.headers.get("Origin")))
         # The path as sent (still percent-encoded, no query string): what the client wrote, never forgeable.
         request.app[GATEWAY].access_log.request(
             request_id(request), request.method, request.rel_url.raw_path, response.status, started
@@ -58,17 +67,26 @@ async def _not_found(request: web.Request) -> web.Response:
     raise NotFound(f"No such endpoint: {request.path}.")
 
 
-def _method_not_allowed(methods: list[str], example: bytes | None) -> Handler:
+def _method_not_allowed(methods: list[str], example: bytes | None, cors: CorsPolicy | None) -> Handler:
     """The answer to any other method on a known path: OPTIONS learns the methods, the rest get a JSON 405.
 
     `example` is a body the path takes (the API endpoints): a GET there (a browser, a curl
-    without a body) is told how to call it instead.
+    without a body) is told how to call it instead. With `cors` (a bearer-key endpoint), an
+    OPTIONS with Origin and Access-Control-Request-Method is a browser's preflight: its 204 also
+    says what an allowed origin may send (`CorsPolicy.preflight`); an origin not allowed gets the
+    plain 204, and its browser gives up.
     """
-    allow = ", ".join([*methods, *(["HEAD"] if "GET" in methods else []), "OPTIONS"])
+    with_head = [*methods, *(["HEAD"] if "GET" in methods else [])]
+    allow = ", ".join([*with_head, "OPTIONS"])
+    cross_origin = ", ".join(with_head)
     use = " or ".join(methods)
 
     async def refuse(request: web.Request) -> web.Response:
         if request.method == "OPTIONS":
+            headers = request.headers
+            if cors is not None and REQUEST_METHOD in headers:
+                preflight = cors.preflight(headers.get("Origin"), cross_origin, headers.get(REQUEST_HEADERS))
+                return web.Response(status=204, headers={"Allow": allow, **preflight})
             return web.Response(status=204, headers={"Allow": allow})
         path = request.path
         if example is not None and request.method in ("GET", "HEAD"):
@@ -96,14 +114,20 @@ def _examples(catalog: Catalog) -> dict[str, bytes]:
     return {path: embedding if endpoint == "/embeddings" else chat for path, endpoint in PROXIED_PATHS.items()}
 
 
-def _json_for_unrouted(router: web.UrlDispatcher, examples: Mapping[str, bytes]) -> None:
-    """405s and 404s as SPEC's JSON: a catch-all method on every resource, then a catch-all path."""
+def _json_for_unrouted(
+    router: web.UrlDispatcher, examples: Mapping[str, bytes], cors: CorsPolicy | None, bearer: set[str]
+) -> None:
+    """405s and 404s as SPEC's JSON: a catch-all method on every resource, then a catch-all path.
+
+    The resources in `bearer` (canonical paths) answer preflights and put the CORS headers on their 405s.
+    """
     for resource in list(router.resources()):
         if not isinstance(resource, web.Resource):
             continue
         methods = sorted({route.method for route in resource} - {"HEAD"})
         example = examples.get(resource.canonical)
-        resource.add_route("*", guarded(_method_not_allowed(methods, example)))
+        policy = cors if resource.canonical in bearer else None
+        resource.add_route("*", guarded(_method_not_allowed(methods, example, policy), policy))
     router.add_route("*", "/{path:.*}", guarded(_not_found))
 
 
@@ -160,25 +184,36 @@ def _gateway_context(
     return context
 
 
+# The bearer-key GET endpoints: with the proxied calls, what pages on other origins may call (CORS). One line each.
+BEARER_GETS: dict[str, Handler] = {
+    "/v1/models": models.list_models,
+    "/v1/models/{model_id:.+}": models.get_model,
+    "/api/credits/pricing": models.pricing,
+}
+
+
 def build_app(settings: Settings, clock: Clock | None = None, access_stream: BinaryIO | None = None) -> web.Application:
     """The gateway app; `access_stream` receives the access lines (stdout unless given: tests pass a buffer)."""
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     app[ADMIN_TOKEN] = settings.server.admin_token
     app.cleanup_ctx.append(_gateway_context(settings, clock or SystemClock(), access_stream))
     router = app.router
+    policy = CorsPolicy(settings.cors.allow_origins)
+    cors = policy if policy.enabled else None
     handlers = {
-        endpoint: make_handler(endpoint, settings.server.max_body_bytes, settings.sse.json_user_agents)
+        endpoint: make_handler(endpoint, settings.server.max_body_bytes, settings.sse.json_user_agents, policy)
         for endpoint in set(PROXIED_PATHS.values())
     }
+    bearer: set[str] = set()
     for path, endpoint in PROXIED_PATHS.items():
-        router.add_post(path, handlers[endpoint])  # a GET gets a JSON 405 that says what to send (_json_for_unrouted)
-    router.add_get("/v1/models", guarded(models.list_models))
-    router.add_get("/v1/models/{model_id:.+}", guarded(models.get_model))
-    router.add_get("/api/credits/pricing", guarded(models.pricing))
+        # A GET gets a JSON 405 that says what to send (_json_for_unrouted).
+        bearer.add(router.add_post(path, handlers[endpoint]).resource.canonical)  # type: ignore[union-attr]
+    for path, handler in BEARER_GETS.items():
+        bearer.add(router.add_get(path, guarded(handler, cors)).resource.canonical)  # type: ignore[union-attr]
     router.add_get("/healthz", guarded(health.healthz))
     router.add_get("/readyz", guarded(health.readyz))
     router.add_get("/metrics", guarded(health.metrics))
     for method, path, handler in admin.ROUTES:
         router.add_route(method, path, guarded(handler))
-    _json_for_unrouted(router, _examples(settings.catalog))
+    _json_for_unrouted(router, _examples(settings.catalog), cors, bearer)
     return app

@@ -24,6 +24,7 @@ from typing import Any
 
 from clexproxy.catalog import Catalog, default_catalog
 from clexproxy.catalog_tables import CatalogError, build_catalog
+from clexproxy.cors import parse_origins
 
 ENV_PREFIX = "CLEX_"
 # The tables that are the catalog (`build_catalog` reads them), not scalar settings.
@@ -152,6 +153,15 @@ class DemoSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CorsSettings:
+    """`[cors]`: which other origins' pages may call the bearer-key endpoints from a browser (`CorsPolicy`)."""
+
+    # Comma-separated origins (`https://app.example.com`), or "*" for any: bearer-key calls carry
+    # no cookies, so any page may make them with a key it holds. "" turns CORS off.
+    allow_origins: str = "*"
+
+
+@dataclass(frozen=True, slots=True)
 class Credential:
     """A provider's API key, read from the variable `variable` when the settings are loaded.
 
@@ -173,6 +183,7 @@ SECTIONS: dict[str, type] = {
     "database": DatabaseSettings,
     "redis": RedisSettings,
     "demo": DemoSettings,
+    "cors": CorsSettings,
 }
 
 
@@ -204,6 +215,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
     catalog: Catalog = field(default_factory=default_catalog)
     # Provider name -> its credential, for the providers whose `api_key_env` variable is set (`load_settings`).
     credentials: Mapping[str, Credential] = field(default_factory=dict)
@@ -338,6 +350,10 @@ def load_settings(
         raise ConfigError(f"database_url must be a postgresql:// URL, got a {scheme!r} one")
     if settings.redis.url and not settings.redis.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"redis_url must be a redis://, rediss:// or unix:// URL, got {settings.redis.url!r}")
+    try:
+        parse_origins(settings.cors.allow_origins)
+    except ValueError as exc:
+        raise ConfigError(f"cors_allow_origins: {exc}") from None
     return settings
 
 

@@ -22,6 +22,7 @@ cdef enum:
     _H_HOST = 16
     _H_CONNECTION = 32
     _H_EXPECT = 64
+    _H_ORIGIN = 128
     _TAB = 9
     _LF = 10
     _CR = 13
@@ -76,6 +77,8 @@ cdef int _header_kind(const unsigned char* p, Py_ssize_t n) noexcept nogil:
         return _H_CONNECTION
     if _same_name(p, n, b"expect", 6):
         return _H_EXPECT
+    if _same_name(p, n, b"origin", 6):
+        return _H_ORIGIN
     return _H_OTHER
 
 
@@ -105,8 +108,9 @@ def plain_request(data):
 
     None for anything the screen must leave to aiohttp's parser, which knows every case: part of
     a request or more than one, a body framed other than by one Content-Length, a repeated
-    header the screen reads, a folded or malformed line, a control character, `Expect`, or
-    `Connection: close` (the full path closes such a connection after its answer).
+    header the screen reads, a folded or malformed line, a control character, `Expect`,
+    `Connection: close` (the full path closes such a connection after its answer), or `Origin`
+    (a browser's call: its refusal needs the CORS headers only the full path adds).
     """
     cdef const unsigned char* base
     cdef const unsigned char* p
@@ -146,8 +150,8 @@ def plain_request(data):
             return None  # a control character, or a bare CR or LF
         kind = _header_kind(p, colon - p)
         if kind != _H_OTHER:
-            if seen & kind or kind == _H_TRANSFER_ENCODING or kind == _H_EXPECT:
-                return None
+            if seen & kind or kind == _H_TRANSFER_ENCODING or kind == _H_EXPECT or kind == _H_ORIGIN:
+                return None  # `Origin`: a browser's call, whose refusal needs the full path's CORS headers
             seen |= kind
             v = colon + 1
             ve = eol

@@ -17,9 +17,11 @@ __all__ = ("plain_request",)
 _HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([\t\x20-\x7e\x80-\xff]*)")
 _REQUEST_LINE = re.compile(rb"[\x20-\x7e\x80-\xff]+")
 _READ_NAMES = frozenset(
-    {b"authorization", b"x-request-id", b"content-length", b"transfer-encoding", b"host", b"connection", b"expect"}
+    {b"authorization", b"x-request-id", b"content-length", b"transfer-encoding", b"host", b"connection", b"expect",
+     b"origin"}
 )
-_REFUSED_NAMES = frozenset({b"transfer-encoding", b"expect"})
+# `Origin`: a browser's call, whose refusal must carry the CORS headers the full path adds (`CorsPolicy`).
+_REFUSED_NAMES = frozenset({b"transfer-encoding", b"expect", b"origin"})
 
 
 def plain_request(data: bytes) -> tuple[bytes, bytes | None, bytes | None] | None:
@@ -27,8 +29,9 @@ def plain_request(data: bytes) -> tuple[bytes, bytes | None, bytes | None] | Non
 
     None for anything the screen must leave to aiohttp's parser, which knows every case: part of
     a request or more than one, a body framed other than by one Content-Length, a repeated
-    header the screen reads, a folded or malformed line, a control character, `Expect`, or
-    `Connection: close` (the full path closes such a connection after its answer).
+    header the screen reads, a folded or malformed line, a control character, `Expect`,
+    `Connection: close` (the full path closes such a connection after its answer), or `Origin`
+    (a browser's call: its refusal needs the CORS headers only the full path adds).
     """
     if type(data) is not bytes:
         return None

@@ -12,8 +12,12 @@ once the upstream has answered and before the answer's headers leave, which say 
 (`X-Clex-Served-Model`, and the credits remaining after the new charge). Every answer after
 authentication carries the metering headers, a 500 from a bug in this path included.
 
-The handler reads no settings: `make_handler` gives it the body limit and the User-Agent
-prefixes that get JSON by default, parsed once.
+A request with an Origin gets the CORS headers (`CorsPolicy.answer`) on every answer, a refusal
+or a 500 included, so a page on another origin can read the status and the metering headers; one
+without pays one header lookup for that.
+
+The handler reads no settings: `make_handler` gives it the body limit, the User-Agent prefixes
+that get JSON by default, parsed once, and the CORS policy.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from clexproxy import relay
 from clexproxy.catalog import Model, Plan
+from clexproxy.cors import CorsPolicy
 from clexproxy.errors import (
     SHUTDOWN,
     ApiError,
@@ -117,19 +122,21 @@ def _bug(call: CallOutcome) -> InternalError:
 
 
 async def handle(
-    request: web.Request, endpoint: str, max_body_bytes: int, json_agents: tuple[str, ...]
+    request: web.Request, endpoint: str, max_body_bytes: int, json_agents: tuple[str, ...], cors: CorsPolicy
 ) -> web.StreamResponse:
     """Serve one chat-completions (`endpoint` "/chat/completions") or embeddings ("/embeddings") call."""
     gateway = request.app[GATEWAY]
     rid = request[REQUEST_ID] = pick_request_id(request.headers.get(X_REQUEST_ID))
     call = CallOutcome(endpoint, time.monotonic(), rid)
     gateway.metrics.call_started(endpoint)
+    origin = request.headers.get(hdrs.ORIGIN)  # an `istr`: the lookup skips folding the name's case
+    cors_headers = _NO_HEADERS if origin is None else cors.answer(origin)
     authorization = request.headers.get("Authorization")
     try:
         key, account = gateway.directory.authenticate(authorization)
     except ApiError as error:
         gateway.refusals.note(authorization, call.started)
-        return _refused(gateway, call, error, {X_REQUEST_ID: call.request_id})
+        return _refused(gateway, call, error, {X_REQUEST_ID: call.request_id, **cors_headers})
     call.account_id, call.key_id, call.plan = account.id, key.key_id, account.plan.name
 
     limits = gateway.limits
@@ -153,12 +160,12 @@ async def handle(
         if isinstance(error, RateLimited) and error.limit == "requests_per_minute":
             gateway.refusals.note(authorization, call.started)
         headers = error.headers if CREDITS_LIMIT in error.headers else limits.peek_headers(account)
-        response = _refused(gateway, call, error, {**headers, X_REQUEST_ID: call.request_id})
+        response = _refused(gateway, call, error, {**headers, X_REQUEST_ID: call.request_id, **cors_headers})
         if body_unreadable(request):
             response.force_close()  # the parser stopped mid-body: the connection cannot carry another request
         return response
     except Exception:  # a bug, not a refusal: SPEC's 500, with the headers of any authenticated answer
-        headers = {**limits.peek_headers(account), X_REQUEST_ID: call.request_id}
+        headers = {**limits.peek_headers(account), X_REQUEST_ID: call.request_id, **cors_headers}
         return _refused(gateway, call, _bug(call), headers)
     except BaseException:
         call.disconnected = True  # the client left (or the worker is stopping) before an upstream was asked
@@ -167,6 +174,8 @@ async def handle(
 
     headers = admission.headers
     headers[X_REQUEST_ID] = call.request_id
+    if cors_headers:
+        headers.update(cors_headers)
 
     def settle_error(error: ApiError) -> dict[str, str]:
         call.status, call.error_code = error.status, error.code
@@ -236,21 +245,25 @@ def _metering_headers(request: web.Request) -> Mapping[str, str]:
         return _NO_HEADERS
 
 
-def make_handler(endpoint: str, max_body_bytes: int, json_user_agents: str) -> Callable[[web.Request], Any]:
+def make_handler(
+    endpoint: str, max_body_bytes: int, json_user_agents: str, cors: CorsPolicy
+) -> Callable[[web.Request], Any]:
     """The handler of `endpoint`'s calls, whose bodies may be `max_body_bytes` long.
 
     `json_user_agents` is the `sse_json_user_agents` setting: the User-Agent prefixes whose chat
-    calls without `stream` get JSON (`default_stream`).
+    calls without `stream` get JSON (`default_stream`). `cors` says which origins' pages may read
+    the answers.
     """
     json_agents = user_agent_prefixes(json_user_agents)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         try:
-            return await handle(request, endpoint, max_body_bytes, json_agents)
+            return await handle(request, endpoint, max_body_bytes, json_agents, cors)
         except Exception:  # a bug, not a refusal: SPEC's 500, never a trace
             log.exception("unhandled error, request_id=%s", text_value(request_id(request)))
             error = InternalError("The gateway failed to handle this request.")
-            return error.to_response({**_metering_headers(request), X_REQUEST_ID: request_id(request)})
+            headers = {**_metering_headers(request), X_REQUEST_ID: request_id(request)}
+            return error.to_response({**headers, **cors.answer(request.headers.get("Origin"))})
 
     handler.__name__ = "handle_" + endpoint.strip("/").replace("/", "_")
     return handler

@@ -27,8 +27,8 @@ ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundations: values, the catalog, settings, the compiled pairs",
      ("clexproxy", "clexproxy.errors", "clexproxy.clock", "clexproxy.headers", "clexproxy.outcome",
-      "clexproxy.catalog", "clexproxy.catalog_tables", "clexproxy.config", "clexproxy.fastpath", "clexproxy.outbox",
-      "clexproxy.signals")),
+      "clexproxy.catalog", "clexproxy.catalog_tables", "clexproxy.config", "clexproxy.cors", "clexproxy.fastpath",
+      "clexproxy.outbox", "clexproxy.signals")),
     ("what the request path leans on but never calls back: the store, Redis, metrics and logs, the demo upstream",
      ("clexproxy.store", "clexproxy.sync", "clexproxy.observability", "clexproxy.demo")),
     ("who is calling: the key table", ("clexproxy.auth",)),

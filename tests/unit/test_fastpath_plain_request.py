@@ -66,6 +66,8 @@ def test_an_empty_authorization_is_empty_not_absent(scan: ModuleType) -> None:
         req("X-Lf: a\nb", length=len(BODY)),  # a bare LF
         req("X(y): 1", length=len(BODY)),  # not a token
         req("Expect: 100-continue", length=len(BODY)),
+        req("Origin: https://app.example", length=len(BODY)),  # a browser's call: its refusal needs CORS headers
+        req("origin: null", length=len(BODY)),
         req("Connection: Close", length=len(BODY)),
         req("Connection: keep-alive, close", length=len(BODY)),
         req(length=-1),
@@ -93,7 +95,8 @@ PIECES = st.sampled_from(
     [
         b"Authorization", b"authorization", b"X-Request-Id", b"Content-Length", b"content-length", b"Host",
         b"Connection", b"Expect", b"Transfer-Encoding", b"Accept", b":", b": ", b" ", b"\t", b"\r\n", b"\r", b"\n",
-        b"\x00", b"\x7f", b"\xe9", b"close", b"keep-alive", b"Bearer clex_k", b"0", b"5", b"13", b"-", b"(",
+        b"Origin", b"origin", b"\x00", b"\x7f", b"\xe9", b"close", b"keep-alive", b"Bearer clex_k",
+        b"0", b"5", b"13", b"-", b"(",
     ]
 )
 
