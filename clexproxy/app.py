@@ -33,6 +33,7 @@ from clexproxy.handlers.common import ADMIN_TOKEN, CATALOG, GATEWAY, request_id
 from clexproxy.handlers.proxy import PROXIED_PATHS, make_handler
 from clexproxy.observability.accesslog import text_value
 from clexproxy.store import open_store
+from clexproxy.web import pages
 
 log = logging.getLogger("clexproxy.app")
 
@@ -215,5 +216,9 @@ def build_app(settings: Settings, clock: Clock | None = None, access_stream: Bin
     router.add_get("/metrics", guarded(health.metrics))
     for method, path, handler in admin.ROUTES:
         router.add_route(method, path, guarded(handler))
+    if settings.console.enabled:  # off: the pages are unknown paths, SPEC's JSON 404
+        pages.setup(app)
+        for path, page in pages.ROUTES:
+            router.add_get(path, guarded(page))
     _json_for_unrouted(router, _examples(settings.catalog), cors, bearer)
     return app

@@ -162,6 +162,17 @@ class CorsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """`[console]`: the web pages the gateway serves beside the API (`/`, `/models`).
+
+    On by default, so a new user's browser finds the gateway; off for API-only hosts, whose every
+    page is then SPEC's JSON 404. The pages never touch the proxied paths.
+    """
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Credential:
     """A provider's API key, read from the variable `variable` when the settings are loaded.
 
@@ -184,6 +195,7 @@ SECTIONS: dict[str, type] = {
     "redis": RedisSettings,
     "demo": DemoSettings,
     "cors": CorsSettings,
+    "console": ConsoleSettings,
 }
 
 
@@ -216,6 +228,7 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     catalog: Catalog = field(default_factory=default_catalog)
     # Provider name -> its credential, for the providers whose `api_key_env` variable is set (`load_settings`).
     credentials: Mapping[str, Credential] = field(default_factory=dict)

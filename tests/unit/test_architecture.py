@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
      ("clexproxy.upstream", "clexproxy.sync.store")),
     ("the answer back to the client", ("clexproxy.relay", "clexproxy.sse_frames", "clexproxy.keepalive")),
     ("the components of one process", ("clexproxy.gateway",)),
-    ("the endpoints", ("clexproxy.handlers",)),
+    ("the endpoints; the console's pages", ("clexproxy.handlers", "clexproxy.web")),
     ("the aiohttp application", ("clexproxy.app",)),
     ("processes, sockets and the raw-byte screen; demo provisioning at start",
      ("clexproxy.server", "clexproxy.demo.provision")),
