@@ -28,7 +28,7 @@ from clexproxy.config import Settings
 from clexproxy.cors import ALLOW_ORIGIN, REQUEST_HEADERS, REQUEST_METHOD, CorsPolicy
 from clexproxy.errors import ApiError, InternalError, MethodNotAllowed, NotFound, RequestTooLarge
 from clexproxy.gateway import Gateway
-from clexproxy.handlers import admin, health, models
+from clexproxy.handlers import admin, health, key, models
 from clexproxy.handlers.common import ADMIN_TOKEN, CATALOG, GATEWAY, request_id
 from clexproxy.handlers.proxy import PROXIED_PATHS, make_handler
 from clexproxy.observability.accesslog import text_value
@@ -190,6 +190,7 @@ BEARER_GETS: dict[str, Handler] = {
     "/v1/models": models.list_models,
     "/v1/models/{model_id:.+}": models.get_model,
     "/api/credits/pricing": models.pricing,
+    "/api/key": key.key_info,
 }
 
 

@@ -1,0 +1,125 @@
+"""`GET /api/key`: what the calling key may do, for the key holder (OpenRouter's `GET /api/v1/key`).
+
+A program or a page holding a key asks, before spending, who it is and what is left: the account,
+its plan, the key (its id and the hint `keys list` shows), today's credits (limit, used,
+remaining, reset) and the per-minute standing. The figures come from the limits' own
+`peek_headers`, so `credits.remaining` is the X-Clex-Credits-Remaining a proxied call made at
+that moment would carry, and the answer carries those six metering headers too (SPEC: every
+answer after authentication does).
+
+Asking is free: no credits, and no slot of the plan's per-minute limit (`peek_headers` takes
+nothing). So that a polling loop cannot turn it into a load, each key has its own small token
+bucket (`KEY_INFO_PER_MINUTE`, a `TokenBuckets` apart from the limits' own), one per gateway:
+with several workers each counts its own. Beyond it: SPEC's 429 with `error.limit`
+`api_key_requests_per_minute` and `Retry-After`.
+
+The key hint is computed from the key the caller sent (`key_hint`): the caller holds the key, so
+that is exact, and the directory keeps no hints. What exists today is all that is answered: key
+names, per-key credit caps, expiry and model allow-lists come with a later slice, which adds
+their fields here.
+"""
+
+from __future__ import annotations
+
+import weakref
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from clexproxy.clock import SECONDS_PER_DAY, Clock, SystemClock, utc_day
+from clexproxy.errors import RateLimited
+from clexproxy.fastpath.limits import TokenBuckets
+from clexproxy.gateway import Gateway
+from clexproxy.handlers.common import GATEWAY, request_id
+from clexproxy.headers import (
+    CREDITS_LIMIT,
+    CREDITS_REMAINING,
+    CREDITS_RESET,
+    RATELIMIT_LIMIT_REQUESTS,
+    RATELIMIT_REMAINING_REQUESTS,
+    RATELIMIT_RESET_REQUESTS,
+)
+from clexproxy.limits.base import LedgerLimits, Limits
+from clexproxy.limits.headers import retry_when
+from clexproxy.store.base import key_hint
+
+KEY_INFO_PER_MINUTE = 60
+THROTTLE_LIMIT = "api_key_requests_per_minute"
+NO_STORE = "no-store"
+
+# One throttle per gateway, kept beside it rather than in it: tests run several gateways in one
+# process, whose key ids overlap, and the gateway's composition need not know this endpoint.
+_throttles: weakref.WeakKeyDictionary[Gateway, TokenBuckets] = weakref.WeakKeyDictionary()
+
+
+def _clock(limits: Limits) -> Clock:
+    """The limits' clock (a test's manual one included), so the throttle and the figures share one time."""
+    return limits.clock if isinstance(limits, LedgerLimits) else SystemClock()
+
+
+def _throttle(gateway: Gateway) -> TokenBuckets:
+    buckets = _throttles.get(gateway)
+    if buckets is None:
+        buckets = _throttles[gateway] = TokenBuckets()
+    return buckets
+
+
+def _bearer_token(authorization: str) -> str:
+    """The key in an Authorization header `Directory.authenticate` accepted (its scheme, one space, the key)."""
+    return authorization.split(" ", 1)[1].strip()
+
+
+async def key_info(request: web.Request) -> web.Response:
+    """The calling key's account, plan, key, today's credits and per-minute standing; charges nothing."""
+    gateway = request.app[GATEWAY]
+    authorization = request.headers.get("Authorization", "")
+    entry, account = gateway.directory.authenticate(authorization)
+    limits = gateway.limits
+    clock = _clock(limits)
+    wall = clock.time()
+    metering = limits.peek_headers(account)
+    bucket = _throttle(gateway).acquire(
+        entry.key_id, KEY_INFO_PER_MINUTE, KEY_INFO_PER_MINUTE / 60.0, clock.monotonic()
+    )
+    if not bucket.allowed:
+        raise RateLimited(
+            f"Too many key lookups: GET /api/key allows {KEY_INFO_PER_MINUTE} requests per minute per key. "
+            + retry_when(bucket.retry_after),
+            limit=THROTTLE_LIMIT,
+            retry_after=bucket.retry_after,
+            headers=metering,
+        )
+    plan = account.plan
+    limit = int(metering[CREDITS_LIMIT])
+    remaining = int(metering[CREDITS_REMAINING])
+    reset_at = datetime.fromtimestamp((utc_day(wall) + 1) * SECONDS_PER_DAY, UTC)
+    payload: dict[str, Any] = {
+        "object": "api_key",
+        "account": {"name": account.name},
+        "plan": {
+            "name": plan.name,
+            "credits_per_day": plan.credits_per_day,
+            "requests_per_minute": plan.requests_per_minute,
+            "max_keys": plan.max_keys,
+        },
+        "key": {"id": entry.key_id, "hint": key_hint(_bearer_token(authorization))},
+        "credits": {
+            "limit": limit,
+            "used": max(0, limit - remaining),
+            "remaining": remaining,
+            "reset_seconds": int(metering[CREDITS_RESET]),
+            "reset_at": reset_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+        "requests_per_minute": {
+            "limit": int(metering[RATELIMIT_LIMIT_REQUESTS]),
+            "remaining": int(metering[RATELIMIT_REMAINING_REQUESTS]),
+            "reset": metering[RATELIMIT_RESET_REQUESTS],
+        },
+    }
+    return web.Response(
+        body=orjson.dumps(payload),
+        content_type="application/json",
+        headers={**metering, "X-Request-Id": request_id(request), "Cache-Control": NO_STORE},
+    )
