@@ -1,4 +1,4 @@
-"""The console's public pages (`/`, `/models`) and their static files, and the headers every page carries.
+"""The console's public pages (`/`, `/docs`, `/models`) and their static files, and the headers every page carries.
 
 `setup` gives the app its Jinja2 environment (templates from the package, autoescaped) and reads
 the static files once into memory: two small files, served from a dict with a content hash as
@@ -11,7 +11,9 @@ Content-Security-Policy of this origin only (no inline script or style, no other
 catalog text rendered into a page can never run as code even if autoescaping were bypassed.
 
 The models page reads the catalog the API's `/v1/models` and `/api/credits/pricing` read, through
-the same `model_object`, so a page never shows a price the API does not charge.
+the same `model_object`, so a page never shows a price the API does not charge. The docs page
+takes its plans, tiers and model list from that catalog too; its API Explorer (a static script)
+calls `/api/chat` on this origin with a key the user pastes, held in the page's memory only.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ SECURITY_HEADERS = {
 # Pages show the live catalog: a browser asks again every time (the ETag-less HTML is small).
 PAGE_CACHE = "no-cache"
 STATIC_CACHE = "public, max-age=86400"
-STATIC_FILES = ("console.css", "console.js")
+STATIC_FILES = ("console.css", "console.js", "explorer.js")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,25 @@ async def models_page(request: web.Request) -> web.Response:
     return _page(request, "models.html", "models", {"models": rows, "base_url": base_url(request)})
 
 
+async def docs_page(request: web.Request) -> web.Response:
+    """The API reference for this gateway's base URL, with plans and tiers from the catalog, and the Explorer."""
+    catalog = request.app[CATALOG]
+    chat = [model_object(m, catalog) for m in catalog.models.values() if m.kind == "chat"]
+    cheap = catalog.fallback_model if catalog.fallback_model in catalog.models else None
+    tiers = [
+        {"name": name, "credits": credits, "models": [m.id for m in catalog.models.values() if m.tier == name]}
+        for name, credits in sorted(catalog.tiers.items(), key=lambda item: (item[1], item[0]))
+    ]
+    return _page(request, "docs.html", "docs", {
+        "base_url": base_url(request),
+        "chat_models": chat,
+        "example_model": cheap or (chat[0]["id"] if chat else "<model id>"),
+        "plans": sorted(catalog.plans.values(), key=lambda plan: (plan.credits_per_day, plan.name)),
+        "tiers": tiers,
+        "default_credits": catalog.default_credits,
+    })
+
+
 async def static_file(request: web.Request) -> web.Response:
     """A console static file by name; its ETag answers a revalidation with a 304."""
     name = request.match_info["name"]
@@ -135,6 +156,7 @@ async def static_file(request: web.Request) -> web.Response:
 
 ROUTES: tuple[tuple[str, Any], ...] = (
     ("/", home),
+    ("/docs", docs_page),
     ("/models", models_page),
     ("/static/{name}", static_file),
 )
