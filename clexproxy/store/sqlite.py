@@ -37,6 +37,9 @@ from clexproxy.store.datadir import DATA_DIR_FIX, usable_data_dir
 
 T = TypeVar("T")
 
+# How long opening the store waits for another process switching a new database to WAL (`SQLiteStore._wal`).
+OPEN_BUSY_SECONDS = 10.0
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0), ('schema', 1);
@@ -85,7 +88,7 @@ class SQLiteStore:
                 f"cannot open the key store {path} ({exc}): make it writable for this user {DATA_DIR_FIX}"
             ) from None
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._wal()
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
@@ -96,6 +99,24 @@ class SQLiteStore:
             raise DataDirUnusable(
                 f"cannot use the key store {path} ({exc}): make it writable for this user {DATA_DIR_FIX}"
             ) from None
+
+    def _wal(self) -> None:
+        """Switch a new database to WAL, waiting while another process does the same.
+
+        Workers started together open a new data dir at once. Changing the journal mode needs the
+        database to itself, and SQLite answers that pragma SQLITE_BUSY at once instead of through the
+        busy timeout, so a worker could die at start ("database is locked") and be replaced.
+        """
+        deadline = time.monotonic() + OPEN_BUSY_SECONDS
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path) -> SQLiteStore:

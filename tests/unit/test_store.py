@@ -7,7 +7,9 @@ message for the same mistake is checked with both backends side by side in the P
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,3 +207,29 @@ def test_a_data_dir_that_is_a_file_is_unusable(tmp_path: Path) -> None:
     with pytest.raises(DataDirUnusable, match=r"is not a directory: move that file away"):
         SQLiteStore.in_data_dir(tmp_path / "data")
 
+
+
+def _open_store(path: str, start: float) -> str:
+    """One process's open of a new store at `start` (wall clock), as a worker does at start."""
+    while time.time() < start:
+        time.sleep(0.001)
+    try:
+        SQLiteStore(path).close()
+    except Exception as exc:  # the parent reports it
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def test_workers_opening_a_new_store_together_all_succeed(tmp_path: Path) -> None:
+    """Workers started together open a new data dir at once: none may die of "database is locked".
+
+    Switching a new database to WAL is answered SQLITE_BUSY at once, not through the busy timeout;
+    before `SQLiteStore._wal` waited for it, a worker of `serve --workers N` could die at start.
+    """
+    context = multiprocessing.get_context("fork")
+    with context.Pool(4) as pool:
+        for attempt in range(8):
+            path = str(tmp_path / f"race{attempt}" / "clexproxy.sqlite3")
+            start = time.time() + 0.2
+            failures = [f for f in pool.starmap(_open_store, [(path, start)] * 4) if f]
+            assert not failures, failures
