@@ -185,6 +185,9 @@ def _gateway_context(
     return context
 
 
+# The console's modules, each with its ROUTES as (method, path, handler): served when `[console] enabled`.
+CONSOLE_MODULES = (pages,)
+
 # The bearer-key GET endpoints: with the proxied calls, what pages on other origins may call (CORS). One line each.
 BEARER_GETS: dict[str, Handler] = {
     "/v1/models": models.list_models,
@@ -219,7 +222,8 @@ def build_app(settings: Settings, clock: Clock | None = None, access_stream: Bin
         router.add_route(method, path, guarded(handler))
     if settings.console.enabled:  # off: the pages are unknown paths, SPEC's JSON 404
         pages.setup(app)
-        for path, page in pages.ROUTES:
-            router.add_get(path, guarded(page))
+        for module in CONSOLE_MODULES:
+            for method, path, page in module.ROUTES:
+                router.add_route(method, path, guarded(page))
     _json_for_unrouted(router, _examples(settings.catalog), cors, bearer)
     return app

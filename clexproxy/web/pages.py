@@ -154,9 +154,9 @@ async def static_file(request: web.Request) -> web.Response:
     return web.Response(body=found.body, content_type=found.content_type, charset="utf-8", headers=headers)
 
 
-ROUTES: tuple[tuple[str, Any], ...] = (
-    ("/", home),
-    ("/docs", docs_page),
-    ("/models", models_page),
-    ("/static/{name}", static_file),
+ROUTES: tuple[tuple[str, str, Any], ...] = (
+    ("GET", "/", home),
+    ("GET", "/docs", docs_page),
+    ("GET", "/models", models_page),
+    ("GET", "/static/{name}", static_file),
 )
