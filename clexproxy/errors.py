@@ -67,6 +67,22 @@ class AuthenticationFailed(ApiError):
     type = "authentication_error"
 
 
+class PermissionDenied(ApiError):
+    """403: the caller is known but may not do this; `error.reason` says why (SPEC: `model_not_allowed`).
+
+    Also the console's refusals: a request without its CSRF token, a member asking for an owner's action.
+    """
+
+    status = 403
+    code = "permission_error"
+    type = "permission_error"
+
+    def __init__(self, message: str, *, reason: str, headers: Mapping[str, str] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message, headers=headers, extra={"reason": reason, **(extra or {})})
+        self.reason = reason
+
+
 class ModelNotFound(ApiError):
     status = 404
     code = "model_not_found"
