@@ -2,10 +2,15 @@
 // with the pasted key, and shows the status, the metering headers and the answer (tokens as they stream).
 // The key lives in the input only: never stored, never logged, sent only in the call's Authorization
 // header; the code shown for the same request names $CLEX_API_KEY instead. Without JS the form stays hidden.
+// Signed in (the page carries <meta name="csrf-token">) as an account's user, the key is optional: without
+// one the call goes with the session cookie (same origin only) and the CSRF token in X-CSRF-Token, and is
+// charged to the account. An operator belongs to no account, so the Explorer asks them for a key. The code
+// shown still names $CLEX_API_KEY: a session cannot be pasted into curl.
 "use strict";
 (() => {
   const SHOWN_HEADERS = ["X-Clex-Credits-Remaining", "x-ratelimit-remaining-requests", "X-Request-Id"];
   const $ = (id) => document.getElementById(id);
+  const csrfToken = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
 
   const requestBody = () => {
     const messages = [];
@@ -118,24 +123,31 @@
     $("explorer-result").hidden = false;
     output.textContent = "";
     $("ex-headers").replaceChildren();
-    if (!key) {
-      status.textContent = "Paste an API key first.";
+    // Without a key, a signed-in account user's session pays; anyone else must paste one.
+    const csrf = csrfToken();
+    const bySession = !key && csrf !== "" && $("explorer-form").dataset.account !== undefined;
+    if (!key && !bySession) {
+      status.textContent = csrf
+        ? "Operators call with a key: paste one first."
+        : "Paste an API key first.";
       $("ex-key").focus();
       return;
     }
     const body = requestBody();
+    const headers = {
+      "Content-Type": "application/json",
+      "Accept": body.stream ? "text/event-stream" : "application/json",
+    };
+    if (bySession) headers["X-CSRF-Token"] = csrf;
+    else headers["Authorization"] = "Bearer " + key;
     button.disabled = true;
     status.textContent = "Sending…";
     try {
       const response = await fetch("/api/chat", {
         method: "POST",
-        headers: {
-          "Authorization": "Bearer " + key,
-          "Content-Type": "application/json",
-          "Accept": body.stream ? "text/event-stream" : "application/json",
-        },
+        headers,
         body: JSON.stringify(body),
-        credentials: "omit",
+        credentials: bySession ? "same-origin" : "omit",
         cache: "no-store",
       });
       showHeaders(response);
