@@ -150,6 +150,8 @@ class DemoSettings:
     upstream_url: str = ""
     account: str = "demo"
     plan: str = "pro"
+    # The demo account's owner: the console user `make run` prints a set-password link for.
+    owner_email: str = "owner@demo.clexproxy.local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,15 @@ class ConsoleSettings:
     """
 
     enabled: bool = True
+    # The session cookie gets Secure: set it when browsers reach the gateway over HTTPS only.
+    secure_cookies: bool = False
+    # A session ends this long after its last request, and this long after sign-in whatever happens.
+    session_idle_minutes: int = 60
+    session_max_hours: int = 12
+    # The base URL printed links use ("" = http://<host>:<port> of this server; 127.0.0.1 for 0.0.0.0/::).
+    public_url: str = ""
+    # How long a set-password link works.
+    link_hours: int = 24
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ class Gateway:
 
     def __init__(self, settings: Settings, clock: Clock, store: Store, access_stream: BinaryIO | None = None) -> None:
         self.settings = settings
+        self.clock = clock  # the console's sessions and links expire by it
         self.catalog: Catalog = settings.catalog
         self.store = store
         self.directory = Directory(self.catalog)

@@ -10,6 +10,9 @@ Every page says `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and a
 Content-Security-Policy of this origin only (no inline script or style, no other host), so
 catalog text rendered into a page can never run as code even if autoescaping were bypassed.
 
+`page` renders every console page, with the signed-in user (`signed_in`) and their session's CSRF
+token in the context, so the shared layout shows Keys / Usage / Sign out, or Sign in, on every page.
+
 The models page reads the catalog the API's `/v1/models` and `/api/credits/pricing` read, through
 the same `model_object`, so a page never shows a price the API does not charge. The docs page
 takes its plans, tiers and model list from that catalog too; its API Explorer (a static script)
@@ -31,6 +34,8 @@ from aiohttp import web
 from clexproxy.errors import NotFound
 from clexproxy.handlers.common import CATALOG, request_id
 from clexproxy.handlers.models import model_object
+from clexproxy.web import session
+from clexproxy.web.session import signed_in
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -86,6 +91,7 @@ def setup(app: web.Application) -> None:
         lstrip_blocks=True,
     )
     env.globals["static_url"] = lambda name: f"/static/{name}?v={static[name].version}"
+    session.setup(app)
 
 
 def base_url(request: web.Request) -> str:
@@ -93,8 +99,12 @@ def base_url(request: web.Request) -> str:
     return str(request.url.origin())
 
 
-def _page(request: web.Request, template: str, nav: str, context: dict[str, Any]) -> web.Response:
-    response = aiohttp_jinja2.render_template(template, request, {"nav": nav, **context})
+async def page(request: web.Request, template: str, nav: str, context: dict[str, Any]) -> web.Response:
+    """Render a console page with the signed-in user (`user`, `csrf_token`: None signed out) and the page headers."""
+    user = await signed_in(request)
+    full = {"nav": nav, "base_url": base_url(request), "user": user, "csrf_token": user.csrf_token if user else None,
+            **context}
+    response = aiohttp_jinja2.render_template(template, request, full)
     response.headers.update(SECURITY_HEADERS)
     response.headers["Cache-Control"] = PAGE_CACHE
     response.headers["X-Request-Id"] = request_id(request)
@@ -105,7 +115,7 @@ async def home(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     cheap = catalog.fallback_model if catalog.fallback_model in catalog.models else None
     example = cheap or next((m.id for m in catalog.models.values() if m.kind == "chat"), "<model id>")
-    return _page(request, "index.html", "home", {
+    return await page(request, "index.html", "home", {
         "base_url": base_url(request),
         "example_model": example,
         "model_count": len(catalog.models),
@@ -115,7 +125,7 @@ async def home(request: web.Request) -> web.Response:
 async def models_page(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     rows = [model_object(model, catalog) for model in catalog.models.values()]
-    return _page(request, "models.html", "models", {"models": rows, "base_url": base_url(request)})
+    return await page(request, "models.html", "models", {"models": rows, "base_url": base_url(request)})
 
 
 async def docs_page(request: web.Request) -> web.Response:
@@ -127,7 +137,7 @@ async def docs_page(request: web.Request) -> web.Response:
         {"name": name, "credits": credits, "models": [m.id for m in catalog.models.values() if m.tier == name]}
         for name, credits in sorted(catalog.tiers.items(), key=lambda item: (item[1], item[0]))
     ]
-    return _page(request, "docs.html", "docs", {
+    return await page(request, "docs.html", "docs", {
         "base_url": base_url(request),
         "chat_models": chat,
         "example_model": cheap or (chat[0]["id"] if chat else "<model id>"),
