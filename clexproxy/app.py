@@ -31,6 +31,7 @@ from clexproxy.gateway import Gateway
 from clexproxy.handlers import admin, health, key, models
 from clexproxy.handlers.common import ADMIN_TOKEN, CATALOG, GATEWAY, request_id
 from clexproxy.handlers.proxy import PROXIED_PATHS, make_handler
+from clexproxy.handlers.usage import api_usage
 from clexproxy.observability.accesslog import text_value
 from clexproxy.store import open_store
 from clexproxy.web import pages
@@ -194,6 +195,7 @@ BEARER_GETS: dict[str, Handler] = {
     "/v1/models/{model_id:.+}": models.get_model,
     "/api/credits/pricing": models.pricing,
     "/api/key": key.key_info,
+    "/api/usage": api_usage,
 }
 
 

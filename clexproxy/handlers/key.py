@@ -14,9 +14,10 @@ with several workers each counts its own. Beyond it: SPEC's 429 with `error.limi
 `api_key_requests_per_minute` and `Retry-After`.
 
 The key hint is computed from the key the caller sent (`key_hint`): the caller holds the key, so
-that is exact, and the directory keeps no hints. What exists today is all that is answered: key
-names, per-key credit caps, expiry and model allow-lists come with a later slice, which adds
-their fields here.
+that is exact, and the directory keeps no hints. The key's name and limits (`KeyPolicy`: daily
+cap, expiry, model allow-list) come from the directory; `credits` are the tighter of the key's
+budget and the account's (the one the headers report), and `credits.applies` says which. An
+expired key is refused here as on the request path (401).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from clexproxy.auth import Account, Directory, KeyPolicy, iso_utc
 from clexproxy.clock import SECONDS_PER_DAY, Clock, SystemClock, utc_day
 from clexproxy.errors import RateLimited
 from clexproxy.fastpath.limits import TokenBuckets
@@ -54,7 +56,7 @@ NO_STORE = "no-store"
 _throttles: weakref.WeakKeyDictionary[Gateway, TokenBuckets] = weakref.WeakKeyDictionary()
 
 
-def _clock(limits: Limits) -> Clock:
+def limits_clock(limits: Limits) -> Clock:
     """The limits' clock (a test's manual one included), so the throttle and the figures share one time."""
     return limits.clock if isinstance(limits, LedgerLimits) else SystemClock()
 
@@ -66,9 +68,34 @@ def _throttle(gateway: Gateway) -> TokenBuckets:
     return buckets
 
 
-def _bearer_token(authorization: str) -> str:
+def bearer_token(authorization: str) -> str:
     """The key in an Authorization header `Directory.authenticate` accepted (its scheme, one space, the key)."""
     return authorization.split(" ", 1)[1].strip()
+
+
+def checked_policy(directory: Directory, key_id: int, wall: float) -> KeyPolicy | None:
+    """The key's limits, or its expiry's 401 (as the request path refuses it)."""
+    policy = directory.policies.get(key_id)
+    if policy is not None:
+        expired = policy.expired(wall)
+        if expired is not None:
+            raise expired
+    return policy
+
+
+def key_limits(policy: KeyPolicy | None) -> dict[str, Any]:
+    """A key's limits as the API answers them (null: none)."""
+    if policy is None:
+        return {"daily_cap": None, "expires_at": None, "models": None}
+    return {
+        "daily_cap": policy.budget.plan.credits_per_day if policy.budget is not None else None,
+        "expires_at": iso_utc(policy.expires_at) if policy.expires_at is not None else None,
+        "models": sorted(policy.models) if policy.models is not None else None,
+    }
+
+
+def budget_of(policy: KeyPolicy | None) -> Account | None:
+    return policy.budget if policy is not None else None
 
 
 async def key_info(request: web.Request) -> web.Response:
@@ -77,9 +104,13 @@ async def key_info(request: web.Request) -> web.Response:
     authorization = request.headers.get("Authorization", "")
     entry, account = gateway.directory.authenticate(authorization)
     limits = gateway.limits
-    clock = _clock(limits)
+    clock = limits_clock(limits)
     wall = clock.time()
-    metering = limits.peek_headers(account)
+    policy = checked_policy(gateway.directory, entry.key_id, wall)
+    budget = budget_of(policy)
+    account_metering = limits.peek_headers(account)
+    metering = account_metering if budget is None else limits.peek_headers(account, budget)
+    applies = "account" if metering[CREDITS_REMAINING] == account_metering[CREDITS_REMAINING] else "key"
     bucket = _throttle(gateway).acquire(
         entry.key_id, KEY_INFO_PER_MINUTE, KEY_INFO_PER_MINUTE / 60.0, clock.monotonic()
     )
@@ -104,11 +135,17 @@ async def key_info(request: web.Request) -> web.Response:
             "requests_per_minute": plan.requests_per_minute,
             "max_keys": plan.max_keys,
         },
-        "key": {"id": entry.key_id, "hint": key_hint(_bearer_token(authorization))},
+        "key": {
+            "id": entry.key_id,
+            "name": gateway.directory.names.get(entry.key_id, ""),
+            "hint": key_hint(bearer_token(authorization)),
+            **key_limits(policy),
+        },
         "credits": {
             "limit": limit,
             "used": max(0, limit - remaining),
             "remaining": remaining,
+            "applies": applies,
             "reset_seconds": int(metering[CREDITS_RESET]),
             "reset_at": reset_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         },

@@ -16,6 +16,18 @@ A request with an Origin gets the CORS headers (`CorsPolicy.answer`) on every an
 or a 500 included, so a page on another origin can read the status and the metering headers; one
 without pays one header lookup for that.
 
+A key its creator limited (`KeyPolicy`: expiry, daily cap, model allow-list) is checked after
+authentication: expired, SPEC's 401 before the call counts; a model outside its allow-list, a 403
+once the model is known, charging nothing; its daily cap is a second budget `admit` reserves from
+with the account's. A key without limits costs one dict miss.
+
+`/api/chat` without an Authorization header may be the console's signed-in API Explorer: the
+session cookie (`api_session`: same origin, CSRF header) stands in for a key, the call is charged
+to the user's account under key id 0, and its answers carry no CORS headers. That branch runs
+only where the key path has already failed for want of a header, so a key's call pays nothing for
+it. A call without the header is never noted for the screen (`RecentRefusals`): the screen would
+otherwise refuse the next signed-in call, which carries no header either.
+
 The handler reads no settings: `make_handler` gives it the body limit, the User-Agent prefixes
 that get JSON by default, parsed once, and the CORS policy.
 """
@@ -31,6 +43,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from clexproxy import relay
+from clexproxy.auth import CONSOLE_KEY_ID, Account, KeyPolicy
 from clexproxy.catalog import Model, Plan
 from clexproxy.cors import CorsPolicy
 from clexproxy.errors import (
@@ -39,6 +52,7 @@ from clexproxy.errors import (
     InternalError,
     InvalidRequest,
     ModelNotFound,
+    PermissionDenied,
     RateLimited,
     cut_by_shutdown,
     shutdown_error,
@@ -65,6 +79,7 @@ from clexproxy.headers import REQUEST_ID as X_REQUEST_ID
 from clexproxy.limits.base import Admission
 from clexproxy.observability.accesslog import text_value
 from clexproxy.outcome import CallOutcome
+from clexproxy.web.session import api_session
 
 log = logging.getLogger("clexproxy.proxy")
 
@@ -110,6 +125,7 @@ def _stream_default(request: web.Request, plan: Plan, json_agents: tuple[str, ..
 
 def _charge_served(gateway: Gateway, admission: Admission, call: CallOutcome) -> Mapping[str, str]:
     """Charge a fallback's answer at the model that answered; the headers that say so."""
+    admission.model = call.served_model  # the usage by model counts the model that answered
     gateway.limits.charge_served(admission, gateway.catalog.cost(call.served_model))
     headers = admission.headers
     headers[SERVED_MODEL] = call.served_model
@@ -132,13 +148,54 @@ async def handle(
     origin = request.headers.get(hdrs.ORIGIN)  # an `istr`: the lookup skips folding the name's case
     cors_headers = _NO_HEADERS if origin is None else cors.answer(origin)
     authorization = request.headers.get("Authorization")
+    limits = gateway.limits
+    budget: Account | None = None
     try:
         key, account = gateway.directory.authenticate(authorization)
+        key_id = key.key_id
+        policy = gateway.directory.policies.get(key_id)
+        if policy is not None:
+            expired = policy.expired(limits.clock.time())
+            if expired is not None:
+                return _refused(gateway, call, expired, {X_REQUEST_ID: call.request_id, **cors_headers})
+            budget = policy.budget
     except ApiError as error:
-        gateway.refusals.note(authorization, call.started)
+        if authorization is not None:
+            gateway.refusals.note(authorization, call.started)
+        elif request.path == "/api/chat":
+            try:
+                console = await _console_account(request, gateway)
+            except ApiError as refusal:
+                return _refused(gateway, call, refusal, {X_REQUEST_ID: call.request_id})
+            if console is not None:
+                return await _handle(request, endpoint, max_body_bytes, json_agents, gateway, call, console,
+                                     CONSOLE_KEY_ID, None, None, _NO_HEADERS)
         return _refused(gateway, call, error, {X_REQUEST_ID: call.request_id, **cors_headers})
-    call.account_id, call.key_id, call.plan = account.id, key.key_id, account.plan.name
+    return await _handle(request, endpoint, max_body_bytes, json_agents, gateway, call, account, key_id,
+                         policy, budget, cors_headers)
 
+
+async def _console_account(request: web.Request, gateway: Gateway) -> Account | None:
+    """The account of a signed-in console user calling without a key; None without a session."""
+    user = await api_session(request)
+    if user is None:
+        return None
+    if user.account_id is None:
+        raise PermissionDenied("Operators have no account to charge: sign in as a user of an account, "
+                               "or call with a key.", reason="role")
+    account = gateway.directory.accounts.get(user.account_id)
+    if account is None:
+        raise PermissionDenied("This user's account is not known to the gateway yet: retry shortly.", reason="role")
+    return account
+
+
+async def _handle(
+    request: web.Request, endpoint: str, max_body_bytes: int, json_agents: tuple[str, ...], gateway: Gateway,
+    call: CallOutcome, account: Account, key_id: int, policy: KeyPolicy | None, budget: Account | None,
+    cors_headers: Mapping[str, str],
+) -> web.StreamResponse:
+    """`handle` once the caller is known: count, parse, route, admit, relay, settle."""
+    call.account_id, call.key_id, call.plan = account.id, key_id, account.plan.name
     limits = gateway.limits
     wants_usage = False
     try:
@@ -155,17 +212,24 @@ async def handle(
         else:
             model = _route(gateway.catalog.models, validate_embeddings(body), "embedding")
         call.model, call.tier = model.id, model.tier
-        admission = await limits.admit(account, gateway.catalog.cost(model.id), bucket)
+        if policy is not None and policy.models is not None and model.id not in policy.models:
+            raise PermissionDenied(
+                f"This API key may not call '{model.id}': its model allow-list is "
+                f"{', '.join(sorted(policy.models)) or 'empty'}.",
+                reason="model_not_allowed",
+                extra={"param": "model"},
+            )
+        admission = await limits.admit(account, gateway.catalog.cost(model.id), bucket, key_id, model.id, budget)
     except ApiError as error:
-        if isinstance(error, RateLimited) and error.limit == "requests_per_minute":
-            gateway.refusals.note(authorization, call.started)
-        headers = error.headers if CREDITS_LIMIT in error.headers else limits.peek_headers(account)
+        if isinstance(error, RateLimited) and error.limit == "requests_per_minute" and key_id != CONSOLE_KEY_ID:
+            gateway.refusals.note(request.headers.get("Authorization"), call.started)
+        headers = error.headers if CREDITS_LIMIT in error.headers else limits.peek_headers(account, budget)
         response = _refused(gateway, call, error, {**headers, X_REQUEST_ID: call.request_id, **cors_headers})
         if body_unreadable(request):
             response.force_close()  # the parser stopped mid-body: the connection cannot carry another request
         return response
     except Exception:  # a bug, not a refusal: SPEC's 500, with the headers of any authenticated answer
-        headers = {**limits.peek_headers(account), X_REQUEST_ID: call.request_id, **cors_headers}
+        headers = {**limits.peek_headers(account, budget), X_REQUEST_ID: call.request_id, **cors_headers}
         return _refused(gateway, call, _bug(call), headers)
     except BaseException:
         call.disconnected = True  # the client left (or the worker is stopping) before an upstream was asked

@@ -18,6 +18,15 @@ Redis wait. `settle`, `refund` and `charge_served` are synchronous, so a client 
 Each implementation owns its `CreditLedger` (the credits it may spend today: the whole day's
 budget alone, a lease shared) and its per-minute buckets; the store only sees the usage
 deltas `drain` hands to the write-behind.
+
+A key with a daily cap (`KeyPolicy.budget`) has a second budget in the same ledger, under an id
+no account reaches (`KEY_BUDGET_BASE` + key id): a call reserves from both or neither, and a
+refund or a fallback's charge moves both, so the cap is exactly as exact as the account's budget
+(shared: the same Redis leases). Its ledger rows are not usage: `drain` leaves them out. The
+headers report the tighter of the two (the smaller remaining, and that budget's limit).
+
+Usage by key and model (`KeyUsageRow`) is tallied per settled call in a plain dict of small lists
+keyed (account, key, model, day), and drained with the account rows (`drain_detail`).
 """
 
 from __future__ import annotations
@@ -26,13 +35,13 @@ import abc
 from dataclasses import dataclass
 from typing import Protocol
 
-from clexproxy.auth import Account
+from clexproxy.auth import KEY_BUDGET_BASE, Account
 from clexproxy.clock import Clock, seconds_to_utc_midnight, utc_day
 from clexproxy.errors import RateLimited
 from clexproxy.fastpath.limits import BucketResult, CreditLedger
-from clexproxy.headers import CREDITS_REMAINING
+from clexproxy.headers import CREDITS_LIMIT, CREDITS_REMAINING
 from clexproxy.limits.headers import metering_headers, retry_when, rpm_message
-from clexproxy.store.base import UsageRow
+from clexproxy.store.base import KeyUsageRow, UsageRow
 
 
 @dataclass(slots=True)
@@ -44,6 +53,9 @@ class Admission:
     day: int
     headers: dict[str, str]
     refunded: bool = False
+    key_id: int = 0
+    model: str = ""  # the model that answered: a fallback's once `charge_served` ran
+    budget: int = 0  # the key's budget id (`KEY_BUDGET_BASE` + key id) when it has a daily cap, else 0
 
 
 # What the screen needs to render a per-minute 429: the bucket, the credits remaining today, the wall clock.
@@ -52,6 +64,8 @@ RpmRefusal = tuple[BucketResult, int, float]
 
 class Limits(Protocol):
     """Admission and settlement for the proxied calls, and what the gateway does with the limits off the path."""
+
+    clock: Clock  # the wall clock a key's expiry is checked against, the day's too
 
     def today(self) -> int:
         """The UTC day the daily budgets are counted in."""
@@ -65,8 +79,12 @@ class Limits(Protocol):
         """Count one call against the per-minute limit, or raise its 429."""
         ...
 
-    async def admit(self, account: Account, cost: int, bucket: BucketResult) -> Admission:
-        """Reserve `cost` credits for a call `count_request` counted, or raise the credits 429 (shared: or a 503)."""
+    async def admit(self, account: Account, cost: int, bucket: BucketResult, key_id: int = 0, model: str = "",
+                    budget: Account | None = None) -> Admission:
+        """Reserve `cost` credits for a call `count_request` counted, or raise the credits 429 (shared: or a 503).
+
+        With `budget` (a capped key's), from it and the account's both, or neither.
+        """
         ...
 
     def settle(self, admission: Admission, answered: bool, prompt_tokens: int, completion_tokens: int) -> None:
@@ -81,7 +99,7 @@ class Limits(Protocol):
         """Move a reservation to the cost of the model that answered (a fallback's)."""
         ...
 
-    def peek_headers(self, account: Account) -> dict[str, str]:
+    def peek_headers(self, account: Account, budget: Account | None = None) -> dict[str, str]:
         """The metering headers for an answer that reserves nothing (a 400 after authentication)."""
         ...
 
@@ -91,6 +109,10 @@ class Limits(Protocol):
 
     def drain(self) -> list[UsageRow]:
         """Usage since the last drain, for the write-behind to the store."""
+        ...
+
+    def drain_detail(self) -> list[KeyUsageRow]:
+        """Usage by key and model since the last drain (drained with `drain`'s rows)."""
         ...
 
     @property
@@ -117,6 +139,8 @@ class LedgerLimits(abc.ABC):
     def __init__(self, clock: Clock, ledger: CreditLedger) -> None:
         self.clock = clock
         self.ledger = ledger
+        # (account id, key id, model, day) -> [credits, calls, prompt tokens, completion tokens]
+        self._detail: dict[tuple[int, int, str, int], list[int]] = {}
 
     @abc.abstractmethod
     def credits_left(self, account_id: int, day: int, unknown: int = 0) -> int:
@@ -132,13 +156,33 @@ class LedgerLimits(abc.ABC):
     def track(self, account: Account, spent_today: int = 0) -> None:
         self.ledger.set_account(account.id, account.plan.credits_per_day, self.today(), spent_today)
 
-    def peek_headers(self, account: Account) -> dict[str, str]:
+    def peek_headers(self, account: Account, budget: Account | None = None) -> dict[str, str]:
         wall = self.clock.time()
         day = utc_day(wall)
         if account.id not in self.ledger:
             self.track(account)
         left = self.credits_left(account.id, day, account.plan.credits_per_day)
-        return metering_headers(account.plan, left, self.peek_bucket(account), wall)
+        headers = metering_headers(account.plan, left, self.peek_bucket(account), wall)
+        if budget is not None:
+            if budget.id not in self.ledger:
+                self.track(budget)
+            self.tighter(headers, budget.id, day, budget.plan.credits_per_day)
+        return headers
+
+    def tighter(self, headers: dict[str, str], budget_id: int, day: int, cap: int) -> None:
+        """Make `headers` report the key's budget where it is tighter than the account's (by remaining)."""
+        left = self.credits_left(budget_id, day, cap)
+        if left < int(headers[CREDITS_REMAINING]):
+            headers[CREDITS_REMAINING] = str(left)
+            headers[CREDITS_LIMIT] = str(cap)
+
+    def _remaining_headers(self, admission: Admission, day: int) -> None:
+        """After a refund or a fallback's charge: the headers' credits remaining (the tighter budget's)."""
+        headers = admission.headers
+        headers[CREDITS_REMAINING] = str(self.credits_left(admission.account_id, day))
+        if admission.budget:
+            headers[CREDITS_LIMIT] = str(self.ledger.limit(admission.account_id))
+            self.tighter(headers, admission.budget, day, self.ledger.limit(admission.budget))
 
     def _refused(self, account: Account, bucket: BucketResult) -> RpmRefusal:
         """`rpm_refusal`'s answer for a `bucket` that refuses."""
@@ -169,19 +213,47 @@ class LedgerLimits(abc.ABC):
             headers=metering_headers(account.plan, left, bucket, wall),
         )
 
+    def _cap_error(self, account: Account, budget: Account, cost: int, bucket: BucketResult,
+                   wall: float) -> RateLimited:
+        """The 429 of a key whose daily cap cannot cover the call (the account's budget may still)."""
+        left = self.credits_left(budget.id, utc_day(wall))
+        cap = budget.plan.credits_per_day
+        reset = seconds_to_utc_midnight(wall)
+        headers = metering_headers(account.plan, self.credits_left(account.id, utc_day(wall)), bucket, wall)
+        self.tighter(headers, budget.id, utc_day(wall), cap)
+        return RateLimited(
+            f"Daily credits exhausted for this key: this call costs {cost} credit(s) and {left} remain today "
+            f"of the key's daily cap ({cap}/day). The budget resets at 00:00 UTC, in {reset}s.",
+            limit="daily_credits",
+            retry_after=reset,
+            headers=headers,
+        )
+
     def settle(self, admission: Admission, answered: bool, prompt_tokens: int, completion_tokens: int) -> None:
         if not answered:
             self.refund(admission)
         if prompt_tokens or completion_tokens:
             self.ledger.record_tokens(admission.account_id, prompt_tokens, completion_tokens, admission.day)
+        if not admission.refunded:
+            slot = (admission.account_id, admission.key_id, admission.model, admission.day)
+            row = self._detail.get(slot)
+            if row is None:
+                self._detail[slot] = [admission.cost, 1, prompt_tokens, completion_tokens]
+            else:
+                row[0] += admission.cost
+                row[1] += 1
+                row[2] += prompt_tokens
+                row[3] += completion_tokens
 
     def refund(self, admission: Admission) -> None:
-        """Shared, the credits go back to this worker's lease."""
+        """Shared, the credits go back to this worker's lease (a capped key's to its budget's too)."""
         if admission.refunded:
             return
         admission.refunded = True
         self.ledger.refund(admission.account_id, admission.cost, admission.day)
-        admission.headers[CREDITS_REMAINING] = str(self.credits_left(admission.account_id, self.today()))
+        if admission.budget:
+            self.ledger.refund(admission.budget, admission.cost, admission.day)
+        self._remaining_headers(admission, self.today())
 
     def charge_served(self, admission: Admission, served_cost: int) -> None:
         """Called once the upstream answered and before the answer is sent.
@@ -199,9 +271,18 @@ class LedgerLimits(abc.ABC):
             return
         self.ledger.refund(admission.account_id, admission.cost, admission.day)
         self.ledger.reserve(admission.account_id, cost, admission.day)
+        if admission.budget:
+            self.ledger.refund(admission.budget, admission.cost, admission.day)
+            self.ledger.reserve(admission.budget, cost, admission.day)
         admission.cost = cost
-        admission.headers[CREDITS_REMAINING] = str(self.credits_left(admission.account_id, admission.day))
+        self._remaining_headers(admission, admission.day)
 
     def drain(self) -> list[UsageRow]:
-        """In `UsageDelta` order."""
-        return self.ledger.drain_usage()
+        """In `UsageDelta` order; the keys' budgets are left out (their calls are their accounts')."""
+        return [row for row in self.ledger.drain_usage() if row[0] < KEY_BUDGET_BASE]
+
+    def drain_detail(self) -> list[KeyUsageRow]:
+        detail, self._detail = self._detail, {}
+        return [KeyUsageRow(account_id, key_id, model, day, *figures)
+                for (account_id, key_id, model, day), figures in detail.items()
+                if figures[1] or figures[0]]

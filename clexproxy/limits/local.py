@@ -41,15 +41,35 @@ class LocalLimits(LedgerLimits):
         bucket = self.peek_bucket(account)
         return None if bucket.allowed else self._refused(account, bucket)
 
-    async def admit(self, account: Account, cost: int, bucket: BucketResult) -> Admission:
+    async def admit(self, account: Account, cost: int, bucket: BucketResult, key_id: int = 0, model: str = "",
+                    budget: Account | None = None) -> Admission:
         wall = self.clock.time()
         day = utc_day(wall)
         if account.id not in self.ledger:
             self.track(account)
+        if budget is not None:
+            return self._admit_capped(account, cost, bucket, key_id, model, budget, wall)
         remaining = self.ledger.reserve(account.id, cost, day)
         if remaining < 0:
             raise self._credits_error(account, cost, bucket, wall)
-        return Admission(account.id, cost, day, metering_headers(account.plan, remaining, bucket, wall))
+        return Admission(account.id, cost, day, metering_headers(account.plan, remaining, bucket, wall), False,
+                         key_id, model)
+
+    def _admit_capped(self, account: Account, cost: int, bucket: BucketResult, key_id: int, model: str,
+                      budget: Account, wall: float) -> Admission:
+        """A capped key's call: from its budget and the account's, both or neither."""
+        day = utc_day(wall)
+        if budget.id not in self.ledger:
+            self.track(budget)
+        if self.ledger.reserve(budget.id, cost, day) < 0:
+            raise self._cap_error(account, budget, cost, bucket, wall)
+        remaining = self.ledger.reserve(account.id, cost, day)
+        if remaining < 0:
+            self.ledger.refund(budget.id, cost, day)
+            raise self._credits_error(account, cost, bucket, wall)
+        headers = metering_headers(account.plan, remaining, bucket, wall)
+        self.tighter(headers, budget.id, day, budget.plan.credits_per_day)
+        return Admission(account.id, cost, day, headers, False, key_id, model, budget.id)
 
     @property
     def unsettled(self) -> bool:

@@ -114,19 +114,48 @@ class SharedLimits(LedgerLimits):
         """
         return self.ledger.remaining(account_id, day) + self._left.get(account_id, unknown)
 
-    async def admit(self, account: Account, cost: int, bucket: BucketResult) -> Admission:
+    async def admit(self, account: Account, cost: int, bucket: BucketResult, key_id: int = 0, model: str = "",
+                    budget: Account | None = None) -> Admission:
         """From the lease in hand; a lease too short is topped up from Redis first (the credits 429 or a 503)."""
         wall = self.clock.time()
         day = utc_day(wall)
         if account.id not in self.ledger:
             self.track(account)
+        if budget is not None:
+            return await self._admit_capped(account, cost, bucket, key_id, model, budget)
         while self.ledger.reserve(account.id, cost, day) < 0:  # else a concurrent call took the refill first
             wall = self.clock.time()
             day = utc_day(wall)
             if not await self._top_up(account, cost, day):
                 raise self._credits_error(account, cost, bucket, wall)
         left = self.credits_left(account.id, day)
-        return Admission(account.id, cost, day, metering_headers(account.plan, left, bucket, wall))
+        return Admission(account.id, cost, day, metering_headers(account.plan, left, bucket, wall), False,
+                         key_id, model)
+
+    async def _admit_capped(self, account: Account, cost: int, bucket: BucketResult, key_id: int, model: str,
+                            budget: Account) -> Admission:
+        """A capped key's call: its budget leased like an account's, then the account's; both or neither.
+
+        Both are reserved on one day (the one the call started on): a call waiting across midnight
+        for a lease is refused on the old day's figures rather than split over two days.
+        """
+        wall = self.clock.time()
+        day = utc_day(wall)
+        if budget.id not in self.ledger:
+            self.track(budget)
+        while self.ledger.reserve(budget.id, cost, day) < 0:
+            if not await self._top_up(budget, cost, day):
+                raise self._cap_error(account, budget, cost, bucket, self.clock.time())
+        try:
+            while self.ledger.reserve(account.id, cost, day) < 0:
+                if not await self._top_up(account, cost, day):
+                    raise self._credits_error(account, cost, bucket, self.clock.time())
+        except BaseException:
+            self.ledger.refund(budget.id, cost, day)
+            raise
+        headers = metering_headers(account.plan, self.credits_left(account.id, day), bucket, wall)
+        self.tighter(headers, budget.id, day, budget.plan.credits_per_day)
+        return Admission(account.id, cost, day, headers, False, key_id, model, budget.id)
 
     async def _top_up(self, account: Account, cost: int, day: int) -> bool:
         """Top the lease up to cover one call of `cost`; False when the day's budget cannot.

@@ -7,6 +7,11 @@ writes usage behind, so a hard crash loses at most `store_flush_seconds` of it, 
 shared limits up with Redis once an outage is over (`Limits.reconcile`). With Redis, a change
 announced there (`announce_key_change`) is applied at once by every worker on every host
 instead of at its next poll; polling stays the backstop.
+
+The write-behind carries two kinds of rows in one transaction (`Store.add_usage`): the accounts'
+daily usage and the usage by key and model (`Limits.drain_detail`). A capped key's budget is
+seeded like an account's: at load, and (shared) at a day's first lease, from what the store holds
+as that key's spending (`stored_spend` answers for budget ids, `KEY_BUDGET_BASE` + key id).
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ import asyncio
 import contextlib
 import logging
 
-from clexproxy.auth import Directory
+from clexproxy.auth import KEY_BUDGET_BASE, Directory
 from clexproxy.config import StoreSettings
 from clexproxy.limits.base import Limits
-from clexproxy.store.base import Store, UsageRow
+from clexproxy.store.base import KeyUsageRow, Store, UsageRow
 from clexproxy.sync.redis import RedisError, RedisSync
 
 log = logging.getLogger("clexproxy.sync.store")
@@ -61,14 +66,21 @@ class StoreSync:
         self._listener: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._unflushed: list[UsageRow] = []
+        self._unflushed_detail: list[KeyUsageRow] = []
         self._flushing = asyncio.Lock()
 
     async def load(self) -> None:
         """Read every account and key and today's usage into memory."""
         accounts, keys, self._seq = await self._store.changes_since(0)
-        spent = await self._store.credits_spent(self._limits.today())
+        today = self._limits.today()
+        spent = await self._store.credits_spent(today)
         for account in self._directory.apply(accounts, keys):
             self._limits.track(account, spent.get(account.id, 0))
+        budgets = self._directory.budgets()
+        if budgets:
+            key_spent = await self._store.key_credits_spent(today)
+            for budget in budgets:
+                self._limits.track(budget, key_spent.get(budget.id - KEY_BUDGET_BASE, 0))
         self._data_version = await self._store.change_marker()
 
     def start(self) -> None:
@@ -109,12 +121,14 @@ class StoreSync:
         """
         async with self._flushing:
             deltas, self._unflushed = self._unflushed + self._limits.drain(), []
-            if not deltas:
+            detail, self._unflushed_detail = self._unflushed_detail + self._limits.drain_detail(), []
+            if not deltas and not detail:
                 return
             try:
-                await self._store.add_usage(deltas)
+                await self._store.add_usage(deltas, detail)
             except BaseException:
                 self._unflushed = deltas + self._unflushed
+                self._unflushed_detail = detail + self._unflushed_detail
                 raise
 
     async def stored_spend(self, account_id: int, day: int) -> int:
@@ -123,6 +137,8 @@ class StoreSync:
         `SharedLimits` asks for it once per account and day (the day's first lease anywhere).
         """
         await self.flush_usage()
+        if account_id >= KEY_BUDGET_BASE:  # a capped key's budget
+            return (await self._store.key_credits_spent(day)).get(account_id - KEY_BUDGET_BASE, 0)
         spent = await self._store.credits_spent(day)
         return spent.get(account_id, 0)
 

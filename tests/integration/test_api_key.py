@@ -58,8 +58,9 @@ async def test_the_fields_describe_the_calling_key(gw: RunningGateway, key: str)
         "account": {"name": "acme"},
         "plan": {"name": "pro", "credits_per_day": pro.credits_per_day,
                  "requests_per_minute": pro.requests_per_minute, "max_keys": pro.max_keys},
-        "key": {"id": row.id, "hint": row.hint},  # the hint `keys list` shows
-        "credits": {"limit": 2000, "used": 0, "remaining": 2000,
+        "key": {"id": row.id, "name": "", "hint": row.hint,  # the hint `keys list` shows
+                "daily_cap": None, "expires_at": None, "models": None},
+        "credits": {"limit": 2000, "used": 0, "remaining": 2000, "applies": "account",
                     # the manual clock stands at noon UTC on 2026-11-25
                     "reset_seconds": 43_200, "reset_at": "2026-11-26T00:00:00Z"},
         "requests_per_minute": {"limit": 200, "remaining": 200, "reset": "0ms"},

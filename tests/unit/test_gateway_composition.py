@@ -20,7 +20,7 @@ from clexproxy.config import Settings, StoreSettings, load_settings
 from clexproxy.gateway import Gateway
 from clexproxy.limits.local import LocalLimits
 from clexproxy.server.worker import banner
-from clexproxy.store.base import UsageDelta, UsageRow
+from clexproxy.store.base import KeyUsageRow, UsageDelta, UsageRow
 from clexproxy.store.sqlite import SQLiteStore, ThreadedSQLiteStore
 from clexproxy.sync.store import StoreSync
 
@@ -36,8 +36,8 @@ class RecordingStore(ThreadedSQLiteStore):
         super().__init__(SQLiteStore.in_data_dir(data_dir))
         self.events: list[str] = []
 
-    async def add_usage(self, deltas: Iterable[UsageRow]) -> None:
-        await super().add_usage(deltas)
+    async def add_usage(self, deltas: Iterable[UsageRow], detail: Iterable[KeyUsageRow] = ()) -> None:
+        await super().add_usage(deltas, detail)
         self.events.append("add_usage")
 
     async def close(self) -> None:
