@@ -1,4 +1,9 @@
-"""The `clexproxy` command: serve, keys, accounts, demo-upstream. One flag maps to one setting."""
+"""The `clexproxy` command: serve, keys, accounts, users, demo-upstream. One flag maps to one setting.
+
+`users create` and `users reset-password` print a one-time set-password link (what a new console
+user opens first); the link is the only way a password is set, so no password ever passes through
+a command line, a shell history or a process list.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import asyncio
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +19,7 @@ from typing import Any
 from clexproxy import __version__
 from clexproxy.config import ENV_PREFIX, SETTING_NAMES, ConfigError, Settings, load_settings
 from clexproxy.store import open_store
-from clexproxy.store.base import Store, StoreError, UnknownPlan
+from clexproxy.store.base import ROLES, Store, StoreError, UnknownPlan, UserNotFound
 from clexproxy.sync.redis import RedisError, RedisSync
 
 DEFAULTS = Settings()
@@ -110,6 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
     set_plan.add_argument("name", help="the account's name")
     set_plan.add_argument("plan", help=f"the plan to move it to: {PLANS} or one of the config file's")
 
+    users = sub.add_parser("users", help="console users: create, reset a password, list",
+                           description="Console users. create and reset-password print a one-time link to set "
+                                       "a password (it expires after [console] link_hours).")
+    users_sub = users.add_subparsers(dest="action", required=True, metavar="ACTION")
+    user_create = users_sub.add_parser("create", help="create a console user; prints their set-password link")
+    _common(user_create)
+    user_create.add_argument("--email", required=True, help="their email, which they sign in with (required)")
+    user_create.add_argument("--role", default="owner", choices=ROLES,
+                             help="owner (manages the account's keys), member (sees them) or operator (every "
+                                  "account; no --account) (default owner)")
+    user_create.add_argument("--account", metavar="NAME", help="the account they belong to (owner and member)")
+    reset = users_sub.add_parser("reset-password", help="print a new set-password link (earlier ones stop working)")
+    _common(reset)
+    reset.add_argument("--email", required=True, help="the user's email (required)")
+    user_list = users_sub.add_parser("list", help="list console users")
+    _common(user_list)
+    user_list.add_argument("--account", metavar="NAME", help="only this account's users (default: every user)")
+
     demo = sub.add_parser("demo-upstream", help="run the bundled OpenAI-compatible demo upstream",
                           description="Run the bundled OpenAI-compatible demo upstream (what --demo uses).")
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -183,15 +207,54 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
+def _check_user(args: argparse.Namespace) -> None:
+    """Refuse a bad email or a role without its account (or an operator with one) before the store is opened."""
+    from clexproxy.web.session import email_problem
+
+    problem = email_problem(args.email.strip())
+    if problem:
+        raise StoreError(problem)
+    if args.action == "create" and (args.role == "operator") == (args.account is not None):
+        need = "an operator belongs to no account: leave out --account" if args.role == "operator" else (
+            f"an {args.role} belongs to an account: give --account NAME")
+        raise StoreError(need)
+
+
+async def _users(args: argparse.Namespace, settings: Settings, store: Store) -> None:
+    from clexproxy.web.session import issue_link, public_url
+
+    if args.action == "list":
+        print(f"{'id':>5}  {'email':<32} {'role':<9} {'account':<20} {'password':<9} created")
+        for u in await store.list_users(args.account):
+            print(f"{u.id:>5}  {u.email:<32} {u.role:<9} {u.account or '-':<20} "
+                  f"{'set' if u.password_set else 'not set':<9} {_when(u.created_at)}")
+        return
+    if args.action == "create":
+        user = await store.create_user(args.email.strip(), args.role, args.account)
+        where = f" of account '{user.account}'" if user.account else ""
+        print(f"Created {user.role} {user.email}{where} (user {user.id}).")
+    else:
+        found = await store.user_by_email(args.email.strip())
+        if found is None:
+            raise UserNotFound(f"no user with email {args.email.strip().lower()!r}")
+        user = found[0]
+    link, expires = await issue_link(store, user.id, public_url(settings), settings.console.link_hours, time.time())
+    print(f"Set-password link for {user.email} (one use; expires {_when(expires)}):")
+    print(link)
+
+
 async def _manage(args: argparse.Namespace, settings: Settings) -> None:
-    """`keys` and `accounts`: one store call each, on whichever store the gateway uses."""
+    """`keys`, `accounts` and `users`: one store call or two, on whichever store the gateway uses."""
     _check_plan(args, settings)
+    if args.command == "users" and args.action != "list":
+        _check_user(args)
     store = await open_store(settings.server.data_dir, settings.database.url)
+    run = {"keys": _keys, "accounts": _accounts, "users": _users}[args.command]
     try:
-        await (_keys if args.command == "keys" else _accounts)(args, settings, store)
+        await run(args, settings, store)
     finally:
         await store.close()
-    if settings.redis.url and args.action != "list":
+    if settings.redis.url and args.action != "list" and args.command != "users":
         # Gateways poll the store too; the announcement makes a revoke bite everywhere at once.
         sync = RedisSync(settings.redis.url)
         try:

@@ -105,6 +105,16 @@ def password_problem(password: str, confirm: str | None = None) -> str | None:
     return None
 
 
+def email_problem(email: str) -> str | None:
+    """Why an address cannot be a user's email (a light check: one @, no spaces, at most 254 characters), or None."""
+    if not email or len(email) > 254:
+        return "an email has 1 to 254 characters"
+    local, at, domain = email.partition("@")
+    if not at or not local or not domain or "@" in domain or any(c.isspace() for c in email):
+        return f"{email!r} is not an email address (one @, no spaces)"
+    return None
+
+
 async def issue_link(store: Store, user_id: int, base: str, hours: float, now: float) -> tuple[str, float]:
     """A new one-time set-password link for the user and when it expires; their earlier links stop working."""
     token = secrets.token_urlsafe(32)
