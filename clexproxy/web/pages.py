@@ -49,7 +49,7 @@ SECURITY_HEADERS = {
 # Pages show the live catalog: a browser asks again every time (the ETag-less HTML is small).
 PAGE_CACHE = "no-cache"
 STATIC_CACHE = "public, max-age=86400"
-STATIC_FILES = ("console.css", "console.js", "explorer.js")
+STATIC_FILES = ("console.css", "console.js", "explorer.js", "keys.js")
 
 
 @dataclass(frozen=True, slots=True)
