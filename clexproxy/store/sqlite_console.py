@@ -18,7 +18,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from clexproxy.store.base import (
     ROLES,
@@ -72,7 +72,13 @@ USER_FROM = " FROM users u LEFT JOIN accounts a ON a.id = u.account_id"
 _USER_SELECT = "SELECT " + USER_COLS + USER_FROM
 
 
-def user_row(row: Sequence[Any]) -> UserRow:
+class Row(Protocol):
+    """A row of either backend: an `sqlite3` tuple or an asyncpg `Record`."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+def user_row(row: Row) -> UserRow:
     """A `UserRow` from `_USER_SELECT`'s columns (either backend's)."""
     account_id = row[3]
     return UserRow(
