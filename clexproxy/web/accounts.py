@@ -97,7 +97,7 @@ async def accounts_page(request: web.Request) -> web.Response:
         rows.append({
             "name": row.name,
             "plan": row.plan,
-            "keys": active.get(row.id, 0),
+            "active_keys": active.get(row.id, 0),
             "max_keys": plan_of(gateway, row).max_keys,
             "used": used,
             "limit": limit,
