@@ -1,4 +1,7 @@
-"""The admin API: accounts, keys, plans and usage, behind an admin token (never a user key).
+"""The admin API: accounts, keys, plans, usage and console users, behind an admin token (never a user key).
+
+A console user is created with a one-time set-password link in the answer (as `users create`
+prints it): the link is the only way a password is set, so none ever passes through this API.
 
 Off unless `admin_token` is configured. Writes go to the store and are applied to this
 process's memory at once; other processes pick them up from the store's change feed.
@@ -16,7 +19,17 @@ from aiohttp import web
 
 from clexproxy.errors import AuthenticationFailed, InvalidRequest, NotFound
 from clexproxy.handlers.common import ADMIN_TOKEN, GATEWAY, read_json, request_id
-from clexproxy.store.base import AccountNotFound, AccountRow, KeyNotFound, KeyRow, StoreError
+from clexproxy.store.base import (
+    ROLES,
+    AccountNotFound,
+    AccountRow,
+    KeyNotFound,
+    KeyRow,
+    StoreError,
+    UserNotFound,
+    UserRow,
+)
+from clexproxy.web.session import email_problem, issue_link, public_url
 
 T = TypeVar("T")
 
@@ -159,6 +172,69 @@ async def account_usage(request: web.Request) -> web.Response:
     return _ok({"account": name, "usage": usage}, request)
 
 
+def _user(row: UserRow) -> dict[str, Any]:
+    return {"id": row.id, "email": row.email, "role": row.role, "account": row.account,
+            "password_set": row.password_set, "created_at": int(row.created_at)}
+
+
+def _email(body: Any) -> str:
+    email = _string_field(body, "email").strip().lower()
+    problem = email_problem(email)
+    if problem:
+        raise InvalidRequest(f"'email': {problem}.", extra={"param": "email"})
+    return email
+
+
+async def _link(request: web.Request, user: UserRow) -> dict[str, Any]:
+    gateway = request.app[GATEWAY]
+    console = gateway.settings.console
+    link, expires = await issue_link(gateway.store, user.id, public_url(gateway.settings), console.link_hours,
+                                     gateway.clock.time())
+    return {"link": link, "expires_at": int(expires)}
+
+
+async def create_user(request: web.Request) -> web.Response:
+    """`{account?, email, role}` -> the user and their one-time set-password link."""
+    _check_token(request)
+    body = await read_json(request, MAX_ADMIN_BODY)
+    email = _email(body)
+    role = body.get("role", "owner")
+    if role not in ROLES:
+        raise InvalidRequest(f"'role' must be one of: {', '.join(ROLES)}.", extra={"param": "role"})
+    account = body.get("account")
+    if account is not None and not isinstance(account, str):
+        raise InvalidRequest("'account' must be a string.", extra={"param": "account"})
+    if (role == "operator") == bool(account):
+        words = "an operator belongs to no account" if role == "operator" else f"an {role} needs an 'account'"
+        raise InvalidRequest(f"{words}.", extra={"param": "account"})
+    try:
+        user = await request.app[GATEWAY].store.create_user(email, role, account or None)
+    except AccountNotFound as exc:
+        raise NotFound(str(exc)) from None
+    except StoreError as exc:
+        raise InvalidRequest(str(exc)) from None
+    return _ok({"user": _user(user), **await _link(request, user)}, request, status=201)
+
+
+async def reset_password(request: web.Request) -> web.Response:
+    """`{email}` -> a new one-time link; the user's earlier links stop working."""
+    _check_token(request)
+    email = _email(await read_json(request, MAX_ADMIN_BODY))
+    found = await request.app[GATEWAY].store.user_by_email(email)
+    if found is None:
+        raise NotFound(str(UserNotFound(f"no user with email {email!r}")))
+    return _ok(await _link(request, found[0]), request)
+
+
+async def list_users(request: web.Request) -> web.Response:
+    _check_token(request)
+    try:
+        rows = await request.app[GATEWAY].store.list_users(request.query.get("account"))
+    except AccountNotFound as exc:
+        raise NotFound(str(exc)) from None
+    return _ok({"object": "list", "data": [_user(r) for r in rows]}, request)
+
+
 ROUTES = (
     ("GET", "/admin/accounts", list_accounts),
     ("POST", "/admin/accounts", create_account),
@@ -167,6 +243,9 @@ ROUTES = (
     ("GET", "/admin/accounts/{name}/usage", account_usage),
     ("GET", "/admin/keys", list_keys),
     ("DELETE", "/admin/keys/{key_id}", revoke_key),
+    ("GET", "/admin/users", list_users),
+    ("POST", "/admin/users", create_user),
+    ("POST", "/admin/users/reset-password", reset_password),
 )
 
 __all__ = ["ROUTES"]

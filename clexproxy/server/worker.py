@@ -16,7 +16,7 @@ from aiohttp import web
 
 from clexproxy.app import build_app
 from clexproxy.config import Settings
-from clexproxy.demo.provision import ensure_demo_key
+from clexproxy.demo.provision import ensure_demo_key, ensure_demo_owner
 from clexproxy.fastpath import USING_EXTENSION
 from clexproxy.handlers import health
 from clexproxy.handlers.common import GATEWAY
@@ -32,7 +32,9 @@ from clexproxy.store.datadir import usable_data_dir
 
 log = logging.getLogger("clexproxy.server.worker")
 
-def banner(settings: Settings, demo_key: str | None) -> str:
+def banner(settings: Settings, demo_key: str | None, console_line: str | None = None) -> str:
+    """What a start prints to stdout (never to a log): the address and, in demo mode, the key, a curl line and
+    the console's one-time link (`ensure_demo_owner`)."""
     base = f"http://{settings.server.host}:{settings.server.port}"
     lines = [
         f"clexproxy listening on {base} ({'compiled' if USING_EXTENSION else 'pure-Python'} fastpath, "
@@ -51,6 +53,8 @@ def banner(settings: Settings, demo_key: str | None) -> str:
             "",
             f"OpenAI SDK: OpenAI(base_url='{base}/v1', api_key='{demo_key}')",
         ]
+    if console_line:
+        lines += ["", console_line]
     return "\n".join(lines)
 
 
@@ -68,9 +72,11 @@ def fit_open_file_limit(settings: Settings) -> Settings:
 async def serve(settings: Settings, worker: int | None = None) -> None:
     """Run one gateway until SIGINT/SIGTERM; as worker `worker` of several, the parent did the one-time setup."""
     settings = fit_open_file_limit(settings)
-    demo_key = None
+    demo_key = console_line = None
+    if worker is None and settings.server.demo:
+        demo_key = await ensure_demo_key(settings)
+        console_line = await ensure_demo_owner(settings) if settings.console.enabled else None
     if worker is None:
-        demo_key = await ensure_demo_key(settings) if settings.server.demo else None
         reset_metrics_dir(settings.metrics.dir)
     app = build_app(settings)
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
@@ -81,7 +87,7 @@ async def serve(settings: Settings, worker: int | None = None) -> None:
     await _listen(runner, settings.server.host, settings.server.port, shared)
     metrics_runner = await _start_metrics_port(app, settings, shared) if settings.metrics.port else None
     if worker is None:
-        print(banner(settings, demo_key), flush=True)
+        print(banner(settings, demo_key, console_line), flush=True)
     try:
         await wait_for_stop_signal()
         if worker is not None:
@@ -199,6 +205,9 @@ def _run_supervisor(settings: Settings) -> None:
     """The parent of `settings.server.workers` workers: one-time setup, a check that Redis answers, then watch."""
     settings = worker_settings(settings)
     demo_key = asyncio.run(ensure_demo_key(settings)) if settings.server.demo else None
+    console_line = None
+    if settings.server.demo and settings.console.enabled:
+        console_line = asyncio.run(ensure_demo_owner(settings))
     reset_metrics_dir(settings.metrics.dir)
     try:
         redis.Redis.from_url(settings.redis.url, socket_connect_timeout=5, socket_timeout=5).ping()
@@ -206,5 +215,5 @@ def _run_supervisor(settings: Settings) -> None:
         raise SystemExit(f"clexproxy: Redis at {settings.redis.url} does not answer ({exc}); "
                          f"{settings.server.workers} workers cannot share limits without it") from None
     workers = settings.server.workers
-    text = banner(settings, demo_key).replace(" listening on ", f" listening on (x{workers} workers) ", 1)
+    text = banner(settings, demo_key, console_line).replace(" listening on ", f" listening on (x{workers} workers) ", 1)
     raise SystemExit(Supervisor(settings, text, target=run_worker).run())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,6 +18,7 @@ from clexproxy.clock import ManualClock
 from clexproxy.store.base import UserRow
 from clexproxy.web.session import SESSION_COOKIE, public_url, token_hash
 from tests.integration.conftest import GatewayFactory, RunningGateway
+from tests.integration.test_serve import start
 
 PASSWORD = "correct horse battery staple"
 _HIDDEN = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -24,17 +26,17 @@ _HIDDEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 @dataclass
 class Browser:
-    """One browser: a cookie jar and the gateway it talks to."""
+    """One browser: a cookie jar and the gateway (its base URL) it talks to."""
 
-    gw: RunningGateway
+    base: str
     http: aiohttp.ClientSession
 
     async def get(self, path: str) -> tuple[int, str, aiohttp.ClientResponse]:
-        async with self.http.get(self.gw.base_url + path, allow_redirects=False) as response:
+        async with self.http.get(self.base + path, allow_redirects=False) as response:
             return response.status, await response.text(), response
 
     async def post(self, path: str, data: dict[str, str], **headers: str) -> tuple[int, str, aiohttp.ClientResponse]:
-        async with self.http.post(self.gw.base_url + path, data=data, headers=headers,
+        async with self.http.post(self.base + path, data=data, headers=headers,
                                   allow_redirects=False) as response:
             return response.status, await response.text(), response
 
@@ -60,7 +62,7 @@ class Browser:
         return response
 
     def session_id(self) -> str | None:
-        found = self.http.cookie_jar.filter_cookies(URL(self.gw.base_url)).get(SESSION_COOKIE)
+        found = self.http.cookie_jar.filter_cookies(URL(self.base)).get(SESSION_COOKIE)
         return found.value if found else None
 
     async def who(self) -> str | None:
@@ -71,7 +73,7 @@ class Browser:
 
 
 async def browser(gw: RunningGateway) -> Browser:
-    return Browser(gw, aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)))
+    return Browser(gw.base_url, aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)))
 
 
 async def make_user(gw: RunningGateway, email: str = "ann@acme.test", role: str = "owner",
@@ -283,3 +285,31 @@ async def test_members_and_operators_sign_in_too(gw: RunningGateway, role: str) 
         assert ('href="/console/accounts"' in html) is (role == "operator")
     finally:
         await b.http.close()
+
+
+async def test_make_run_prints_a_one_time_link_for_the_demo_owner_then_where_to_sign_in(tmp_path: Path) -> None:
+    served = start(tmp_path / "data")
+    try:
+        line = served.wait_line("Console:")
+        found = re.fullmatch(r"Console: set owner@demo\.clexproxy\.local's password \(one use\): (\S+)", line)
+        assert found, line
+        link = found.group(1)
+        assert link.startswith(f"{served.base_url}/console/set-password?token=")
+        b = Browser(served.base_url, aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)))
+        try:
+            assert (await b.set_password(link)).status == 303
+            assert (await b.sign_in("owner@demo.clexproxy.local")).status == 303
+            assert await b.who() == "owner@demo.clexproxy.local"
+        finally:
+            await b.http.close()
+    finally:
+        served.terminate()
+    token = link.split("token=")[1]
+    assert [ln for ln in served.lines if token in ln] == [line]  # the banner alone: no log line has it
+    again = start(tmp_path / "data")
+    try:
+        line = again.wait_line("Console:")
+        assert line == f"Console: sign in as owner@demo.clexproxy.local at {again.base_url}/console"
+        assert "token=" not in again.output() and PASSWORD not in again.output()
+    finally:
+        again.terminate()
