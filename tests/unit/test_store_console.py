@@ -359,3 +359,24 @@ async def test_the_threaded_store_runs_the_console_calls(tmp_path: Path) -> None
         assert await store.signin_failures(("email:ann@example.com",), 0.0) == {"email:ann@example.com": 1}
     finally:
         await store.close()
+
+
+# the write-behind's cost -----------------------------------------------------------------------------------
+
+
+def test_the_usage_flush_benchmark_runs() -> None:
+    """benchmarks/usage_flush.py, run as people run it (tiny): its figures are the issue's measurement."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "usage_flush.py"), "--flushes", "2", "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    figures = json.loads(out.stdout)
+    assert set(figures["us_per_flush"]) == {
+        "accounts only", "accounts + detail (KeyUsageRow)", "accounts + detail (plain tuples)",
+    }
+    assert all(v > 0 for v in figures["us_per_request"].values())
