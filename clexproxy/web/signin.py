@@ -14,8 +14,10 @@ wrong password get the same answer after the same work (a dummy hash is verified
 
 A successful sign-in always makes a new session id (and deletes the one the browser brought), so
 an id planted before sign-in never becomes a signed-in one. The set-password page's token is
-in its URL: that page says `Referrer-Policy: no-referrer`, and the access log writes paths
-without their query, so the token reaches neither another site nor a log.
+in its URL: that page says `Referrer-Policy: strict-origin` (a Referer carries the origin only, and
+the form's POST still carries a real Origin: under `no-referrer` a browser sends `Origin: null`, which
+the origin check refuses), and the access log writes paths without their query, so the token reaches
+neither another site nor a log.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ async def sign_out(request: web.Request) -> web.Response:
 
 
 def _no_referrer(response: web.Response) -> web.Response:
-    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Referrer-Policy"] = "strict-origin"
     return response
 
 
