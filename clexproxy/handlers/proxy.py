@@ -24,8 +24,8 @@ with the account's. A key without limits costs one dict miss.
 `/api/chat` without an Authorization header may be the console's signed-in API Explorer: the
 session cookie (`api_session`: same origin, CSRF header) stands in for a key, the call is charged
 to the user's account under key id 0, and its answers carry no CORS headers. That branch runs
-only where the key path has already failed for want of a header, so a key's call pays nothing for
-it. A call without the header is never noted for the screen (`RecentRefusals`): the screen would
+only where the key path has already failed for want of a header (in its `except`), so a key's call
+pays nothing for it. A call without the header is never noted for the screen (`RecentRefusals`): the screen would
 otherwise refuse the next signed-in call, which carries no header either.
 
 The handler reads no settings: `make_handler` gives it the body limit, the User-Agent prefixes
@@ -43,7 +43,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from clexproxy import relay
-from clexproxy.auth import CONSOLE_KEY_ID, Account, KeyPolicy
+from clexproxy.auth import CONSOLE_KEY_ID, Account
 from clexproxy.catalog import Model, Plan
 from clexproxy.cors import CorsPolicy
 from clexproxy.errors import (
@@ -137,6 +137,20 @@ def _bug(call: CallOutcome) -> InternalError:
     return InternalError("The gateway failed to handle this request.")
 
 
+async def _console_account(request: web.Request, gateway: Gateway) -> Account | None:
+    """The account of a signed-in console user calling without a key; None without a session."""
+    user = await api_session(request)
+    if user is None:
+        return None
+    if user.account_id is None:
+        raise PermissionDenied("Operators have no account to charge: sign in as a user of an account, "
+                               "or call with a key.", reason="role")
+    account = gateway.directory.accounts.get(user.account_id)
+    if account is None:
+        raise PermissionDenied("This user's account is not known to the gateway yet: retry shortly.", reason="role")
+    return account
+
+
 async def handle(
     request: web.Request, endpoint: str, max_body_bytes: int, json_agents: tuple[str, ...], cors: CorsPolicy
 ) -> web.StreamResponse:
@@ -160,43 +174,19 @@ async def handle(
                 return _refused(gateway, call, expired, {X_REQUEST_ID: call.request_id, **cors_headers})
             budget = policy.budget
     except ApiError as error:
+        console = None
         if authorization is not None:
             gateway.refusals.note(authorization, call.started)
         elif request.path == "/api/chat":
             try:
                 console = await _console_account(request, gateway)
-            except ApiError as refusal:
-                return _refused(gateway, call, refusal, {X_REQUEST_ID: call.request_id})
-            if console is not None:
-                return await _handle(request, endpoint, max_body_bytes, json_agents, gateway, call, console,
-                                     CONSOLE_KEY_ID, None, None, _NO_HEADERS)
-        return _refused(gateway, call, error, {X_REQUEST_ID: call.request_id, **cors_headers})
-    return await _handle(request, endpoint, max_body_bytes, json_agents, gateway, call, account, key_id,
-                         policy, budget, cors_headers)
-
-
-async def _console_account(request: web.Request, gateway: Gateway) -> Account | None:
-    """The account of a signed-in console user calling without a key; None without a session."""
-    user = await api_session(request)
-    if user is None:
-        return None
-    if user.account_id is None:
-        raise PermissionDenied("Operators have no account to charge: sign in as a user of an account, "
-                               "or call with a key.", reason="role")
-    account = gateway.directory.accounts.get(user.account_id)
-    if account is None:
-        raise PermissionDenied("This user's account is not known to the gateway yet: retry shortly.", reason="role")
-    return account
-
-
-async def _handle(
-    request: web.Request, endpoint: str, max_body_bytes: int, json_agents: tuple[str, ...], gateway: Gateway,
-    call: CallOutcome, account: Account, key_id: int, policy: KeyPolicy | None, budget: Account | None,
-    cors_headers: Mapping[str, str],
-) -> web.StreamResponse:
-    """`handle` once the caller is known: count, parse, route, admit, relay, settle."""
+            except ApiError as refusal:  # a refusal shares nothing: it keeps the CORS headers any 401 gets
+                return _refused(gateway, call, refusal, {X_REQUEST_ID: call.request_id, **cors_headers})
+        if console is None:
+            return _refused(gateway, call, error, {X_REQUEST_ID: call.request_id, **cors_headers})
+        account, key_id, policy, cors_headers = console, CONSOLE_KEY_ID, None, _NO_HEADERS
     call.account_id, call.key_id, call.plan = account.id, key_id, account.plan.name
-    limits = gateway.limits
+
     wants_usage = False
     try:
         bucket = await limits.count_request(account)
@@ -221,8 +211,8 @@ async def _handle(
             )
         admission = await limits.admit(account, gateway.catalog.cost(model.id), bucket, key_id, model.id, budget)
     except ApiError as error:
-        if isinstance(error, RateLimited) and error.limit == "requests_per_minute" and key_id != CONSOLE_KEY_ID:
-            gateway.refusals.note(request.headers.get("Authorization"), call.started)
+        if isinstance(error, RateLimited) and error.limit == "requests_per_minute" and authorization is not None:
+            gateway.refusals.note(authorization, call.started)
         headers = error.headers if CREDITS_LIMIT in error.headers else limits.peek_headers(account, budget)
         response = _refused(gateway, call, error, {**headers, X_REQUEST_ID: call.request_id, **cors_headers})
         if body_unreadable(request):
