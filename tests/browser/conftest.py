@@ -13,13 +13,20 @@ run's output folder: ``$CLEX_TEST_OUTPUT`` if set, else the ``output`` folder be
 
 The gateway fixtures (`make_gateway`, `gw`, `key`, with `clock` and `recorder` they rest on) are the
 integration tests' own, imported here so browser tests start the same real gateway and demo upstream.
+
+The console's users come the way an operator makes them: `users_create` runs `clexproxy users create`
+on the gateway's data dir and keeps the one-time link it prints (never shown in a failure), and
+`set_password` / `sign_in` / `console_user` drive the console's own forms in the browser.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -29,7 +36,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, ViewportSize, async_playwright
 
-from tests.integration.conftest import clock, gw, key, make_gateway, recorder
+from tests.integration.conftest import RunningGateway, clock, gw, key, make_gateway, recorder
 
 __all__ = ["clock", "gw", "key", "make_gateway", "recorder"]
 
@@ -39,6 +46,8 @@ PHONE: ViewportSize = {"width": 390, "height": 844}
 START_TIMEOUT = 30.0
 
 Screenshot = Callable[[Page, str], Awaitable[list[Path]]]
+PASSWORD = "a long test passphrase, 7 words"
+LINK = re.compile(r"/console/set-password\?token=([A-Za-z0-9_\-]+)")
 
 
 @dataclass(frozen=True)
@@ -137,3 +146,52 @@ def screenshot() -> Screenshot:
         return written
 
     return take
+
+
+async def users_create(gw: RunningGateway, email: str, role: str, account: str | None = None) -> str:
+    """`clexproxy users create` on the gateway's data dir, as an operator runs it: the one-time link's path."""
+    args = [sys.executable, "-m", "clexproxy", "users", "create", "--data-dir", str(gw.settings.server.data_dir),
+            "--email", email, "--role", role]
+    if account is not None:
+        args += ["--account", account]
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CLEX_")}
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode(errors="replace")[-2000:]
+    found = LINK.search(out.decode())
+    assert found is not None, "users create printed no /console/set-password link"
+    return f"/console/set-password?token={found.group(1)}"
+
+
+async def is_signed_in(page: Page) -> bool:
+    """The page carries the console's CSRF token only for a signed-in user."""
+    return await page.locator('meta[name="csrf-token"]').count() > 0
+
+
+async def set_password(page: Page, gw: RunningGateway, link: str, password: str = PASSWORD) -> None:
+    """Opens a one-time link and sets the password through its form."""
+    await page.goto(gw.base_url + link)
+    await page.get_by_label("New password").fill(password)
+    await page.get_by_label("Repeat password").fill(password)
+    async with page.expect_navigation():
+        await page.get_by_role("button", name="Set password").click()
+
+
+async def sign_in(page: Page, gw: RunningGateway, email: str, password: str = PASSWORD) -> int:
+    """Signs in through the form; the status of the form's answer (after any redirect)."""
+    await page.goto(gw.base_url + "/console/sign-in")
+    await page.locator("input[name=email]").fill(email)
+    await page.locator("input[name=password]").fill(password)
+    async with page.expect_navigation() as navigation:
+        await page.get_by_role("button", name="Sign in").click()
+    response = await navigation.value
+    return response.status if response is not None else 0
+
+
+async def console_user(page: Page, gw: RunningGateway, email: str, role: str, account: str | None = None) -> None:
+    """A user made by the CLI, their password set from the link, signed in on `page`."""
+    await set_password(page, gw, await users_create(gw, email, role, account))
+    if not await is_signed_in(page):
+        await sign_in(page, gw, email)
+    assert await is_signed_in(page)
