@@ -201,3 +201,28 @@ async def test_an_operators_session_is_refused_on_api_chat(gw: RunningGateway, r
     status, doc, _ = await post(gw, CHEAP, headers, path="/api/chat")
     assert status == 403 and doc["error"]["reason"] == "role"
     assert "call with a key" in doc["error"]["message"]
+
+
+async def detail_rows_land_and_a_restart_seeds_the_cap(make_gateway: GatewayFactory, **options: Any) -> None:
+    """Usage by key lands in the store, and a gateway started later counts the key's spending today."""
+    gw = await make_gateway(**options)
+    key_id, capped = await limited_key(gw, daily_cap=12)
+    assert (await post(gw, PREMIUM, bearer(capped)))[0] == 200
+    await gw.stop()  # writes its usage behind
+    again = await make_gateway(**options)
+    rows = await again.gateway.store.key_usage("acme", 0, key_id)
+    assert [(row.model, row.credits, row.calls) for row in rows] == [(PREMIUM, 5, 1)]
+    status, _, headers = await post(again, PREMIUM, bearer(capped))
+    assert status == 200 and headers[REMAINING] == "2"  # 12 - 5 stored - 5 now
+    assert (await post(again, PREMIUM, bearer(capped)))[0] == 429
+
+
+async def test_sqlite_keeps_usage_by_key_and_seeds_the_cap_at_start(make_gateway: GatewayFactory,
+                                                                    clock: ManualClock) -> None:
+    await detail_rows_land_and_a_restart_seeds_the_cap(make_gateway, clock=clock)
+
+
+async def test_postgres_keeps_usage_by_key_and_seeds_the_cap_at_start(dsn: str, make_gateway: GatewayFactory,
+                                                                      clock: ManualClock) -> None:
+    # `dsn` first: its database is dropped after the gateways on it have stopped
+    await detail_rows_land_and_a_restart_seeds_the_cap(make_gateway, clock=clock, database_url=dsn)
