@@ -313,3 +313,51 @@ async def test_make_run_prints_a_one_time_link_for_the_demo_owner_then_where_to_
         assert "token=" not in again.output() and PASSWORD not in again.output()
     finally:
         again.terminate()
+
+
+async def test_admin_api_users(make_gateway: GatewayFactory, clock: ManualClock) -> None:
+    gw = await make_gateway(clock=clock, admin_token="admin-token-for-tests-0123456789")
+    await gw.gateway.store.create_account("acme", "pro")
+    admin = {"Authorization": "Bearer admin-token-for-tests-0123456789"}
+    async with aiohttp.ClientSession() as http:
+        async def call(method: str, path: str, body: object = None) -> tuple[int, dict[str, object]]:
+            async with http.request(method, gw.base_url + path, json=body, headers=admin) as response:
+                return response.status, dict(await response.json())
+
+        status, made = await call("POST", "/admin/users", {"account": "acme", "email": "Ann@Acme.test",
+                                                            "role": "member"})
+        assert status == 201, made
+        user = made["user"]
+        assert isinstance(user, dict) and user["email"] == "ann@acme.test" and user["role"] == "member"
+        assert user["account"] == "acme" and user["password_set"] is False
+        assert made["expires_at"] == int(clock.time()) + 24 * 3600
+        link = str(made["link"])
+        assert link.startswith(public_url(gw.settings) + "/console/set-password?token=")
+
+        status, again = await call("POST", "/admin/users/reset-password", {"email": "ANN@acme.test"})
+        assert status == 200 and again["link"] != link
+        b = await browser(gw)
+        try:
+            assert (await b.get(link[link.index("/console/"):]))[0] == 410  # replaced
+            assert (await b.set_password(str(again["link"]))).status == 303
+        finally:
+            await b.http.close()
+
+        status, listed = await call("GET", "/admin/users?account=acme")
+        assert status == 200 and [(u["email"], u["password_set"]) for u in listed["data"]] == [  # type: ignore[attr-defined]
+            ("ann@acme.test", True)]
+        status, made = await call("POST", "/admin/users", {"email": "op@clex.test", "role": "operator"})
+        assert status == 201 and made["user"]["account"] is None  # type: ignore[index]
+        status, listed = await call("GET", "/admin/users")
+        assert status == 200 and len(listed["data"]) == 2  # type: ignore[arg-type]
+
+        for body, want in (({"email": "x@y.z", "role": "owner"}, 400), ({"email": "x@y.z", "role": "boss",
+                                                                        "account": "acme"}, 400),
+                           ({"email": "bad", "account": "acme"}, 400), ({"email": "x@y.z", "account": "nope"}, 404),
+                           ({"email": "ann@acme.test", "account": "acme"}, 400),
+                           ({"email": "x@y.z", "role": "operator", "account": "acme"}, 400)):
+            status, error = await call("POST", "/admin/users", body)
+            assert status == want, (body, error)
+        assert (await call("POST", "/admin/users/reset-password", {"email": "nobody@x.y"}))[0] == 404
+        async with http.post(gw.base_url + "/admin/users", json={"email": "x@y.z", "account": "acme"}) as response:
+            assert response.status == 401
