@@ -1,6 +1,8 @@
 """The docs page's API Explorer in Chromium: a key pasted into the page, a streamed chat sent to `/api/chat`,
 tokens shown as they arrive with the metering headers, a bad key's 401 shown with the gateway's own message,
 the key never in the code shown nor anywhere but the call's Authorization header, and the page photographed.
+Signed in (the full signed-in call is in `test_console_flow`): a pasted key still wins and goes without the
+cookie, an ended session's 401 is shown with its message, and an operator is asked for a key.
 
 Screenshots land in the run's output folder (`output_dir`): `docs-light-*.png`, `docs-dark-*.png`,
 `explorer-light-*.png`, `explorer-dark-*.png`, each `-desktop` and `-phone`.
@@ -16,7 +18,7 @@ from playwright.async_api import Page, Request, Route
 
 from tests.integration.conftest import RunningGateway
 
-from .conftest import Screenshot
+from .conftest import Screenshot, console_user
 
 Scheme = Literal["light", "dark"]
 BAD_KEY = "clex_" + "x" * 40
@@ -141,3 +143,44 @@ async def test_screenshots(gw: RunningGateway, key: str, page: Page, screenshot:
     assert all(p.stat().st_size > 0 for p in written)
     background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert (background == "rgb(15, 20, 25)") == (scheme == "dark")
+
+
+async def test_signed_in_a_pasted_key_wins_and_an_ended_session_says_401(
+    gw: RunningGateway, key: str, page: Page
+) -> None:
+    await console_user(page, gw, "ann@acme.test", "owner", "acme")
+    requests: list[Request] = []
+    page.on("request", lambda request: requests.append(request))
+    await open_explorer(gw, page)
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_role("button", name="Send").click()
+    await status_says(page, "done")
+    sent = await next(r for r in requests if r.url.endswith("/api/chat")).all_headers()
+    assert sent["authorization"] == f"Bearer {key}"
+    assert "cookie" not in sent and "x-csrf-token" not in sent  # a key's call carries no session
+
+    found = await gw.gateway.store.user_by_email("ann@acme.test")
+    assert found is not None
+    await gw.gateway.store.delete_sessions(found[0].id)  # the session ends while the page is open
+    async with aiohttp.ClientSession() as session, session.post(
+        gw.base_url + "/api/chat", headers={"Cookie": "clex_session=ended", "Origin": gw.base_url,
+                                             "X-CSRF-Token": "x"},
+        json={"model": gw.gateway.catalog.fallback_model, "messages": [{"role": "user", "content": "Hi"}]},
+    ) as resp:
+        assert resp.status == 401
+        message = (await resp.json())["error"]["message"]
+    await page.get_by_label("API key").fill("")
+    await page.get_by_role("button", name="Send").click()
+    await status_says(page, "Error")
+    assert await page.inner_text("#ex-status") == f"Error 401: {message}"
+
+
+async def test_an_operator_is_asked_for_a_key(gw: RunningGateway, page: Page) -> None:
+    await console_user(page, gw, "op@clex.test", "operator")
+    requests: list[Request] = []
+    page.on("request", lambda request: requests.append(request))
+    await open_explorer(gw, page)
+    assert "operator" in await page.inner_text("#ex-key-note")
+    await page.get_by_role("button", name="Send").click()
+    await status_says(page, "Operators call with a key")
+    assert not [r for r in requests if r.url.endswith("/api/chat")]

@@ -2,15 +2,21 @@
 API Explorer's model list read from the catalog the API reads, its headers, its script, and its escaping.
 
 The page is read back with the standard library's HTML parser and compared with the API's own answers
-(`/v1/models`, `/api/credits/pricing`) on the same gateway.
+(`/v1/models`, `/api/credits/pricing`, `/api/usage`) on the same gateway. Signed in, the Explorer says who
+pays: an account's user needs no key, an operator is asked for one.
 """
 
 from __future__ import annotations
 
+import html as html_text
+import json
+import re
 from html.parser import HTMLParser
+from typing import Any
 
 from .conftest import GatewayFactory, RunningGateway
 from .test_console_pages import EVIL_CONFIG, EVIL_ID, api, assert_page_headers, fetch
+from .test_console_signin import signed_in_user
 
 
 class DocsPage(HTMLParser):
@@ -134,3 +140,71 @@ async def test_docs_off_with_the_console(make_gateway: GatewayFactory) -> None:
     for path in ("/docs", "/static/explorer.js"):
         status, _, headers = await fetch(gw, path)
         assert status == 404 and headers["Content-Type"].startswith("application/json"), path
+
+
+def section(html: str, anchor: str) -> str:
+    """The HTML of the docs section whose heading has id `anchor`."""
+    start = html.index(f'id="{anchor}"')
+    return html[start:html.index("</section>", start)]
+
+
+def shape(value: Any) -> Any:
+    """A JSON value's keys, nested (lists by their first item): what a documented example must share with an answer."""
+    if isinstance(value, dict):
+        return {name: shape(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    return None
+
+
+async def test_docs_document_usage_key_limits_and_the_console(gw: RunningGateway, key: str) -> None:
+    html = (await fetch(gw, "/docs"))[1]
+    for anchor in ("key-limits", "usage", "console"):
+        assert f'href="#{anchor}"' in html, anchor  # in the table of contents
+    limits = section(html, "key-limits")
+    for words in ("Expiry", "Daily credit cap", "Model allow-list", "<code>daily_credits</code>",
+                  "<code>model_not_allowed</code>", "401", "403", "429", "X-Clex-Credits-Remaining"):
+        assert words in limits, words
+    assert "<code>model_not_allowed</code>" in section(html, "errors")
+    usage = section(html, "usage")
+    assert f'curl "{gw.base_url}/api/usage?days=7" -H "Authorization: Bearer $CLEX_API_KEY"' in usage
+    assert "1\u201390, default 30" in usage  # an en dash
+    # The documented answer has the live answer's shape, to the models inside a day.
+    example = re.search(r'<pre><code>(\{"object": "usage".*?)</code></pre>', usage, re.S)
+    assert example is not None
+    await gw.client(key).chat.completions.create(model=gw.gateway.catalog.fallback_model or "", stream=False,
+                                                 messages=[{"role": "user", "content": "Hi"}])
+    status, body, _ = await fetch(gw, "/api/usage?days=7", Authorization=f"Bearer {key}")
+    assert status == 200
+    live = json.loads(body)
+    assert live["days"] and shape(json.loads(html_text.unescape(example.group(1)))) == shape(live)
+    console = section(html, "console")
+    assert "clexproxy users create --account NAME --email EMAIL --role owner" in console
+    for role in ("owner", "member", "operator"):
+        assert f'<th scope="row">{role}</th>' in console, role
+
+
+async def test_the_explorer_signed_in_says_who_pays(gw: RunningGateway) -> None:
+    html = (await fetch(gw, "/docs"))[1]
+    assert "data-account" not in html and 'id="ex-key-note"' not in html and 'name="csrf-token"' not in html
+
+    owner = await signed_in_user(gw, "ann@acme.test", "owner", "acme")
+    try:
+        status, html, _ = await owner.get("/docs")
+        assert status == 200
+        assert '<form id="explorer-form" class="explorer" data-account="acme" hidden>' in html
+        assert 'name="csrf-token"' in html and 'aria-describedby="ex-key-note"' in html
+        note = section(html, "explorer")
+        said = " ".join(note.split())
+        assert "Signed in as ann@acme.test: calls are charged to <strong>acme</strong>; or paste a key." in said
+        assert 'placeholder="optional: clex_..."' in note
+    finally:
+        await owner.http.close()
+
+    operator = await signed_in_user(gw, "op@clex.test", "operator", None)
+    try:
+        html = (await operator.get("/docs"))[1]
+        assert "data-account" not in html and 'name="csrf-token"' in html
+        assert "an operator: operators belong to no account, so the Explorer calls with a key" in " ".join(html.split())
+    finally:
+        await operator.http.close()
