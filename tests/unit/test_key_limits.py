@@ -8,19 +8,23 @@ handler does (`count_request`, `admit`, `settle`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from clexproxy.auth import KEY_BUDGET_BASE, Account, Directory, key_budget
 from clexproxy.catalog import DEFAULT_PLANS, default_catalog
 from clexproxy.clock import ManualClock, utc_day
+from clexproxy.config import StoreSettings
 from clexproxy.errors import AuthenticationFailed, RateLimited
 from clexproxy.limits.local import LocalLimits
 from clexproxy.limits.shared import SharedLimits
-from clexproxy.store.base import AccountRow, KeyRow, KeyUsageRow
+from clexproxy.store.base import AccountRow, KeyRow, KeyUsageRow, UsageRow
+from clexproxy.store.sqlite import SQLiteStore, ThreadedSQLiteStore
 from clexproxy.sync.redis import RedisSync
+from clexproxy.sync.store import StoreSync
 from tests.redis_server import RedisServer
 
 NOON = 1_795_608_000.0  # 2026-11-25 12:00:00 UTC
@@ -199,3 +203,38 @@ async def test_a_shared_refund_goes_back_to_both_budgets(workers: list[SharedLim
     again = await worker.admit(account, 5, bucket, 7, "m", budget)
     worker.settle(again, True, 0, 0)
     assert worker.drain_detail() == [KeyUsageRow(1, 7, "m", DAY, 5, 1, 0, 0)]
+
+
+class FailingOnce(ThreadedSQLiteStore):
+    """The real SQLite store, whose first usage write fails (a locked or unreachable database)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(SQLiteStore.in_data_dir(data_dir))
+        self.failures = 1
+
+    async def add_usage(self, deltas: Iterable[UsageRow], detail: Iterable[KeyUsageRow] = ()) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("the database is locked")
+        await super().add_usage(deltas, detail)
+
+
+async def test_a_failed_write_keeps_the_detail_rows_for_the_next_try(tmp_path: Path, clock: ManualClock) -> None:
+    store = FailingOnce(tmp_path)
+    try:
+        row, _ = await store.create_key("acme", "free", {"free": 1})
+        limits = LocalLimits(clock)
+        directory = Directory(default_catalog())
+        sync = StoreSync(StoreSettings(), store, directory, limits)
+        await sync.load()
+        account = directory.accounts[row.account_id]
+        admission = await limits.admit(account, 2, await limits.count_request(account), row.id, "m")
+        limits.settle(admission, True, 3, 4)
+        with pytest.raises(OSError):
+            await sync.flush_usage()
+        await sync.flush_usage()
+        assert await store.key_usage("acme") == [KeyUsageRow(account.id, row.id, "m", DAY, 2, 1, 3, 4)]
+        assert await store.key_credits_spent(DAY) == {row.id: 2}
+        assert (await store.credits_spent(DAY))[account.id] == 2
+    finally:
+        await store.close()
