@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     user_create.add_argument("--role", default="owner", choices=ROLES,
                              help="owner (manages the account's keys), member (sees them) or operator (every "
                                   "account; no --account) (default owner)")
-    user_create.add_argument("--account", metavar="NAME", help="the account they belong to (owner and member)")
+    user_create.add_argument("--account", metavar="NAME",
+                             help="the account they belong to: required for owner and member, left out for "
+                                  "operator (default none)")
     reset = users_sub.add_parser("reset-password", help="print a new set-password link (earlier ones stop working)")
     _common(reset)
     reset.add_argument("--email", required=True, help="the user's email (required)")
