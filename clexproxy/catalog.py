@@ -59,6 +59,9 @@ class Model:
     # SPEC's temperature/top_p defaults are added to calls that leave them out; False for models
     # that reject them (reasoning models whose provider allows only its own values).
     sampling_defaults: bool = True
+    # A few words on what the model is for, shown beside it in /v1/models and on the Models page;
+    # "" when the catalog says nothing (a model added by a settings file without `use_case`).
+    use_case: str = ""
 
     @property
     def publisher(self) -> str:
@@ -130,9 +133,34 @@ _SHIPPED: tuple[tuple[str, str, int, int, ModelKind], ...] = (
 # 0.7 / 0.9 are not added, and the provider's defaults apply. A client's own values still pass.
 _NO_SAMPLING_DEFAULTS = frozenset({"moonshotai/kimi-k2-thinking", "moonshotai/kimi-k2.5"})
 
+# What each shipped model is for, in a few words from its publisher's own description of it (no
+# benchmark claims): a reader choosing a model on the Models page sees it beside the price.
+_USE_CASES: Mapping[str, str] = {
+    "google/gemma-3n-e4b-it": "Efficient chat, built for on-device use",
+    "microsoft/phi-4-mini-instruct": "Fast, low-cost chat and simple tasks",
+    "mistralai/mistral-small-24b-instruct": "Low-latency chat and function calling",
+    "ibm/granite-3.3-8b-instruct": "Business tasks: RAG, summaries, tool use",
+    "meta/llama-3.1-8b-instruct": "Fast, low-cost multilingual chat",
+    "nvidia/nv-embedqa-e5-v5": "Embeddings for search and retrieval",
+    "nvidia/nemotron-nano-3-30b-a3b": "Efficient reasoning and agentic tasks",
+    "deepseek-ai/deepseek-r1-distill-qwen-32b": "Multi-step reasoning, math and code",
+    "mistralai/mistral-medium-3-instruct": "Coding, STEM and enterprise chat",
+    "meta/llama-3.3-70b-instruct": "General multilingual chat and dialogue",
+    "meta/llama-4-scout-17b-16e-instruct": "Multimodal chat, document summarization",
+    "qwen/qwen3.5-122b-a10b": "Reasoning, coding and agent tasks",
+    "z-ai/glm5": "Coding and long-horizon agent tasks",
+    "moonshotai/kimi-k2-thinking": "Step-by-step reasoning with tool use",
+    "nvidia/llama-3.3-nemotron-super-49b-v1": "Reasoning, RAG and tool calling",
+    "moonshotai/kimi-k2.5": "Multimodal agents and coding",
+    "qwen/qwen3-coder-480b-a35b-instruct": "Agentic coding and code generation",
+    "deepseek-ai/deepseek-v3.2": "Reasoning and agentic tool use",
+    "nvidia/llama-3.1-nemotron-ultra-253b-v1": "Advanced reasoning, RAG and tool calling",
+    "mistralai/mistral-large-3-675b-instruct-2512": "General-purpose multilingual chat",
+}
+
 DEFAULT_MODELS: Mapping[str, Model] = {
     mid: Model(mid, tier, ctx, out, (Deployment(NVIDIA.name, mid),), kind,
-               sampling_defaults=mid not in _NO_SAMPLING_DEFAULTS)
+               sampling_defaults=mid not in _NO_SAMPLING_DEFAULTS, use_case=_USE_CASES[mid])
     for mid, tier, ctx, out, kind in _SHIPPED
 }
 

@@ -15,6 +15,9 @@ from typing import Any
 
 from clexproxy.catalog import Catalog, Deployment, Model, Plan, Provider
 
+# A use case is a few words in a table cell, not a description: longer text is a mistake to report.
+USE_CASE_LIMIT = 120
+
 
 class CatalogError(ValueError):
     """A catalog table that cannot be used; the message names it."""
@@ -43,6 +46,16 @@ def _bool(table: Mapping[str, Any], key: str, default: bool) -> bool:
     value = table.get(key, default)
     if not isinstance(value, bool):
         raise CatalogError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _text(table: Mapping[str, Any], key: str, default: str, limit: int) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise CatalogError(f"{key} must be a string, got {value!r}")
+    value = " ".join(value.split())  # one line on the Models page, whatever the TOML's layout
+    if len(value) > limit:
+        raise CatalogError(f"{key} must be at most {limit} characters, got {len(value)}")
     return value
 
 
@@ -91,6 +104,7 @@ def _model(mid: str, m: Mapping[str, Any], old: Model | None) -> Model:
         deployments,
         m.get("kind", old.kind if old else "chat"),
         sampling_defaults=_bool(m, "sampling_defaults", old.sampling_defaults if old else True),
+        use_case=_text(m, "use_case", old.use_case if old else "", USE_CASE_LIMIT),
     )
 
 

@@ -26,6 +26,7 @@ def model_object(model: Model, catalog: Catalog) -> dict[str, Any]:
         "credits_per_call": catalog.cost(model.id),
         "tier": model.tier,
         "type": model.kind,
+        "use_case": model.use_case,
     }
 
 

@@ -1,5 +1,6 @@
-"""The console's pages in Chromium: `/` and `/models` load, the models filter narrows the rows as one types,
-the keyboard reaches it, and each page is photographed at desktop and phone widths in light and dark.
+"""The console's pages in Chromium: `/` and `/models` load, the models filter narrows the rows as one types
+(use case words too), the keyboard reaches it, and each page is photographed at desktop and phone widths in
+light and dark.
 
 Screenshots land in the run's output folder (`output_dir`): `home-light-*.png`, `home-dark-*.png`,
 `models-light-*.png`, `models-dark-*.png`, each `-desktop` and `-phone`.
@@ -7,11 +8,13 @@ Screenshots land in the run's output folder (`output_dir`): `home-light-*.png`, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import pytest
 from playwright.async_api import Page
 
+from clexproxy.catalog import Model
 from tests.integration.conftest import RunningGateway
 
 from .conftest import Screenshot
@@ -61,6 +64,30 @@ async def test_models_filter_narrows_rows(gw: RunningGateway, page: Page) -> Non
     await filter_box.fill("")
     await page.wait_for_function(SHOWN + str(len(catalog)))
     assert errors == []  # no CSP violation, no script error
+
+
+def matching(models: Mapping[str, Model], typed: str) -> list[str]:
+    """The ids the filter should keep: every typed word in the row's id, publisher, tier, type or use case."""
+    def text(m: Model) -> str:
+        return " ".join((m.id, m.publisher, m.tier, m.kind, m.use_case)).lower()
+    return sorted(mid for mid, m in models.items() if all(word in text(m) for word in typed.lower().split()))
+
+
+async def test_models_filter_matches_use_case(gw: RunningGateway, page: Page) -> None:
+    await page.goto(gw.base_url + "/models")
+    catalog = gw.gateway.catalog.models
+    filter_box = page.get_by_label("Filter models")
+    await filter_box.wait_for(state="visible")
+    # Words found only in use cases: no id, publisher, tier or type holds them.
+    for typed in ("reasoning", "Reasoning premium", "search retrieval"):
+        expected = matching(catalog, typed)
+        assert expected and all(typed.split()[0].lower() not in mid for mid in expected), typed
+        await filter_box.fill(typed)
+        await page.wait_for_function(SHOWN + str(len(expected)))
+        assert sorted(await visible_rows(page)) == expected, typed
+    assert await page.inner_text("#model-count") == f"1 of {len(catalog)} models"  # the embedding model
+    use_case = await page.inner_text("#models tbody tr:not([hidden]) td[data-label='Use case']")
+    assert use_case == catalog[expected[0]].use_case
 
 
 async def test_keyboard_reaches_the_filter(gw: RunningGateway, page: Page) -> None:

@@ -15,14 +15,18 @@ import aiohttp
 from .conftest import GatewayFactory, RunningGateway
 
 NO_OUTPUT = "\u2013"  # an en dash: an embedding model writes no tokens
-COLUMNS = ("id", "publisher", "context", "max_output", "credits", "tier", "type")
+COLUMNS = ("id", "publisher", "context", "max_output", "credits", "tier", "type", "use_case")
 EVIL_ID = 'evil/<script>alert("x")</script>&amp'
 EVIL_CONFIG = f"""
 [models.'{EVIL_ID}']
 tier = "premium"
 context_length = 4096
 max_output_tokens = 512
+use_case = "<b>bold</b> & 'quoted'"
 deployments = [{{ provider = "nvidia", model = "x" }}]
+
+[models."local/plain"]
+deployments = [{{ provider = "nvidia", model = "plain" }}]
 """
 
 
@@ -116,8 +120,10 @@ async def test_models_page_lists_every_model_at_the_api_price(gw: RunningGateway
         assert row["context"] == f"{model['context_length']:,}"
         assert row["max_output"] == (f"{model['max_output_tokens']:,}" if model["max_output_tokens"] else NO_OUTPUT)
         assert row["tier"] == model["tier"] and row["type"] == model["type"]
+        assert row["use_case"] == model["use_case"] and row["use_case"], model_id
     # The filter: present for JS (hidden until its script runs), labelled; the script is this origin's.
     assert '<label for="model-filter">' in html and 'id="model-filter"' in html
+    assert '<th scope="col">Use case</th>' in html and 'data-label="Use case"' in html  # phones: a labelled line
     parser = CatalogRows()
     parser.feed(html)
     assert [(s.get("src") or "").split("?")[0] for s in parser.scripts] == ["/static/console.js"]
@@ -131,6 +137,9 @@ async def test_catalog_text_is_escaped(make_gateway: GatewayFactory) -> None:
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&amp;amp" in html
     table = models_table(html)
     assert table[EVIL_ID]["credits"] == "5"  # premium, as the API says
+    assert "<b>bold" not in html and "&lt;b&gt;bold&lt;/b&gt; &amp; &#39;quoted&#39;" in html
+    assert table[EVIL_ID]["use_case"] == "<b>bold</b> & 'quoted'"
+    assert table["local/plain"]["use_case"] == NO_OUTPUT  # no use case: a dash, not an empty cell
     assert (await api(gw, "/api/credits/pricing"))["models"][EVIL_ID] == 5
 
 

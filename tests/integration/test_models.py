@@ -10,10 +10,10 @@ import pytest
 
 from clexproxy.catalog import DEFAULT_MODELS, DEFAULT_PLANS, DEFAULT_TIERS
 
-from .conftest import RunningGateway
+from .conftest import GatewayFactory, RunningGateway
 
 LARGE = "meta/llama-3.3-70b-instruct"
-CLEX_FIELDS = ("publisher", "context_length", "max_output_tokens", "credits_per_call", "tier")
+CLEX_FIELDS = ("publisher", "context_length", "max_output_tokens", "credits_per_call", "tier", "use_case")
 
 
 async def get(gw: RunningGateway, path: str, **headers: str) -> tuple[int, Any, Any]:
@@ -34,6 +34,7 @@ def check_model(entry: dict[str, Any]) -> None:
     assert entry["max_output_tokens"] == model.max_output_tokens
     assert entry["tier"] == model.tier
     assert entry["credits_per_call"] == DEFAULT_TIERS[model.tier]
+    assert entry["use_case"] == model.use_case and entry["use_case"]  # every shipped model says what it is for
 
 
 async def test_list_models_raw(gw: RunningGateway) -> None:
@@ -58,6 +59,23 @@ async def test_list_models_openai_client(gw: RunningGateway, key: str) -> None:
         check_model(dumped)
     large = next(m for m in models if m.id == LARGE)
     assert large.model_dump()["credits_per_call"] == 3 and large.model_dump()["tier"] == "large"
+
+
+async def test_use_case_from_the_settings_file(make_gateway: GatewayFactory) -> None:
+    """A `use_case` in a model table reaches the list and the single model; a new model without one gets ""."""
+    gw = await make_gateway(config=f"""
+[models."{LARGE}"]
+use_case = "Our house chat model"
+
+[models."local/plain"]
+deployments = [{{ provider = "nvidia", model = "plain" }}]
+""")
+    _, doc, _ = await get(gw, "/v1/models")
+    listed = {m["id"]: m for m in doc["data"]}
+    assert listed[LARGE]["use_case"] == "Our house chat model"
+    assert listed["local/plain"]["use_case"] == ""
+    status, one, _ = await get(gw, f"/v1/models/{LARGE}")
+    assert status == 200 and one["use_case"] == "Our house chat model"
 
 
 async def test_models_need_no_key(gw: RunningGateway) -> None:

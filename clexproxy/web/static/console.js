@@ -1,5 +1,5 @@
-// The models filter: typing narrows the table's rows to those whose id, publisher, tier or type
-// contain every word typed. Without JS the filter stays hidden and every row shows.
+// The models filter: typing narrows the table's rows to those whose id, publisher, tier, type or
+// use case contain every word typed. Without JS the filter stays hidden and every row shows.
 "use strict";
 document.addEventListener("DOMContentLoaded", () => {
   for (const box of document.querySelectorAll("[data-filter-for]")) {
