@@ -111,3 +111,20 @@ async def test_postgres_two_hosts_with_redis_by_the_announcement(dsn: str, make_
     assert second.gateway.redis is not None
     await wait_for_subscribers(redis_server.url, second.gateway.redis.keys_channel, 2)
     await create_and_revoke_across(first, second, f"PostgreSQL hosts + Redis, poll {SLOW_POLL:.0f} s")
+
+
+def test_the_key_propagation_benchmark_runs(redis_server: RedisServer) -> None:
+    """benchmarks/key_propagation.py, run as people run it (tiny): real `serve` processes agree on a key."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "key_propagation.py"), "--rounds", "2", "--instances", "2",
+         "--redis", redis_server.url, "--json"],
+        capture_output=True, text=True, timeout=240, check=True,
+    )
+    results = json.loads(out.stdout)
+    assert [r["mode"] for r in results] == ["poll", "redis"]
+    assert all(r["rounds"] == 2 and r["create_ms"]["max"] > 0 and r["revoke_ms"]["max"] > 0 for r in results)
