@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from clexproxy.errors import AuthenticationFailed, InvalidRequest, NotFound
-from clexproxy.handlers.common import ADMIN_TOKEN, GATEWAY, read_json, request_id
+from clexproxy.handlers.common import ADMIN_TOKEN, GATEWAY, read_json, request_id, whole_number
 from clexproxy.store.base import (
     ROLES,
     AccountNotFound,
@@ -150,10 +150,9 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     _check_token(request)
-    try:
-        key_id = int(request.match_info["key_id"])
-    except ValueError:
-        raise InvalidRequest("key id must be an integer.") from None
+    key_id = whole_number(request.match_info["key_id"], 0, 2**63 - 1)
+    if key_id is None:
+        raise InvalidRequest("key id must be a whole number (at most 18 digits).")
     row = await _store_call(request, request.app[GATEWAY].store.revoke_key(key_id))
     return _ok(_key(row), request)
 

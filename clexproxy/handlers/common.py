@@ -113,3 +113,15 @@ def _undecodable(request: web.Request) -> InvalidRequest:
 def body_unreadable(request: web.Request) -> bool:
     """The request's body could not be read to its end: its answer must close the connection."""
     return request.content.exception() is not None
+
+
+def whole_number(raw: str | None, low: int, high: int) -> int | None:
+    """`raw` as an integer from `low` to `high`, or None: for numbers in paths, queries and forms.
+
+    Only ASCII digits, at most 18 of them, are read: `str.isdigit` accepts '²' and other digits
+    `int` refuses or reads, and `int` refuses more than 4,300 digits; either would be a 500.
+    """
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        return None
+    value = int(raw)
+    return value if low <= value <= high else None

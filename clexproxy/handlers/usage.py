@@ -29,7 +29,7 @@ from clexproxy.clock import SECONDS_PER_DAY, utc_day
 from clexproxy.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied, RateLimited
 from clexproxy.fastpath.limits import TokenBuckets
 from clexproxy.gateway import Gateway
-from clexproxy.handlers.common import GATEWAY, request_id
+from clexproxy.handlers.common import GATEWAY, request_id, whole_number
 from clexproxy.handlers.key import NO_STORE, bearer_token, budget_of, checked_policy, limits_clock
 from clexproxy.limits.headers import retry_when
 from clexproxy.store.base import KeyUsageRow, key_hint
@@ -47,9 +47,10 @@ def parse_days(raw: str | None) -> int:
     """`?days=`: an integer 1..90, 30 when absent; anything else SPEC's 400 naming `days`."""
     if raw is None:
         return DEFAULT_DAYS
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_DAYS:
+    days = whole_number(raw, 1, MAX_DAYS)
+    if days is None:
         raise InvalidRequest(f"'days' must be a whole number from 1 to {MAX_DAYS}.", extra={"param": "days"})
-    return int(raw)
+    return days
 
 
 def _date(day: int) -> str:

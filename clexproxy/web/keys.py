@@ -33,12 +33,13 @@ from multidict import MultiDictProxy
 from clexproxy.clock import SECONDS_PER_DAY, utc_day
 from clexproxy.errors import NotFound, PermissionDenied
 from clexproxy.gateway import Gateway
-from clexproxy.handlers.common import GATEWAY
+from clexproxy.handlers.common import GATEWAY, whole_number
 from clexproxy.store.base import AccountRow, KeyAlreadyRevoked, KeyLimitReached, KeyLimits, KeyRow
 from clexproxy.web.accounts import account_page, in_view_query, plan_of, switcher, viewed_account
 from clexproxy.web.session import CSRF_FIELD, ConsoleUser, check_csrf, require_user
 
 NAME_MAX = 64
+MAX_ID = 2**63 - 1  # the stores' integer ids
 DATE_FORMAT = re.compile(r"\d{4}-\d{2}-\d{2}")
 CREATORS = ("owner", "operator")
 CONSOLE_KEY = "Console (API Explorer)"  # key id 0 in the usage rows: the signed-in Explorer's calls
@@ -128,10 +129,9 @@ class KeyForm:
         if self.daily_cap:
             words = (f"The {plan.name} plan allows {plan.credits_per_day:,} credits per day: a key's daily cap "
                      f"is a whole number from 1 to {plan.credits_per_day:,}.")
-            if not self.daily_cap.isdigit() or not 1 <= int(self.daily_cap) <= plan.credits_per_day:
+            cap = whole_number(self.daily_cap, 1, plan.credits_per_day)
+            if cap is None:
                 self.errors["daily_cap"] = words
-            else:
-                cap = int(self.daily_cap)
         unknown = [m for m in self.models if m not in gateway.catalog.models]
         if unknown:
             self.errors["models"] = f"Not a model of this gateway: {', '.join(unknown)}."
@@ -150,8 +150,9 @@ async def _render(request: web.Request, user: ConsoleUser, row: AccountRow, form
     views = [_key_view(k, last_used, now, plan.credits_per_day) for k in sorted(keys, key=lambda k: -k.id)]
     revoked = request.query.get("revoked", "")
     flash = ""
-    if revoked.isdigit():
-        flash = next((f"Key {v['name']} revoked." for v in views if v["id"] == int(revoked)), "")
+    revoked_id = whole_number(revoked, 1, MAX_ID)
+    if revoked_id is not None:
+        flash = next((f"Key {v['name']} revoked." for v in views if v["id"] == revoked_id), "")
     response = await account_page(request, "keys.html", "keys", {
         "account": row.name,
         "plan": plan,
@@ -206,11 +207,12 @@ def _field(form: MultiDictProxy[Any], name: str) -> str | None:
 
 async def _account_key(request: web.Request, row: AccountRow) -> KeyRow:
     """The key of the URL's id, if it is this account's; else 404 (another account's id reads as unknown)."""
-    key_id = int(request.match_info["key_id"])
-    for key in await request.app[GATEWAY].store.list_keys(row.name):
-        if key.id == key_id:
-            return key
-    raise NotFound(f"No key with id {key_id} in account {row.name}.")
+    key_id = whole_number(request.match_info["key_id"], 1, MAX_ID)
+    if key_id is not None:
+        for key in await request.app[GATEWAY].store.list_keys(row.name):
+            if key.id == key_id:
+                return key
+    raise NotFound(f"No such key in account {row.name}.")
 
 
 async def revoke_confirm(request: web.Request) -> web.Response:

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from clexproxy.clock import utc_day
 from clexproxy.errors import InvalidRequest
-from clexproxy.handlers.common import GATEWAY, request_id
+from clexproxy.handlers.common import GATEWAY, request_id, whole_number
 from clexproxy.headers import CREDITS_RESET, RATELIMIT_LIMIT_REQUESTS, RATELIMIT_REMAINING_REQUESTS
 from clexproxy.store.base import KeyUsageRow
 from clexproxy.web.accounts import (
@@ -149,8 +149,9 @@ async def usage_csv(request: web.Request) -> web.Response:
     user = await require_user(request)
     row = await viewed_account(request, user)
     raw = request.query.get("days", str(CHART_DAYS))
-    if not raw.isdigit() or not 1 <= int(raw) <= CSV_DAYS_MAX:
-        raise InvalidRequest(f"'days' must be a whole number from 1 to {CSV_DAYS_MAX}.")
+    days = whole_number(raw, 1, CSV_DAYS_MAX)
+    if days is None:
+        raise InvalidRequest(f"'days' must be a whole number from 1 to {CSV_DAYS_MAX}.", extra={"param": "days"})
     gateway = request.app[GATEWAY]
     await gateway.sync.flush_usage()
     today = utc_day(gateway.clock.time())
@@ -158,7 +159,7 @@ async def usage_csv(request: web.Request) -> web.Response:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
-    for r in await gateway.store.key_usage(row.name, today - int(raw) + 1):
+    for r in await gateway.store.key_usage(row.name, today - days + 1):
         writer.writerow([csv_cell(v) for v in (
             day_text(r.day), r.key_id, names.get(r.key_id, f"Key {r.key_id}"), r.model,
             r.credits, r.calls, r.prompt_tokens, r.completion_tokens,
