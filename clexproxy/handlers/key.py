@@ -8,9 +8,9 @@ that moment would carry, and the answer carries those six metering headers too (
 answer after authentication does).
 
 Asking is free: no credits, and no slot of the plan's per-minute limit (`peek_headers` takes
-nothing). So that a polling loop cannot turn it into a load, each key has its own small token
-bucket (`KEY_INFO_PER_MINUTE`, a `TokenBuckets` apart from the limits' own), one per gateway:
-with several workers each counts its own. Beyond it: SPEC's 429 with `error.limit`
+nothing). So that a polling loop cannot turn it into a load, each key has its own small
+allowance (`KEY_INFO_PER_MINUTE`, a `LookupThrottle` apart from the limits' buckets), one per
+gateway: with several workers each counts its own. Beyond it: SPEC's 429 with `error.limit`
 `api_key_requests_per_minute` and `Retry-After`.
 
 The key hint is computed from the key the caller sent (`key_hint`): the caller holds the key, so
@@ -51,9 +51,6 @@ KEY_INFO_PER_MINUTE = 60
 THROTTLE_LIMIT = "api_key_requests_per_minute"
 NO_STORE = "no-store"
 
-# One throttle per gateway, kept beside it rather than in it: tests run several gateways in one
-# process, whose key ids overlap, and the gateway's composition need not know this endpoint.
-_throttles: weakref.WeakKeyDictionary[Gateway, TokenBuckets] = weakref.WeakKeyDictionary()
 
 
 def limits_clock(limits: Limits) -> Clock:
@@ -61,11 +58,37 @@ def limits_clock(limits: Limits) -> Clock:
     return limits.clock if isinstance(limits, LedgerLimits) else SystemClock()
 
 
-def _throttle(gateway: Gateway) -> TokenBuckets:
-    buckets = _throttles.get(gateway)
-    if buckets is None:
-        buckets = _throttles[gateway] = TokenBuckets()
-    return buckets
+class LookupThrottle:
+    """A free endpoint's own allowance per caller and minute (`GET /api/key`, `GET /api/usage`).
+
+    The endpoints charge nothing and take no slot of the plan's limit, so that a polling loop
+    cannot turn them into a load each has its own `TokenBuckets`, one per gateway, kept beside it
+    rather than in it: tests run several gateways in one process, whose key ids overlap, and the
+    gateway's composition need not know these endpoints. Beyond it: SPEC's 429 with `error.limit`.
+    """
+
+    def __init__(self, endpoint: str, limit: str, per_minute: int) -> None:
+        self.endpoint, self.limit, self.per_minute = endpoint, limit, per_minute
+        self._buckets: weakref.WeakKeyDictionary[Gateway, TokenBuckets] = weakref.WeakKeyDictionary()
+
+    def check(self, gateway: Gateway, caller: int, metering: dict[str, str]) -> None:
+        """Count one lookup by `caller` (an id: a key's, or a console user's made negative), or raise the 429."""
+        buckets = self._buckets.get(gateway)
+        if buckets is None:
+            buckets = self._buckets[gateway] = TokenBuckets()
+        now = limits_clock(gateway.limits).monotonic()
+        bucket = buckets.acquire(caller, self.per_minute, self.per_minute / 60.0, now)
+        if not bucket.allowed:
+            raise RateLimited(
+                f"Too many lookups: {self.endpoint} allows {self.per_minute} requests per minute per caller. "
+                + retry_when(bucket.retry_after),
+                limit=self.limit,
+                retry_after=bucket.retry_after,
+                headers=metering,
+            )
+
+
+KEY_INFO_THROTTLE = LookupThrottle("GET /api/key", THROTTLE_LIMIT, KEY_INFO_PER_MINUTE)
 
 
 def bearer_token(authorization: str) -> str:
@@ -111,17 +134,7 @@ async def key_info(request: web.Request) -> web.Response:
     account_metering = limits.peek_headers(account)
     metering = account_metering if budget is None else limits.peek_headers(account, budget)
     applies = "account" if metering[CREDITS_REMAINING] == account_metering[CREDITS_REMAINING] else "key"
-    bucket = _throttle(gateway).acquire(
-        entry.key_id, KEY_INFO_PER_MINUTE, KEY_INFO_PER_MINUTE / 60.0, clock.monotonic()
-    )
-    if not bucket.allowed:
-        raise RateLimited(
-            f"Too many key lookups: GET /api/key allows {KEY_INFO_PER_MINUTE} requests per minute per key. "
-            + retry_when(bucket.retry_after),
-            limit=THROTTLE_LIMIT,
-            retry_after=bucket.retry_after,
-            headers=metering,
-        )
+    KEY_INFO_THROTTLE.check(gateway, entry.key_id, metering)
     plan = account.plan
     limit = int(metering[CREDITS_LIMIT])
     remaining = int(metering[CREDITS_REMAINING])

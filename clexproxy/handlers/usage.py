@@ -6,7 +6,7 @@ for an operator the account named in `?account=`. `days` is 1..90 (default 30): 
 before it, UTC; only days with usage are listed, newest first, each broken down by model.
 
 Like `GET /api/key` it is free (no credits, no slot of the per-minute limit), and throttled on its
-own: `USAGE_PER_MINUTE` per key (a console user: per user), a `TokenBuckets` per gateway apart from
+own: `USAGE_PER_MINUTE` per key (a console user: per user), a `LookupThrottle` apart from
 `/api/key`'s, so polling one does not starve the other. This worker's usage not yet written
 behind is written first (`StoreSync.flush_usage`), so a call just made shows.
 
@@ -17,7 +17,6 @@ bearer endpoints' wrapper (`guarded`) leaves as it is.
 
 from __future__ import annotations
 
-import weakref
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,12 +25,10 @@ from aiohttp import web
 
 from clexproxy.auth import Account
 from clexproxy.clock import SECONDS_PER_DAY, utc_day
-from clexproxy.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied, RateLimited
-from clexproxy.fastpath.limits import TokenBuckets
+from clexproxy.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY, request_id, whole_number
-from clexproxy.handlers.key import NO_STORE, bearer_token, budget_of, checked_policy, limits_clock
-from clexproxy.limits.headers import retry_when
+from clexproxy.handlers.key import NO_STORE, LookupThrottle, bearer_token, budget_of, checked_policy, limits_clock
 from clexproxy.store.base import KeyUsageRow, key_hint
 from clexproxy.web.session import SESSION_COOKIE, ConsoleUser, account_in_view, api_session
 
@@ -39,8 +36,7 @@ USAGE_PER_MINUTE = 60
 THROTTLE_LIMIT = "api_usage_requests_per_minute"
 DEFAULT_DAYS, MAX_DAYS = 30, 90
 _FIGURES = ("credits", "calls", "prompt_tokens", "completion_tokens")
-
-_throttles: weakref.WeakKeyDictionary[Gateway, TokenBuckets] = weakref.WeakKeyDictionary()
+USAGE_THROTTLE = LookupThrottle("GET /api/usage", THROTTLE_LIMIT, USAGE_PER_MINUTE)
 
 
 def parse_days(raw: str | None) -> int:
@@ -82,22 +78,6 @@ def usage_days(rows: list[KeyUsageRow]) -> list[dict[str, Any]]:
     return days
 
 
-def _throttle(gateway: Gateway, subject: int, metering: dict[str, str]) -> None:
-    buckets = _throttles.get(gateway)
-    if buckets is None:
-        buckets = _throttles[gateway] = TokenBuckets()
-    clock = limits_clock(gateway.limits)
-    bucket = buckets.acquire(subject, USAGE_PER_MINUTE, USAGE_PER_MINUTE / 60.0, clock.monotonic())
-    if not bucket.allowed:
-        raise RateLimited(
-            f"Too many usage lookups: GET /api/usage allows {USAGE_PER_MINUTE} requests per minute. "
-            + retry_when(bucket.retry_after),
-            limit=THROTTLE_LIMIT,
-            retry_after=bucket.retry_after,
-            headers=metering,
-        )
-
-
 def _answer(request: web.Request, payload: dict[str, Any], metering: dict[str, str]) -> web.Response:
     return web.Response(
         body=orjson.dumps(payload),
@@ -116,7 +96,7 @@ async def api_usage(request: web.Request) -> web.StreamResponse:
     policy = checked_policy(gateway.directory, entry.key_id, limits_clock(gateway.limits).time())
     metering = gateway.limits.peek_headers(account, budget_of(policy))
     days = parse_days(request.query.get("days"))
-    _throttle(gateway, entry.key_id, metering)
+    USAGE_THROTTLE.check(gateway, entry.key_id, metering)
     rows = await _rows(gateway, account.name, days, entry.key_id)
     assert authorization is not None  # `authenticate` accepted it
     payload = {
@@ -163,6 +143,6 @@ async def _session_answer(request: web.Request, user: ConsoleUser) -> web.Respon
     days = parse_days(request.query.get("days"))
     known: Account | None = gateway.directory.accounts.get(row.id)
     metering = gateway.limits.peek_headers(known) if known is not None else {}
-    _throttle(gateway, -user.user.id, metering)  # users apart from keys: negative ids
+    USAGE_THROTTLE.check(gateway, -user.user.id, metering)  # users apart from keys: negative ids
     rows = await _rows(gateway, name, days, None)
     return _answer(request, {"object": "usage", "account": name, "key": None, "days": usage_days(rows)}, metering)
