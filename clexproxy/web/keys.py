@@ -178,13 +178,18 @@ async def keys_page(request: web.Request) -> web.Response:
     return await _render(request, user, row, KeyForm())
 
 
-async def create_key(request: web.Request) -> web.Response:
-    """Create a key from the form: the answer shows its secret once, or the form again with what is wrong."""
+async def _creators_post(request: web.Request) -> tuple[ConsoleUser, AccountRow, MultiDictProxy[Any]]:
+    """A key-changing POST's user, account in view and form, once its CSRF token and the user's role are checked."""
     user = await require_user(request)
     form_data = await request.post()
     check_csrf(request, user, _field(form_data, CSRF_FIELD))
     _require_creator(user)
-    row = await viewed_account(request, user)
+    return user, await viewed_account(request, user), form_data
+
+
+async def create_key(request: web.Request) -> web.Response:
+    """Create a key from the form: the answer shows its secret once, or the form again with what is wrong."""
+    user, row, form_data = await _creators_post(request)
     gateway = request.app[GATEWAY]
     form = KeyForm(form_data)
     limits = form.limits(gateway, row)
@@ -233,11 +238,7 @@ async def revoke_confirm(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     """Revoke the key (CSRF, owner or operator), apply it everywhere, and go back to the list (303)."""
-    user = await require_user(request)
-    form_data = await request.post()
-    check_csrf(request, user, _field(form_data, CSRF_FIELD))
-    _require_creator(user)
-    row = await viewed_account(request, user)
+    user, row, _ = await _creators_post(request)
     key = await _account_key(request, row)
     gateway = request.app[GATEWAY]
     try:
