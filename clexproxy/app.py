@@ -34,7 +34,7 @@ from clexproxy.handlers.proxy import PROXIED_PATHS, make_handler
 from clexproxy.handlers.usage import api_usage
 from clexproxy.observability.accesslog import text_value
 from clexproxy.store import open_store
-from clexproxy.web import accounts, keys, pages, signin, usage
+from clexproxy.web import accounts, keys, pages, signin, usage, users
 
 log = logging.getLogger("clexproxy.app")
 
@@ -187,7 +187,7 @@ def _gateway_context(
 
 
 # The console's modules, each with its ROUTES as (method, path, handler): served when `[console] enabled`.
-CONSOLE_MODULES = (pages, signin, keys, usage, accounts)
+CONSOLE_MODULES = (pages, signin, keys, usage, accounts, users)
 
 # The bearer-key GET endpoints: with the proxied calls, what pages on other origins may call (CORS). One line each.
 BEARER_GETS: dict[str, Handler] = {
