@@ -4,8 +4,8 @@ Each page must show its one heading, give every control an accessible name (read
 accessibility tree, so a placeholder or a missing `for` does not pass), and fit a phone's width without
 scrolling sideways. The pages: signed out `/`, `/docs`, `/models`, `/console/sign-in` and a one-time
 link's `/console/set-password`; an owner's `/console/keys` with a new key's secret shown, a key's revoke
-confirmation, `/console/usage` with a week of usage written through the store, and `/docs` signed in; an
-operator's `/console/accounts` and another account's keys.
+confirmation, `/console/usage` with a week of usage written through the store, `/console/users` with an
+invited user's link shown, and `/docs` signed in; an operator's `/console/accounts` and another account's keys.
 
 Screenshots land in the run's output folder as `screen-PAGE-SCHEME-desktop.png` / `-phone.png`.
 """
@@ -123,6 +123,14 @@ async def test_owner_pages(gw: RunningGateway, page: Page, screenshot: Screensho
     assert await page.locator("svg#usage-chart").is_visible()
     assert await page.get_by_role("link", name="Download CSV").is_visible()
     await check(page, screenshot, "usage", scheme, "Usage")
+
+    await open_page(page, gw, "/console/users")
+    await page.get_by_label("Email").fill(f"invited-{scheme}@acme.test")
+    async with page.expect_navigation():
+        await page.get_by_role("button", name="Invite user").click()
+    assert "/console/set-password?token=" in await page.locator("#new-user-link").input_value()
+    assert await page.get_by_role("button", name="Copy").is_visible()
+    await check(page, screenshot, "users-new-link", scheme, "Users")
 
     await open_page(page, gw, "/docs")
     await page.get_by_label("API key").wait_for(state="visible")
