@@ -105,6 +105,10 @@ def password_problem(password: str, confirm: str | None = None) -> str | None:
     return None
 
 
+# Legal only inside a quoted local part, which no one uses: refused, so an address is always plain text.
+_NOT_IN_EMAILS = frozenset('<>()[]\\,;:"')
+
+
 def email_problem(email: str) -> str | None:
     """Why an address cannot be a user's email (a light check: one @, no spaces, at most 254 characters), or None."""
     if not email or len(email) > 254:
@@ -112,6 +116,8 @@ def email_problem(email: str) -> str | None:
     local, at, domain = email.partition("@")
     if not at or not local or not domain or "@" in domain or any(c.isspace() for c in email):
         return f"{email!r} is not an email address (one @, no spaces)"
+    if any(c in _NOT_IN_EMAILS or not c.isprintable() for c in email):
+        return f"{email!r} is not an email address (no quotes, brackets, commas or control characters)"
     return None
 
 

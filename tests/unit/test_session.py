@@ -53,7 +53,8 @@ def test_emails_taken(email: str) -> None:
     assert email_problem(email) is None
 
 
-@pytest.mark.parametrize("email", ["", "no-at.example", "a@b@c", "@b.c", "a@", "a b@c.d", "a@" + "b" * 253])
+@pytest.mark.parametrize("email", ["", "no-at.example", "a@b@c", "@b.c", "a@", "a b@c.d", "a@" + "b" * 253,
+                                   "<script>@x.y", 'a"b@c.d', "a,b@c.d", "a\x00b@c.d", "a@b.c\u202e"])
 def test_emails_refused(email: str) -> None:
     assert email_problem(email)
 
