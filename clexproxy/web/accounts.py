@@ -17,18 +17,39 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from clexproxy.auth import Account
 from clexproxy.catalog import Plan
-from clexproxy.errors import NotFound
+from clexproxy.errors import NotFound, PermissionDenied
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY
 from clexproxy.headers import CREDITS_LIMIT, CREDITS_REMAINING
 from clexproxy.store.base import AccountRow
 from clexproxy.web.pages import base_url, page
-from clexproxy.web.session import ConsoleUser, account_in_view, require_user
+from clexproxy.web.session import CSRF_FIELD, ConsoleUser, account_in_view, check_csrf, require_user
 
 NO_STORE = "no-store"  # account pages: never kept by a browser's or a proxy's cache
+MANAGERS = ("owner", "operator")  # who changes an account's keys and users; a member only looks
+
+
+def may_manage(user: ConsoleUser) -> bool:
+    return user.role in MANAGERS
+
+
+async def managers_post(request: web.Request, refusal: str) -> tuple[ConsoleUser, AccountRow, MultiDictProxy[Any]]:
+    """A POST that changes an account's keys or users: its user, the account in view and the form.
+
+    Checked first: a session, the CSRF token (`check_csrf`), and an owner's or operator's role
+    (a member gets the 403 `refusal`, reason "role").
+    """
+    user = await require_user(request)
+    form = await request.post()
+    supplied = form.get(CSRF_FIELD)
+    check_csrf(request, user, supplied if isinstance(supplied, str) else None)
+    if not may_manage(user):
+        raise PermissionDenied(refusal, reason="role")
+    return user, await viewed_account(request, user), form
 
 
 def plan_of(gateway: Gateway, row: AccountRow) -> Plan:

@@ -31,17 +31,25 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from clexproxy.clock import SECONDS_PER_DAY, utc_day
-from clexproxy.errors import NotFound, PermissionDenied
+from clexproxy.errors import NotFound
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY, whole_number
 from clexproxy.store.base import AccountRow, KeyAlreadyRevoked, KeyLimitReached, KeyLimits, KeyRow
-from clexproxy.web.accounts import account_page, in_view_query, plan_of, switcher, viewed_account
-from clexproxy.web.session import CSRF_FIELD, ConsoleUser, check_csrf, require_user
+from clexproxy.web.accounts import (
+    account_page,
+    in_view_query,
+    managers_post,
+    may_manage,
+    plan_of,
+    switcher,
+    viewed_account,
+)
+from clexproxy.web.session import ConsoleUser, require_user
 
 NAME_MAX = 64
 MAX_ID = 2**63 - 1  # the stores' integer ids
 DATE_FORMAT = re.compile(r"\d{4}-\d{2}-\d{2}")
-CREATORS = ("owner", "operator")
+KEYS_REFUSAL = "Only the account's owners can create or revoke keys."
 CONSOLE_KEY = "Console (API Explorer)"  # key id 0 in the usage rows: the signed-in Explorer's calls
 
 
@@ -60,14 +68,6 @@ def parse_day(text: str) -> int | None:
         return None
     return (parsed - date(1970, 1, 1)).days
 
-
-def may_create(user: ConsoleUser) -> bool:
-    return user.role in CREATORS
-
-
-def _require_creator(user: ConsoleUser) -> None:
-    if not may_create(user):
-        raise PermissionDenied("Only the account's owners can create or revoke keys.", reason="role")
 
 
 def key_status(key: KeyRow, now: float) -> str:
@@ -158,7 +158,7 @@ async def _render(request: web.Request, user: ConsoleUser, row: AccountRow, form
         "plan": plan,
         "keys": views,
         "active_count": sum(1 for k in keys if k.active),
-        "may_create": may_create(user),
+        "may_create": may_manage(user),
         "form": form,
         "form_error": form_error,
         "catalog_models": [m for m in gateway.catalog.models.values()],
@@ -178,18 +178,9 @@ async def keys_page(request: web.Request) -> web.Response:
     return await _render(request, user, row, KeyForm())
 
 
-async def _creators_post(request: web.Request) -> tuple[ConsoleUser, AccountRow, MultiDictProxy[Any]]:
-    """A key-changing POST's user, account in view and form, once its CSRF token and the user's role are checked."""
-    user = await require_user(request)
-    form_data = await request.post()
-    check_csrf(request, user, _field(form_data, CSRF_FIELD))
-    _require_creator(user)
-    return user, await viewed_account(request, user), form_data
-
-
 async def create_key(request: web.Request) -> web.Response:
     """Create a key from the form: the answer shows its secret once, or the form again with what is wrong."""
-    user, row, form_data = await _creators_post(request)
+    user, row, form_data = await managers_post(request, KEYS_REFUSAL)
     gateway = request.app[GATEWAY]
     form = KeyForm(form_data)
     limits = form.limits(gateway, row)
@@ -203,11 +194,6 @@ async def create_key(request: web.Request) -> web.Response:
     await gateway.sync.sync_store(force=True)
     await gateway.sync.announce_key_change()
     return await _render(request, user, row, KeyForm(), created=(key_row, secret))
-
-
-def _field(form: MultiDictProxy[Any], name: str) -> str | None:
-    value = form.get(name)
-    return value if isinstance(value, str) else None
 
 
 async def _account_key(request: web.Request, row: AccountRow) -> KeyRow:
@@ -231,14 +217,14 @@ async def revoke_confirm(request: web.Request) -> web.Response:
     return await account_page(request, "revoke.html", "keys", {
         "account": row.name,
         "key": view,
-        "may_create": may_create(user),
+        "may_create": may_manage(user),
         "query": in_view_query(user, row.name),
     })
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     """Revoke the key (CSRF, owner or operator), apply it everywhere, and go back to the list (303)."""
-    user, row, _ = await _creators_post(request)
+    user, row, _ = await managers_post(request, KEYS_REFUSAL)
     key = await _account_key(request, row)
     gateway = request.app[GATEWAY]
     try:

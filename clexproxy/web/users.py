@@ -23,20 +23,17 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from clexproxy.clock import utc_day
-from clexproxy.errors import NotFound, PermissionDenied
+from clexproxy.errors import NotFound
 from clexproxy.handlers.common import GATEWAY, whole_number
 from clexproxy.store.base import AccountRow, UserExists, UserRow
-from clexproxy.web.accounts import account_page, in_view_query, switcher, viewed_account
+from clexproxy.web.accounts import account_page, in_view_query, managers_post, may_manage, switcher, viewed_account
 from clexproxy.web.keys import MAX_ID, day_text
-from clexproxy.web.session import CSRF_FIELD, SESSIONS, ConsoleUser, check_csrf, email_problem, require_user
+from clexproxy.web.session import SESSIONS, ConsoleUser, email_problem, require_user
 
-INVITERS = ("owner", "operator")
+USERS_REFUSAL = "Only the account's owners can invite users or make new links."
 INVITED_ROLES = ("owner", "member")  # an account's roles; operators belong to none
 EXISTS = "A user with that email exists."
 
-
-def may_invite(user: ConsoleUser) -> bool:
-    return user.role in INVITERS
 
 
 def _user_view(row: UserRow) -> dict[str, Any]:
@@ -82,7 +79,7 @@ async def _render(request: web.Request, user: ConsoleUser, row: AccountRow, form
     response = await account_page(request, "users.html", "users", {
         "account": row.name,
         "users": [_user_view(u) for u in sorted(users, key=lambda u: u.id)],
-        "may_invite": may_invite(user),
+        "may_invite": may_manage(user),
         "form": form,
         "roles": INVITED_ROLES,
         "link": {"email": link[0].email, "url": link[1], "expires": _expiry_text(link[2]), "invited": link[3]}
@@ -100,20 +97,9 @@ async def users_page(request: web.Request) -> web.Response:
     return await _render(request, user, row, InviteForm())
 
 
-async def _inviters_post(request: web.Request) -> tuple[ConsoleUser, AccountRow, MultiDictProxy[Any]]:
-    """A user-changing POST's user, account in view and form, once its CSRF token and the user's role are checked."""
-    user = await require_user(request)
-    form_data = await request.post()
-    supplied = form_data.get(CSRF_FIELD)
-    check_csrf(request, user, supplied if isinstance(supplied, str) else None)
-    if not may_invite(user):
-        raise PermissionDenied("Only the account's owners can invite users or make new links.", reason="role")
-    return user, await viewed_account(request, user), form_data
-
-
 async def invite_user(request: web.Request) -> web.Response:
     """Make the user: the answer shows their one-time set-password link once, or the form again with what is wrong."""
-    user, row, form_data = await _inviters_post(request)
+    user, row, form_data = await managers_post(request, USERS_REFUSAL)
     form = InviteForm(form_data)
     if not form.check():
         return await _render(request, user, row, form, status=400)
@@ -128,7 +114,7 @@ async def invite_user(request: web.Request) -> web.Response:
 
 async def reset_link(request: web.Request) -> web.Response:
     """A new set-password link for a user of this account (their earlier links stop working), shown once."""
-    user, row, _ = await _inviters_post(request)
+    user, row, _ = await managers_post(request, USERS_REFUSAL)
     user_id = whole_number(request.match_info["user_id"], 1, MAX_ID)
     target = None
     if user_id is not None:
