@@ -10,6 +10,7 @@ Endpoints
     ``POST /v1/chat/completions``  chat completions, streaming (SSE) and not; any model name is accepted and echoed.
     ``POST /v1/embeddings``        deterministic unit vectors; ``dimensions`` and ``encoding_format`` honoured.
     ``GET  /v1/models``            a short OpenAI model list (``DEMO_MODELS``).
+    ``POST /v1/messages``          Anthropic's Messages API, same answers and knobs (`serve_messages`).
     any other ``/v1/*``            404 ``unknown_url``.
 Every ``/v1/*`` request is recorded in the app's ``DemoRecorder`` before anything is answered.
 
@@ -31,6 +32,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from clexproxy.demo.answers import MODELS_PAYLOAD, completion_payload, plan_chat
+from clexproxy.demo.anthropic import serve_messages
 from clexproxy.demo.embeddings import (
     DEFAULT_EMBEDDING_DIMENSIONS,
     MAX_DIMENSIONS,
@@ -157,6 +159,7 @@ def build_demo_app(recorder: DemoRecorder | None = None) -> web.Application:
     app[_STATE_KEY] = DemoState(recorder)
     app.router.add_post("/v1/chat/completions", _recorded_endpoint(_serve_chat))
     app.router.add_post("/v1/embeddings", _recorded_endpoint(_serve_embeddings))
+    app.router.add_post("/v1/messages", _recorded_endpoint(serve_messages))
     app.router.add_get("/v1/models", _recorded_endpoint(_serve_models))
     app.router.add_route("*", "/v1/{tail:.*}", _recorded_endpoint(_serve_unknown))
     return app

@@ -1,0 +1,289 @@
+"""The demo upstream's Anthropic Messages API (``POST /v1/messages``): ``format = "anthropic"`` providers, tested on
+real sockets.
+
+Why a second wire format: translations onto providers that do not speak OpenAI must be exercised against a real
+server, byte for byte as the vendor frames it. This endpoint gives the SAME answer words and token counts as the
+OpenAI chat endpoint for the same prompt text (it builds the prompt view and calls `plan_chat`), and honours the
+same ``x-demo-*`` knobs (`Knobs`: tokens, ttft, delay, drop, status, fail-times, retry-after, model-missing), only
+dressed in Anthropic's shapes.
+
+Modelled
+    Request: ``model``, ``max_tokens`` (required, caps the answer: ``stop_reason`` ``"max_tokens"``), ``messages``
+    (role ``user``/``assistant``; content a string or blocks), ``system`` (string or text blocks), ``stream``,
+    ``stop_sequences`` (the answer is cut before the first match: ``stop_reason`` ``"stop_sequence"``).
+    The prompt text (seed and ``input_tokens``) is the system text, the ``text`` blocks and the text inside
+    ``tool_result`` blocks; ``image``, ``tool_use`` blocks and ``tools`` are accepted and ignored, like the other
+    sampling fields (temperature, top_p, top_k, metadata, tool_choice). Headers ``x-api-key`` and
+    ``anthropic-version`` are accepted, never checked (the recorder keeps them for tests).
+    Answer: the ``message`` object with one ``text`` block, ``stop_reason``, ``stop_sequence`` and ``usage``
+    (``input_tokens``, ``output_tokens``, cache counters 0). Stream (SSE with ``event:`` lines): ``message_start``
+    (usage with ``output_tokens`` 1, as the vendor sends), ``content_block_start``, ``ping``, one
+    ``content_block_delta`` (``text_delta``) per answer token, ``content_block_stop``, ``message_delta`` (stop
+    reason and cumulative ``output_tokens``), ``message_stop``.
+    Errors: ``{"type":"error","error":{"type","message"},"request_id"}`` with the vendor's status → type table
+    (`error_type`); ``x-demo-status: 529`` is ``overloaded_error``; ``retry-after`` is kept.
+Not modelled
+    tool_use answers (the demo has no tool knob: answers are text only), thinking blocks, mid-stream ``error``
+    events (``x-demo-drop-after`` cuts the connection instead), ``/v1/messages/count_tokens``, the ``request-id``
+    response header, and a malformed ``x-demo-*`` header, which the shared dispatcher answers in OpenAI's shape
+    before this endpoint runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from clexproxy.demo.answers import TOKEN_JSON, ChatPlan, plan_chat
+from clexproxy.demo.errors import DemoError, bad_request, optional_bool, require_object
+from clexproxy.demo.knobs import Knobs, preflight
+from clexproxy.demo.recorder import DemoState, RecordedRequest
+from clexproxy.demo.responses import drop_connection, send_body, send_json, sleep
+
+__all__ = ["anthropic_error_payload", "error_type", "serve_messages"]
+
+_SSE_HEADERS: Final[Mapping[str, str]] = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_ROLES: Final = frozenset(("user", "assistant"))
+
+# The vendor's documented HTTP status → error type; other 4xx are invalid_request_error, other 5xx api_error.
+_ERROR_TYPES: Final[Mapping[int, str]] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_STOP_REASONS: Final[Mapping[str, str]] = {"stop": "end_turn", "length": "max_tokens"}
+
+
+def error_type(status: int) -> str:
+    """Anthropic's ``error.type`` for an HTTP status."""
+    known = _ERROR_TYPES.get(status)
+    if known is not None:
+        return known
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def anthropic_error_payload(error: DemoError, request_id: str) -> bytes:
+    """A `DemoError` re-dressed in Anthropic's error shape (529 says "Overloaded", as the vendor does)."""
+    kind = error_type(error.status)
+    message = "Overloaded" if kind == "overloaded_error" else error.message
+    if error.status == 404 and error.code == "model_not_found" and error.param == "model":
+        message = error.message.replace("The model", "model:", 1).replace("`", "").replace(" does not exist", "")
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Request: Anthropic's body → the prompt view `plan_chat` reads
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _block_texts(content: Any, where: str) -> list[dict[str, str]]:
+    """The text parts of a string or a block list; ``tool_result`` blocks contribute their own text."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise bad_request(f"{where}: Input should be a valid list", "invalid_type")
+    parts: list[dict[str, str]] = []
+    for block in content:
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise bad_request(f"{where}: each content block must be an object with a type", "invalid_type")
+        if block["type"] == "text":
+            if not isinstance(block.get("text"), str):
+                raise bad_request(f"{where}.text: Field required", "missing_required_parameter")
+            parts.append({"type": "text", "text": block["text"]})
+        elif block["type"] == "tool_result" and block.get("content") is not None:
+            parts.extend(_block_texts(block["content"], f"{where}.content"))
+    return parts
+
+
+def _prompt_view(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The system text and every message's text as OpenAI-style messages, so the seed and counts match chat's."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("messages: at least one message is required", "missing_required_parameter", "messages")
+    view: list[dict[str, Any]] = []
+    system = body.get("system")
+    if system is not None:
+        view.append({"role": "system", "content": _block_texts(system, "system")})
+    for position, message in enumerate(messages):
+        where = f"messages.{position}"
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise bad_request(f"{where}.role: Input should be 'user' or 'assistant'", "invalid_value", "messages")
+        if "content" not in message:
+            raise bad_request(f"{where}.content: Field required", "missing_required_parameter", "messages")
+        view.append({"role": message["role"], "content": _block_texts(message["content"], f"{where}.content")})
+    return view
+
+
+def _stop_sequences(body: dict[str, Any]) -> tuple[str, ...]:
+    value = body.get("stop_sequences")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise bad_request("stop_sequences: Input should be a list of non-empty strings", "invalid_type")
+    return tuple(value)
+
+
+@dataclass(slots=True)
+class MessagePlan:
+    """One Anthropic answer: the text pieces (one per output token), the stop reason and the usage figures."""
+
+    message_id: str
+    model: str
+    pieces: tuple[str, ...]
+    output_tokens: int
+    stop_reason: str
+    stop_sequence: str | None
+    input_tokens: int
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": self.output_tokens,
+        }
+
+    def message(self) -> dict[str, Any]:
+        return {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [{"type": "text", "text": "".join(self.pieces)}],
+            "stop_reason": self.stop_reason,
+            "stop_sequence": self.stop_sequence,
+            "usage": self.usage(),
+        }
+
+
+def _cut_at_stop(pieces: list[str], stops: tuple[str, ...]) -> tuple[list[str], int, str | None]:
+    """Cut the answer before the earliest stop sequence: the text pieces kept, the output tokens spent, the match.
+
+    The token holding the match was generated, so it counts as output even when none of its text is kept.
+    """
+    text = "".join(pieces)
+    found = [(index, stop) for stop in stops if (index := text.find(stop)) >= 0]
+    if not found:
+        return pieces, len(pieces), None
+    cut, stop = min(found)
+    kept: list[str] = []
+    position = 0
+    for piece in pieces:
+        if position + len(piece) > cut:
+            if cut > position:
+                kept.append(piece[: cut - position])
+            return kept, len(kept) if cut > position else len(kept) + 1, stop
+        kept.append(piece)
+        position += len(piece)
+    return kept, len(kept), stop  # pragma: no cover - a match always lies inside the text
+
+
+def plan_message(state: DemoState, knobs: Knobs, body: dict[str, Any], model: str) -> tuple[MessagePlan, bool]:
+    """Validate Anthropic's fields, decide the answer through `plan_chat`; returns the plan and whether to stream."""
+    if "max_tokens" not in body:
+        raise bad_request("max_tokens: Field required", "missing_required_parameter", "max_tokens")
+    view = _prompt_view(body)
+    stops = _stop_sequences(body)
+    stream = optional_bool(body, "stream")
+    chat: ChatPlan = plan_chat(state, knobs, {"messages": view, "max_tokens": body["max_tokens"]}, model)
+    pieces = [orjson.loads(TOKEN_JSON[token]) for token in chat.tokens]
+    kept, output_tokens, stop = _cut_at_stop(pieces, stops)
+    stop_reason = "stop_sequence" if stop is not None else _STOP_REASONS[chat.finish_reason]
+    message_id = "msg_demo_" + chat.completion_id.rsplit("-", 1)[-1]
+    plan = MessagePlan(message_id, model, tuple(kept), output_tokens, stop_reason, stop, chat.prompt_tokens)
+    return plan, stream
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Answer
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def _stream_events(
+    request: web.Request, response: web.StreamResponse, state: DemoState, recorded: RecordedRequest, knobs: Knobs,
+    plan: MessagePlan,
+) -> bool:  # fmt: skip
+    """Write the event sequence after the headers; False when the drop knob cut it."""
+    await sleep(knobs.ttft_s)
+    start = plan.message()
+    start.update(content=[], stop_reason=None, stop_sequence=None)
+    start["usage"] = {**plan.usage(), "output_tokens": 1}
+    await response.write(_event("message_start", {"type": "message_start", "message": start}))
+    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    await response.write(_event("content_block_start", block) + _event("ping", {"type": "ping"}))
+    drop_after = knobs.drop_after
+    for position, piece in enumerate(plan.pieces):
+        if position:
+            await sleep(knobs.delay_s)
+        if drop_after is not None and position >= drop_after:
+            drop_connection(request, response, state.recorder, recorded)
+            return False
+        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
+        await response.write(_event("content_block_delta", delta))
+    if drop_after is not None:
+        drop_connection(request, response, state.recorder, recorded)
+        return False
+    final = {
+        "type": "message_delta",
+        "delta": {"stop_reason": plan.stop_reason, "stop_sequence": plan.stop_sequence},
+        "usage": {"output_tokens": plan.output_tokens},
+    }
+    await response.write(
+        _event("content_block_stop", {"type": "content_block_stop", "index": 0}) + _event("message_delta", final)
+    )
+    await response.write_eof(_event("message_stop", {"type": "message_stop"}))
+    return True
+
+
+async def _stream_message(
+    request: web.Request, state: DemoState, recorded: RecordedRequest, knobs: Knobs, plan: MessagePlan
+) -> web.StreamResponse:
+    """SSE answer: headers at once, events after the ttft knob; outcome recorded in every case."""
+    response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+    recorded.status = 200
+    try:
+        await response.prepare(request)
+        finished = await _stream_events(request, response, state, recorded, knobs, plan)
+    except ConnectionError:
+        state.recorder.finish(recorded, disconnected=True)
+        return response
+    if finished:
+        state.recorder.finish(recorded, completed=True)
+    return response
+
+
+async def serve_messages(
+    request: web.Request, state: DemoState, recorded: RecordedRequest, knobs: Knobs, body: dict[str, Any] | None
+) -> web.StreamResponse:
+    """``POST /v1/messages``: refusals decided here are rendered in Anthropic's error shape."""
+    model: str | None = None
+    try:
+        checked = require_object(body)
+        raw_model = checked.get("model")
+        if not isinstance(raw_model, str) or not raw_model:
+            raise bad_request("model: Field required", "missing_required_parameter", "model")
+        model = raw_model
+        plan, stream = plan_message(state, knobs, checked, model)
+        preflight(state, knobs, model)
+    except DemoError as error:
+        request_id = f"req_demo_{next(state.completion_ids)}"
+        payload = anthropic_error_payload(error, request_id)
+        return await send_json(request, state.recorder, recorded, error.status, payload, error.headers)
+    if stream:
+        return await _stream_message(request, state, recorded, knobs, plan)
+    return await send_body(request, state, recorded, knobs, orjson.dumps(plan.message()))
