@@ -12,6 +12,7 @@ Endpoints
     ``GET  /v1/models``            a short OpenAI model list (``DEMO_MODELS``).
     ``POST /v1/messages``          Anthropic's Messages API, same answers and knobs (`serve_messages`).
     any other ``/v1/*``            404 ``unknown_url``.
+    ``POST /v1beta/models/{model}:generateContent`` / ``:streamGenerateContent``  Gemini's API (`serve_gemini`).
 Every ``/v1/*`` request is recorded in the app's ``DemoRecorder`` before anything is answered.
 
 Runners must pass ``handler_cancellation=True`` (``web.AppRunner(app, handler_cancellation=True)``): that is
@@ -41,6 +42,7 @@ from clexproxy.demo.embeddings import (
     encoding_is_base64,
 )
 from clexproxy.demo.errors import DemoError, positive_int, read_json_object, require_model, require_object
+from clexproxy.demo.gemini import serve_gemini
 from clexproxy.demo.knobs import Knobs, parse_knobs, preflight
 from clexproxy.demo.recorder import DEMO_RECORDER_KEY, DemoRecorder, DemoState, RecordedRequest
 from clexproxy.demo.responses import send_body, send_json, sleep
@@ -162,6 +164,7 @@ def build_demo_app(recorder: DemoRecorder | None = None) -> web.Application:
     app.router.add_post("/v1/messages", _recorded_endpoint(serve_messages))
     app.router.add_get("/v1/models", _recorded_endpoint(_serve_models))
     app.router.add_route("*", "/v1/{tail:.*}", _recorded_endpoint(_serve_unknown))
+    app.router.add_route("*", "/v1beta/{tail:.*}", _recorded_endpoint(serve_gemini))
     return app
 
 
