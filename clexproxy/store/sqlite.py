@@ -14,11 +14,10 @@ so workers opening it together migrate it once.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -373,8 +372,6 @@ class ThreadedSQLiteStore(ThreadedConsole):
         self.sqlite = store
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clexproxy-store")
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def close(self) -> None:
         await self._run(self.sqlite.close)

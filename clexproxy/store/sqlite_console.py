@@ -14,9 +14,11 @@ hash of its token, a password as its argon2 hash (all made by the caller).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
@@ -104,10 +106,9 @@ def check_user(email: str, role: str, account: str | None) -> str:
 class SQLiteConsole:
     """The console's calls on `SQLiteStore`'s connection (synchronous; `ThreadedConsole` runs them off the loop)."""
 
+    # Given by the class it is mixed into (`SQLiteStore`): its connection and its transaction.
     _db: sqlite3.Connection
-
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError  # SQLiteStore's
+    _tx: Callable[[], AbstractContextManager[sqlite3.Connection]]
 
     # users ------------------------------------------------------------------------------------
 
@@ -268,8 +269,11 @@ class ThreadedConsole:
 
     sqlite: SQLiteConsole
 
+    _thread: ThreadPoolExecutor  # given by `ThreadedSQLiteStore`, as `sqlite` is
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        raise NotImplementedError  # ThreadedSQLiteStore's
+        """`fn` on the store's own thread, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def create_user(self, email: str, role: str, account: str | None) -> UserRow:
         return await self._run(self.sqlite.create_user, email, role, account)
