@@ -43,10 +43,10 @@ from clexproxy.demo.errors import DemoError, bad_request, optional_bool, require
 from clexproxy.demo.knobs import Knobs, preflight
 from clexproxy.demo.recorder import DemoState, RecordedRequest
 from clexproxy.demo.responses import drop_connection, send_body, send_json, sleep
+from clexproxy.demo.sse import serve_sse
 
 __all__ = ["anthropic_error_payload", "error_type", "serve_messages"]
 
-_SSE_HEADERS: Final[Mapping[str, str]] = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _ROLES: Final = frozenset(("user", "assistant"))
 
 # The vendor's documented HTTP status → error type; other 4xx are invalid_request_error, other 5xx api_error.
@@ -250,23 +250,6 @@ async def _stream_events(
     return True
 
 
-async def _stream_message(
-    request: web.Request, state: DemoState, recorded: RecordedRequest, knobs: Knobs, plan: MessagePlan
-) -> web.StreamResponse:
-    """SSE answer: headers at once, events after the ttft knob; outcome recorded in every case."""
-    response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-    recorded.status = 200
-    try:
-        await response.prepare(request)
-        finished = await _stream_events(request, response, state, recorded, knobs, plan)
-    except ConnectionError:
-        state.recorder.finish(recorded, disconnected=True)
-        return response
-    if finished:
-        state.recorder.finish(recorded, completed=True)
-    return response
-
-
 async def serve_messages(
     request: web.Request, state: DemoState, recorded: RecordedRequest, knobs: Knobs, body: dict[str, Any] | None
 ) -> web.StreamResponse:
@@ -285,5 +268,6 @@ async def serve_messages(
         payload = anthropic_error_payload(error, request_id)
         return await send_json(request, state.recorder, recorded, error.status, payload, error.headers)
     if stream:
-        return await _stream_message(request, state, recorded, knobs, plan)
+        return await serve_sse(request, state, recorded,
+                               lambda response: _stream_events(request, response, state, recorded, knobs, plan))
     return await send_body(request, state, recorded, knobs, orjson.dumps(plan.message()))

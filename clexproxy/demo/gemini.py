@@ -46,13 +46,13 @@ from clexproxy.demo.errors import DemoError
 from clexproxy.demo.knobs import Knobs, preflight
 from clexproxy.demo.recorder import DemoState, RecordedRequest
 from clexproxy.demo.responses import drop_connection, send_body, sleep
+from clexproxy.demo.sse import serve_sse
 
 __all__ = ["GEMINI_SAFETY_HEADER", "GeminiError", "serve_gemini"]
 
 GEMINI_SAFETY_HEADER: Final = "x-demo-gemini-safety"
 _PATH: Final = re.compile(r"models/(?P<model>[^:]+):(?P<method>generateContent|streamGenerateContent)")
 _TOKEN_TEXT: Final = tuple(str(orjson.loads(token)) for token in TOKEN_JSON)
-_SSE_HEADERS: Final[Mapping[str, str]] = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _FINISH: Final[Mapping[str, str]] = {"stop": "STOP", "length": "MAX_TOKENS"}
 _BLOCKED_RATING: Final = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]
 
@@ -215,25 +215,21 @@ def _safety(request: web.Request) -> str | None:
 async def _stream(
     request: web.Request, state: DemoState, recorded: RecordedRequest, knobs: Knobs, frames: list[bytes]
 ) -> web.StreamResponse:
-    """SSE: headers at once, frames after the ttft knob, the delay and drop knobs between content frames."""
-    response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-    recorded.status = 200
-    try:
-        await response.prepare(request)
+    """SSE: frames after the ttft knob, the delay and drop knobs between content frames (`serve_sse`)."""
+
+    async def events(response: web.StreamResponse) -> bool:
         await sleep(knobs.ttft_s)
         for position, frame in enumerate(frames):
             if position:
                 await sleep(knobs.delay_s)
             if knobs.drop_after is not None and position >= knobs.drop_after:
                 drop_connection(request, response, state.recorder, recorded)
-                return response
+                return False
             await response.write(b"data: " + frame + b"\r\n\r\n")
         await response.write_eof()
-    except ConnectionError:
-        state.recorder.finish(recorded, disconnected=True)
-        return response
-    state.recorder.finish(recorded, completed=True)
-    return response
+        return True
+
+    return await serve_sse(request, state, recorded, events)
 
 
 def _stream_frames(plan: ChatPlan, call: dict[str, Any] | None) -> list[bytes]:

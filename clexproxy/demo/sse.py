@@ -6,7 +6,7 @@ demo upstream stays out of the way of benchmarks. The ttft, delay and drop knobs
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import orjson
@@ -91,12 +91,22 @@ async def _stream_chunks(
 async def stream_chat(
     request: web.Request, state: DemoState, recorded: RecordedRequest, knobs: Knobs, plan: ChatPlan
 ) -> web.StreamResponse:
-    """SSE answer: headers go out at once, data after the ttft knob; outcome recorded in every case."""
+    """The OpenAI chat stream (`serve_sse` around its chunks)."""
+    return await serve_sse(request, state, recorded,
+                           lambda response: _stream_chunks(request, response, state, recorded, knobs, plan))
+
+
+async def serve_sse(
+    request: web.Request, state: DemoState, recorded: RecordedRequest,
+    events: Callable[[web.StreamResponse], Awaitable[bool]],
+) -> web.StreamResponse:
+    """Any wire format's SSE answer: headers at once, then `events` (True once it ended the stream
+    itself); the outcome recorded in every case, a client that left included."""
     response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
     recorded.status = 200
     try:
         await response.prepare(request)
-        finished = await _stream_chunks(request, response, state, recorded, knobs, plan)
+        finished = await events(response)
     except ConnectionError:
         state.recorder.finish(recorded, disconnected=True)
         return response
