@@ -1,0 +1,201 @@
+"""The one shape every translation meets in: OpenAI's chat completion and its stream chunks, as dicts.
+
+Why a middle shape: clexproxy speaks four client protocols (chat completions, Responses,
+Anthropic Messages, legacy completions) and three provider formats (OpenAI, Anthropic, Gemini).
+Translating each pair directly would be twelve translations; through chat completions it is one
+per protocol each way. A provider format's `StreamDecoder` turns its SSE events into chat
+chunks; a client protocol's `StreamEncoder` turns chat chunks into its SSE events. The usual
+pair, an OpenAI provider and a chat client, uses neither: its bytes are relayed as they came
+(`Frames`).
+
+A chat chunk here is what OpenAI's `chat.completion.chunk` is: `{"id", "object", "created",
+"model", "choices": [{"index", "delta": {"role"?, "content"?, "tool_calls"?: [{"index", "id"?,
+"type"?, "function": {"name"?, "arguments"?}}]}, "finish_reason"}], "usage"?}`; the last chunk
+of a decoded stream carries `usage` (`prompt_tokens`, `completion_tokens`, `total_tokens`)
+with empty `choices`, as OpenAI sends it under `stream_options.include_usage`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import orjson
+
+from clexproxy.errors import ApiError
+from clexproxy.fastpath.sse import SSEEvent
+
+Chunk = dict[str, Any]
+
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+class UpstreamEventError(Exception):
+    """A provider's stream said, inside a 200 answer, that it failed: `error` is its error object.
+
+    The relay replaces it with SPEC's error (`UpstreamReply.midstream_error`): the provider's
+    own words may name its URL or credential, so they never reach the client unscrubbed.
+    """
+
+    def __init__(self, error: Any) -> None:
+        super().__init__("the upstream stream carried an error event")
+        self.error = error
+
+
+class StreamDecoder(Protocol):
+    """One provider stream's events, as chat chunks (a provider format's side of a translation)."""
+
+    # True once the provider said the answer is whole (OpenAI's `[DONE]`, Anthropic's `message_stop`).
+    done: bool
+
+    def feed(self, event: SSEEvent) -> list[Chunk]:
+        """The chat chunks `event` stands for (often none); raises `UpstreamEventError` for an error event."""
+        ...
+
+    def close(self) -> list[Chunk]:
+        """The provider's body ended: the last chunks, setting `done` when that end is a complete answer
+        (Gemini's streams have no end marker: a body that ends after a finish reason is whole)."""
+        ...
+
+
+class StreamEncoder(Protocol):
+    """One client's SSE, from chat chunks (a client protocol's side of a translation).
+
+    Every method returns the bytes to send, whole events only (b"" when there are none).
+    """
+
+    def chunk(self, chunk: Chunk) -> bytes:
+        """The events for one chat chunk; the first call also sends the protocol's opening events."""
+        ...
+
+    def end(self) -> bytes:
+        """The answer is whole: the closing events (with the usage the chunks carried)."""
+        ...
+
+    def error(self, error: ApiError) -> bytes:
+        """The answer failed after it started: the protocol's error event, ending the stream."""
+        ...
+
+
+class ChatEncoder:
+    """Chat completions' own SSE, for a chat client whose provider does not speak OpenAI.
+
+    The usage chunk goes out only when the client asked for it (`stream_options.include_usage`),
+    as with an OpenAI provider.
+    """
+
+    __slots__ = ("wants_usage",)
+
+    def __init__(self, wants_usage: bool) -> None:
+        self.wants_usage = wants_usage
+
+    def chunk(self, chunk: Chunk) -> bytes:
+        if chunk.get("usage") is not None and not chunk.get("choices"):
+            if not self.wants_usage:
+                return b""
+        elif not self.wants_usage and "usage" in chunk:
+            chunk = {name: value for name, value in chunk.items() if name != "usage"}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def end(self) -> bytes:
+        return DONE_EVENT
+
+    def error(self, error: ApiError) -> bytes:
+        return b"data: " + error.to_bytes() + b"\n\n" + DONE_EVENT
+
+
+class OpenAIDecoder:
+    """An OpenAI-format stream's events as chat chunks: each data event parsed, `[DONE]` its end.
+
+    Used only when the client does not speak chat completions (a chat client's OpenAI stream is
+    relayed as bytes).
+    """
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def feed(self, event: SSEEvent) -> list[Chunk]:
+        data = event.data
+        if data is None or self.done:
+            return []
+        if data == b"[DONE]":
+            self.done = True
+            return []
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamEventError({"message": "an event that is not JSON"}) from None
+        if not isinstance(doc, dict):
+            raise UpstreamEventError({"message": "an event that is not a JSON object"})
+        if doc.get("error") is not None:
+            raise UpstreamEventError(doc["error"])
+        return [doc]
+
+    def close(self) -> list[Chunk]:
+        return []
+
+
+class Translation(Protocol):
+    """One call in a client protocol (Responses, Messages), put onto chat completions and its answer put back.
+
+    Built by the protocol's `translate(body)` from the client's parsed JSON body, which raises
+    `InvalidRequest` (naming the field) for what is malformed or not supported. The handler routes
+    `model`, admits the call, sends `body`, and gives the answer back to `answer` (a JSON answer)
+    or to `encoder()`'s encoder (a stream).
+    """
+
+    model: str  # the catalog id the client asked for
+    stream: bool  # the client asked for SSE (absent means False in both protocols)
+    body: dict[str, Any]  # the chat-completions body to send (with "model" and "stream")
+
+    def answer(self, doc: Chunk) -> bytes:
+        """The client's JSON answer, from the chat completion (a `chat.completion` dict, with `usage`)."""
+        ...
+
+    def encoder(self) -> StreamEncoder:
+        """A new encoder of this call's stream."""
+        ...
+
+
+class WireFormat(Protocol):
+    """A provider format (`Provider.format`): how a chat-completions call is asked of it and answered.
+
+    The pool asks `path`, `auth_headers` and `payload` for each attempt, `check_first` of a stream's
+    first data event; the pool turns a JSON answer into a chat completion with `answer`, and the
+    relay a stream's events into chat chunks with `decoder()`. Error answers (non-200) are read by
+    the pool's `classify`, whichever the format: OpenAI's, Anthropic's and Google's error bodies
+    all carry an `error` object with a `message`.
+    """
+
+    name: str
+
+    def path(self, endpoint: str, upstream_model: str, stream: bool) -> str:
+        """The path after the provider's `base_url` ("/chat/completions" → "/messages", say)."""
+        ...
+
+    def auth_headers(self, credential: str) -> dict[str, str]:
+        """The request headers that carry the provider's credential (and any fixed version header)."""
+        ...
+
+    def payload(self, body: dict[str, Any], upstream_model: str) -> bytes:
+        """The provider's request body from a chat-completions body (whose "stream" says which kind).
+
+        Raises `InvalidRequest` for a field the provider cannot honour (naming it), never silently drops
+        one that changes the answer.
+        """
+        ...
+
+    def check_first(self, data: bytes) -> None:
+        """A stream's first data event: raises an `ApiError` when it is a refusal to answer (a safety
+        block: not retried, a clear 4xx), returns when it starts an answer."""
+        ...
+
+    def answer(self, doc: dict[str, Any], model_id: str) -> Chunk:
+        """The chat completion (`object` "chat.completion", `model` = `model_id`, `usage`) from the provider's
+        JSON answer; raises an `ApiError` for a refusal to answer."""
+        ...
+
+    def decoder(self, model_id: str) -> StreamDecoder:
+        """A new decoder of one stream of this format, naming `model_id` in its chunks."""
+        ...
