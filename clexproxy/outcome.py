@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class CallOutcome:
-    endpoint: str
+    endpoint: str  # the upstream endpoint the call is served by: "/chat/completions", "/completions", "/embeddings"
     started: float  # monotonic, when the handler began
     request_id: str = ""
+    # The ingress, the protocol the client spoke: "chat", "responses", "messages", "completions", "embeddings".
+    api: str = "chat"
     account_id: int | None = None
     key_id: int | None = None
     plan: str = "-"
