@@ -1,0 +1,284 @@
+"""The OpenAI Responses API's answer shapes from chat completions: the response object and its SSE stream.
+
+Why the response object lives with the stream: `ResponsesEncoder` builds it three times (opening,
+completed, failed) and `ResponsesCall.answer` once, from the same pieces (`response_object`,
+`message_item`, `function_call_item`, `responses_usage`, `finish_status`), so a JSON answer and the
+last event of a stream are the same document.
+
+The stream is what `openai.lib.streaming.responses` accumulates: `response.created` first, every
+event's `sequence_number` one more than the last (from 0), each content event after the
+`response.output_item.added` of its `output_index`, every item added closed by its
+`response.output_item.done` before `response.completed`. Items are numbered in the order their
+first delta arrives; a chat stream's parallel tool calls interleave their argument fragments by
+chat `index`, so their items stay open side by side (the SDK keys them by `output_index`) and all
+close at `end()`. A stream cut by max tokens or a content filter still ends in `response.completed`
+(status "incomplete", as in the JSON answer): the SDK's `get_final_response` needs that event.
+
+`ResponseError.code` is a closed vocabulary in the SDK ("server_error", "rate_limit_exceeded", ...):
+SPEC's codes outside it are sent as "server_error", with SPEC's error type in `type`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from clexproxy.errors import ApiError
+from clexproxy.protocols.chunks import Chunk
+
+IdFactory = Callable[[str], str]
+
+# `ResponseError.code` values SPEC's error codes keep as they are; any other becomes "server_error".
+SDK_ERROR_CODES = frozenset({"server_error", "rate_limit_exceeded"})
+
+
+def random_id(prefix: str) -> str:
+    """`prefix` and 32 random hex digits ("resp_…", "msg_…", "fc_…")."""
+    return prefix + uuid.uuid4().hex
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def responses_usage(usage: Any) -> dict[str, Any] | None:
+    """The Responses `usage` from a chat `usage` (None when the chat answer had none)."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens"))
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
+    cached = _count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
+    reasoning = _count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+    total = usage.get("total_tokens")
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": _count(total) if total is not None else prompt + completion,
+    }
+
+
+def finish_status(finish_reason: Any) -> tuple[str, dict[str, Any] | None]:
+    """The response's `status` and `incomplete_details` for a chat `finish_reason`."""
+    if finish_reason == "length":
+        return "incomplete", {"reason": "max_output_tokens"}
+    if finish_reason == "content_filter":
+        return "incomplete", {"reason": "content_filter"}
+    return "completed", None
+
+
+def output_text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    """An assistant `message` output item holding one `output_text` part."""
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
+            "content": [output_text_part(text)]}
+
+
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    """A `function_call` output item; `call_id` is the chat tool call's id, which the client answers with."""
+    return {"id": item_id, "type": "function_call", "status": status, "call_id": call_id, "name": name,
+            "arguments": arguments}
+
+
+def response_object(
+    echo: dict[str, Any],
+    *,
+    response_id: str,
+    created_at: int,
+    model: str,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any] | None,
+    incomplete_details: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `response` object: what this answer says, then the request fields it echoes (`echo`)."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "error": error,
+        "incomplete_details": incomplete_details,
+        "model": model,
+        "output": output,
+        "usage": usage,
+        **echo,
+    }
+
+
+def created_at(value: Any) -> int:
+    """A chat answer's `created` (seconds), or now when it has none."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    return int(time.time())
+
+
+class ResponsesEncoder:
+    """One Responses stream from chat chunks (a `StreamEncoder`).
+
+    `echo` is the request fields every response object repeats; `model` names the response until a
+    chunk names the model that answers; `new_id` makes the response's and items' ids.
+    """
+
+    __slots__ = ("_calls", "_created_at", "_echo", "_finish_reason", "_finished", "_id", "_items", "_message",
+                 "_model", "_new_id", "_seq", "_started", "_texts", "_usage")
+
+    def __init__(self, echo: dict[str, Any], model: str, new_id: IdFactory = random_id) -> None:
+        self._echo = echo
+        self._model = model
+        self._new_id = new_id
+        self._id = new_id("resp_")
+        self._created_at = 0
+        self._seq = 0
+        self._started = False
+        self._finished = False
+        self._items: list[dict[str, Any]] = []  # the output items, in output_index order
+        self._message: dict[str, Any] | None = None  # the message item, once text arrived
+        self._texts: list[str] = []  # the message's text deltas
+        self._calls: dict[Any, dict[str, Any]] = {}  # chat tool call index -> its function_call item
+        self._finish_reason: Any = None
+        self._usage: Any = None
+
+    def _event(self, kind: str, fields: dict[str, Any]) -> bytes:
+        payload = {"type": kind, "sequence_number": self._seq, **fields}
+        self._seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+    def _response(self, status: str, **more: Any) -> dict[str, Any]:
+        return response_object(self._echo, response_id=self._id, created_at=self._created_at, model=self._model,
+                               status=status, output=self._items, usage=responses_usage(self._usage), **more)
+
+    def _open(self, chunk: Chunk | None) -> list[bytes]:
+        self._started = True
+        self._created_at = created_at(chunk.get("created") if chunk else None)
+        model = chunk.get("model") if chunk else None
+        if isinstance(model, str) and model:
+            self._model = model
+        opening = response_object(self._echo, response_id=self._id, created_at=self._created_at, model=self._model,
+                                  status="in_progress", output=[], usage=None)
+        return [self._event("response.created", {"response": opening}),
+                self._event("response.in_progress", {"response": opening})]
+
+    def chunk(self, chunk: Chunk) -> bytes:
+        if self._finished:
+            return b""
+        out = [] if self._started else self._open(chunk)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue  # the gateway never asks for n > 1
+                delta = choice.get("delta")
+                if isinstance(delta, dict):
+                    content = delta.get("content")
+                    if isinstance(content, str) and content:
+                        out.extend(self._text(content))
+                    tool_calls = delta.get("tool_calls")
+                    if isinstance(tool_calls, list):
+                        for call in tool_calls:
+                            if isinstance(call, dict):
+                                out.extend(self._tool_call(call))
+                if choice.get("finish_reason"):
+                    self._finish_reason = choice["finish_reason"]
+        return b"".join(out)
+
+    def _text(self, content: str) -> list[bytes]:
+        out = []
+        message = self._message
+        if message is None:
+            message = self._message = message_item(self._new_id("msg_"), "", "in_progress")
+            self._items.append(message)
+            index = len(self._items) - 1
+            added = {**message, "content": []}
+            out.append(self._event("response.output_item.added", {"output_index": index, "item": added}))
+            out.append(self._event("response.content_part.added", {
+                "item_id": message["id"], "output_index": index, "content_index": 0, "part": output_text_part("")}))
+        self._texts.append(content)
+        out.append(self._event("response.output_text.delta", {
+            "item_id": message["id"], "output_index": self._items.index(message), "content_index": 0,
+            "delta": content, "logprobs": []}))
+        return out
+
+    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+        out = []
+        key = call.get("index", 0)
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        item = self._calls.get(key)
+        if item is None:
+            call_id = call.get("id")
+            name = function.get("name")
+            item = function_call_item(self._new_id("fc_"), call_id if isinstance(call_id, str) and call_id
+                                      else self._new_id("call_"), name if isinstance(name, str) else "", "",
+                                      "in_progress")
+            self._calls[key] = item
+            self._items.append(item)
+            out.append(self._event("response.output_item.added",
+                                   {"output_index": len(self._items) - 1, "item": dict(item)}))
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            item["arguments"] += arguments
+            out.append(self._event("response.function_call_arguments.delta", {
+                "item_id": item["id"], "output_index": self._items.index(item), "delta": arguments}))
+        return out
+
+    def _settle_items(self, status: str) -> None:
+        """Every item's final `status`, and the message's whole text."""
+        for item in self._items:
+            item["status"] = status
+        if self._message is not None:
+            self._message["content"] = [output_text_part("".join(self._texts))]
+
+    def _close_items(self, status: str) -> list[bytes]:
+        self._settle_items(status)
+        out = []
+        for index, item in enumerate(self._items):
+            if item["type"] == "message":
+                part = item["content"][0]
+                text = part["text"]
+                out.append(self._event("response.output_text.done", {
+                    "item_id": item["id"], "output_index": index, "content_index": 0, "text": text, "logprobs": []}))
+                out.append(self._event("response.content_part.done", {
+                    "item_id": item["id"], "output_index": index, "content_index": 0, "part": part}))
+            else:
+                out.append(self._event("response.function_call_arguments.done", {
+                    "item_id": item["id"], "output_index": index, "arguments": item["arguments"]}))
+            out.append(self._event("response.output_item.done", {"output_index": index, "item": item}))
+        return out
+
+    def end(self) -> bytes:
+        if self._finished:
+            return b""
+        self._finished = True
+        out = [] if self._started else self._open(None)
+        status, details = finish_status(self._finish_reason)
+        out.extend(self._close_items(status))
+        out.append(self._event("response.completed",
+                               {"response": self._response(status, incomplete_details=details)}))
+        return b"".join(out)
+
+    def error(self, error: ApiError) -> bytes:
+        if self._finished:
+            return b""
+        self._finished = True
+        out = [] if self._started else self._open(None)
+        self._settle_items("incomplete")  # no .done events: `response.failed` ends the stream as it stands
+        code = error.code if error.code in SDK_ERROR_CODES else "server_error"
+        failure = {"code": code, "message": error.message, "type": error.error_type}
+        out.append(self._event("response.failed", {"response": self._response("failed", error=failure)}))
+        return b"".join(out)
