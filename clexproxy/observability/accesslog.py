@@ -1,8 +1,8 @@
 """Logging: one structured line per request, as JSON or as key=value text, on stdout.
 
 The access line carries ids and numbers only: the request id, account and key ids (never a
-key), model, provider, status, credits, tokens and durations — never a prompt, a key or a
-provider credential.
+key), the endpoint and the api (the protocol the client spoke), model, provider, status,
+credits, tokens and durations — never a prompt, a key or a provider credential.
 
 Access lines skip the `logging` machinery (a record, handlers, a lock and a flush per line cost
 more than the rest of the line): `AccessLog` formats each line in place and a timer writes the
@@ -85,6 +85,7 @@ def call_fields(call: CallOutcome) -> dict[str, Any]:
         "account_id": call.account_id,
         "key_id": call.key_id,
         "endpoint": call.endpoint,
+        "api": call.api,
         "model": call.model,
         "provider": call.provider or None,
         "stream": call.stream,
@@ -134,9 +135,9 @@ def call_text(call: CallOutcome) -> str:
     model = plain.get(call.model) or _plain(call.model)
     provider = call.provider
     provider = (plain.get(provider) or _plain(provider)) if provider else "-"
-    text = (  # the endpoint is one of the handler's constants, never data
+    text = (  # the endpoint and the api are the handlers' constants, never data
         f"request_id={rid} account_id={'-' if account_id is None else account_id} "
-        f"key_id={'-' if key_id is None else key_id} endpoint={call.endpoint} "
+        f"key_id={'-' if key_id is None else key_id} endpoint={call.endpoint} api={call.api} "
         f"model={model} provider={provider} stream={call.stream} status={call.status} "
         f"credits={call.credits_charged} prompt_tokens={call.prompt_tokens} completion_tokens={call.completion_tokens} "
         f"duration_ms={total * 1000:.3f} overhead_ms={overhead * 1000:.3f} upstream_ms={upstream * 1000:.3f}"

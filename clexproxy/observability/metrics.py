@@ -12,8 +12,9 @@ With Redis configured, `RedisSync` reports each round trip (its duration, or its
 a few dict updates after a trip that took a network round trip, never on a call that stays in
 memory. Without Redis there are no Redis series at all, so its alerts stay silent.
 
-Label sets are bounded: endpoint, model and tier (from the catalog), plan, provider, status
-class, kind, limit, phase, Redis operation. Never an account or key id.
+Label sets are bounded: endpoint, api (the protocol the client spoke: one of five constants, so
+every ingress is metered alike and told apart), model and tier (from the catalog), plan, provider,
+status class, kind, limit, phase, Redis operation. Never an account or key id.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Metrics:
         # pid plus a random tag: unique even when a pid is reused, or when tests run several gateways in a process.
         self.instance = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._task: asyncio.Task[None] | None = None
-        self._rows: dict[tuple[str, str, str, int, bool, str], list[float]] = {}
+        self._rows: dict[tuple[str, str, str, str, int, bool, str], list[float]] = {}
         self._stopping = asyncio.Event()
         fam: list[Family] = []
         self._families = fam
@@ -85,22 +86,23 @@ class Metrics:
             fam.append(f)
             return f
 
-        self.requests = add(CounterVec("clexproxy_requests", "Proxied API calls by endpoint, model, plan, status.",
-                                       ("endpoint", "model", "plan", "status_class")))
+        self.requests = add(CounterVec("clexproxy_requests", "Proxied API calls by endpoint, api, model, plan, status.",
+                                       ("endpoint", "api", "model", "plan", "status_class")))
         self.duration = add(HistogramVec("clexproxy_request_duration_seconds", "Total time of a proxied call.",
-                                         ("endpoint", "stream"), LATENCY_BUCKETS))
+                                         ("endpoint", "api", "stream"), LATENCY_BUCKETS))
         self.overhead = add(HistogramVec("clexproxy_gateway_overhead_seconds",
                                          "Time spent in the gateway: total time minus the upstream's share.",
-                                         ("endpoint", "stream"), OVERHEAD_BUCKETS))
+                                         ("endpoint", "api", "stream"), OVERHEAD_BUCKETS))
         self.ttfb = add(HistogramVec("clexproxy_upstream_ttfb_seconds", "Time to the upstream's response headers.",
                                      ("provider",), LATENCY_BUCKETS))
         self.ttft = add(HistogramVec("clexproxy_stream_ttft_seconds",
                                      "From the request to the first streamed data event sent to the client.",
-                                     ("model",), LATENCY_BUCKETS))
+                                     ("model", "api"), LATENCY_BUCKETS))
         self.tokens_per_second = add(HistogramVec("clexproxy_stream_tokens_per_second",
                                                   "Completion tokens per second of a stream after its first token.",
                                                   ("model",), RATE_BUCKETS))
-        self.tokens = add(CounterVec("clexproxy_tokens", "Tokens reported by upstreams.", ("model", "kind")))
+        self.tokens = add(CounterVec("clexproxy_tokens", "Tokens reported by upstreams.",
+                                     ("model", "kind", "api")))
         self.charged = add(CounterVec("clexproxy_credits_charged", "Credits charged.", ("plan", "tier")))
         self.refunded = add(CounterVec("clexproxy_credits_refunded", "Credits reserved then refunded.",
                                        ("plan", "tier")))
@@ -158,13 +160,13 @@ class Metrics:
         """Everything a finished call contributes, in one pass.
 
         The common facts (count, credits, tokens, duration and overhead) go into one row per
-        (endpoint, model, plan, status, stream, tier): one dict lookup and a few list additions.
+        (endpoint, api, model, plan, status, stream, tier): one dict lookup and a few list additions.
         `_fold` spreads the rows over the families at snapshot time, off the request path.
         """
         endpoint = call.endpoint
         in_flight = self.in_flight.values
         in_flight[(endpoint,)] -= 1.0
-        key = (endpoint, call.model, call.plan, call.status // 100, call.stream, call.tier)
+        key = (endpoint, call.api, call.model, call.plan, call.status // 100, call.stream, call.tier)
         row = self._rows.get(key)
         if row is None:
             row = self._rows[key] = [0.0] * _ROW_SIZE
@@ -182,7 +184,7 @@ class Metrics:
             row[_OVERHEAD + bisect_left(OVERHEAD_BUCKETS, overhead)] += 1.0
             row[_OVERHEAD_SUM] += overhead
             if call.stream and call.first_token_at is not None:
-                self.ttft.observe((call.model,), call.first_token_at - call.started)
+                self.ttft.observe((call.model, call.api), call.first_token_at - call.started)
                 rate = call.tokens_per_second
                 if rate is not None:
                     self.tokens_per_second.observe((call.model,), rate)
@@ -225,16 +227,16 @@ class Metrics:
     def _fold(self) -> None:
         """Spread the per-call rows over the exposed families (at snapshot time, not per request)."""
         rows, self._rows = self._rows, {}
-        for (endpoint, model, plan, status, stream, tier), row in rows.items():
-            self.requests.inc((endpoint, model, plan, f"{status}xx"), row[0])
+        for (endpoint, api, model, plan, status, stream, tier), row in rows.items():
+            self.requests.inc((endpoint, api, model, plan, f"{status}xx"), row[0])
             if row[1]:
                 self.charged.inc((plan, tier), row[1])
             if row[2]:
-                self.tokens.inc((model, "prompt"), row[2])
+                self.tokens.inc((model, "prompt", api), row[2])
             if row[3]:
-                self.tokens.inc((model, "completion"), row[3])
+                self.tokens.inc((model, "completion", api), row[3])
             if row[_DURATION_SUM] or any(row[_DURATION:_DURATION_SUM]):
-                labels = (endpoint, "true" if stream else "false")
+                labels = (endpoint, api, "true" if stream else "false")
                 add_slots(self.duration, labels, row[_DURATION:_DURATION_SUM + 1])
                 add_slots(self.overhead, labels, row[_OVERHEAD:_OVERHEAD_SUM + 1])
 

@@ -62,11 +62,12 @@ async def test_success_non_stream(gw: RunningGateway, key: str) -> None:
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert moved("clexproxy_requests_total", endpoint=CHAT, model=LARGE, plan="pro", status_class="2xx") == 1
-    assert moved("clexproxy_request_duration_seconds_count", endpoint=CHAT, stream="false") == 1
-    assert moved("clexproxy_gateway_overhead_seconds_count", endpoint=CHAT, stream="false") == 1
+    assert moved("clexproxy_requests_total", endpoint=CHAT, api="chat", model=LARGE, plan="pro",
+                 status_class="2xx") == 1
+    assert moved("clexproxy_request_duration_seconds_count", endpoint=CHAT, api="chat", stream="false") == 1
+    assert moved("clexproxy_gateway_overhead_seconds_count", endpoint=CHAT, api="chat", stream="false") == 1
     assert moved("clexproxy_upstream_ttfb_seconds_count", provider="demo") == 1
-    assert moved("clexproxy_tokens_total", model=LARGE, kind="completion") == 8
+    assert moved("clexproxy_tokens_total", model=LARGE, kind="completion", api="chat") == 8
     assert moved("clexproxy_tokens_total", model=LARGE, kind="prompt") > 0
     assert moved("clexproxy_credits_charged_total", plan="pro", tier="large") == 3
     assert moved("clexproxy_credits_refunded_total") == 0
@@ -81,8 +82,8 @@ async def test_stream(gw: RunningGateway, key: str) -> None:
     async for _ in stream:
         pass
     after = await scrape(gw)
-    assert value(after, "clexproxy_stream_ttft_seconds_count", model=LARGE) - value(
-        before, "clexproxy_stream_ttft_seconds_count", model=LARGE) == 1
+    assert value(after, "clexproxy_stream_ttft_seconds_count", model=LARGE, api="chat") - value(
+        before, "clexproxy_stream_ttft_seconds_count", model=LARGE, api="chat") == 1
     assert value(after, "clexproxy_stream_tokens_per_second_count", model=LARGE) - value(
         before, "clexproxy_stream_tokens_per_second_count", model=LARGE) == 1
     assert value(after, "clexproxy_request_duration_seconds_count", stream="true") == 1
@@ -265,10 +266,12 @@ async def test_access_log_lines(make_gateway: GatewayFactory, fmt: str, caplog: 
     if fmt == "text":
         line = next(ln for ln in text.splitlines() if "request_id=log-me" in ln)
         assert " INFO clexproxy.access " in line and "status=200" in line and "credits=3" in line
+        assert " endpoint=/chat/completions api=chat model=" in line
         return
     lines = [json.loads(ln) for ln in text.splitlines()]
     ok = next(line for line in lines if line.get("request_id") == "log-me")
     assert ok["status"] == 200 and ok["credits"] == 3 and ok["model"] == LARGE and ok["provider"] == "demo"
+    assert ok["endpoint"] == "/chat/completions" and ok["api"] == "chat"
     assert ok["account_id"] and ok["key_id"] and ok["completion_tokens"] == 8
     assert ok["overhead_ms"] >= 0 and ok["upstream_ms"] >= 0 and ok["level"] == "info"
     bad = next(line for line in lines if line.get("request_id") == "bad-one")

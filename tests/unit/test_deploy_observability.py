@@ -286,3 +286,23 @@ def test_alerts_fire_on_synthetic_series(tmp_path: Path) -> None:
     spec = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": PROMTOOL_TESTS}
     (tmp_path / "tests.yml").write_text(json.dumps(spec), encoding="utf-8")
     _promtool("test", "rules", "tests.yml", cwd=tmp_path)
+
+
+# -- the api label (issue 13: every ingress metered alike) ------------------------------------------------------
+
+_API_LABELLED = re.compile(
+    r"clexproxy_(requests_total|request_duration_seconds_bucket|gateway_overhead_seconds_bucket"
+    r"|stream_ttft_seconds_bucket|tokens_total)\{([^}]*)\}"
+)
+
+
+def test_dashboard_filters_and_breaks_down_by_api() -> None:
+    variables = {v["name"]: v for v in _dashboard()["templating"]["list"]}
+    assert variables["api"]["type"] == "query"
+    assert variables["api"]["definition"] == 'label_values(clexproxy_requests_total{job=~"$job"}, api)'
+    exprs = [target["expr"] for panel in _panels() for target in panel.get("targets", [])]
+    selectors = [match.group(2) for expr in exprs for match in _API_LABELLED.finditer(expr)]
+    assert selectors and all('api=~"$api"' in selector for selector in selectors)
+    titles = {panel["title"] for panel in _panels()}
+    assert {"Request rate by api and status class", "Error ratio by api", "Tokens by api and model"} <= titles
+    assert any("sum by (le, api, stream)" in expr and "gateway_overhead" in expr for expr in exprs)
