@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA   ?= .clexproxy-data
 
-.PHONY: run test build test-pure test-tools lint clean bench bench-quick bench-peers bench-tools
+.PHONY: run test build test-pure test-tools node-clients lint clean bench bench-quick bench-peers bench-tools
 
 # The venv is rebuilt whenever the package definition or the compiled source changes.
 $(STAMP): pyproject.toml setup.py $(wildcard clexproxy/fastpath/*.pyx)
@@ -23,7 +23,7 @@ build: $(STAMP)
 run: build
 	$(VENV)/bin/clexproxy serve --demo --host 127.0.0.1 --port 8080 --data-dir $(DATA)
 
-test: build test-tools
+test: build test-tools node-clients
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # The servers the tests start for real (never mocks): Redis, and PostgreSQL for the multi-host store;
@@ -39,8 +39,19 @@ test-tools:
 	@test -x /usr/bin/chromium \
 		|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null)
 
+# The official Node clients (openai, the Vercel AI SDK) that tests/integration/test_sdk_node.py drives:
+# `npm ci` from the committed lock file, again only when that file changes (npm's own cache keeps it quick).
+# Node itself comes with the machine; Debian's nodejs and npm where it does not.
+NODE_STAMP := tests/node/node_modules/.installed
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null)
+	cd tests/node && npm ci --no-audit --no-fund --prefer-offline --loglevel=error
+	@touch $(NODE_STAMP)
+
+node-clients: $(NODE_STAMP)
+
 # The same suite on the pure-Python twins of the fastpath modules.
-test-pure: build test-tools
+test-pure: build test-tools node-clients
 	CLEXPROXY_NO_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 # Benchmarks: wrk, nginx (the static upstream) and valgrind from Debian; matplotlib for the chart.
@@ -66,4 +77,4 @@ lint: build
 	$(VENV)/bin/mypy clexproxy
 
 clean:
-	rm -rf $(VENV) build clexproxy/fastpath/_*.c clexproxy/fastpath/_*.so $(DATA)
+	rm -rf $(VENV) tests/node/node_modules build clexproxy/fastpath/_*.c clexproxy/fastpath/_*.so $(DATA)

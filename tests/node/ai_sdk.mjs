@@ -1,0 +1,41 @@
+// The Vercel AI SDK against the gateway: the default `openai(model)` provider (which calls /v1/responses) and
+// the Anthropic provider (/v1/messages), each with generateText and streamText.
+import { createAnthropic } from '@ai-sdk/anthropic';
+import { createOpenAI } from '@ai-sdk/openai';
+import { generateText, streamText } from 'ai';
+
+import { runCases, settings } from './common.mjs';
+
+const { baseURL, apiKey, model } = settings();
+const providers = {
+  openai: createOpenAI({ baseURL: `${baseURL}/v1`, apiKey }),
+  anthropic: createAnthropic({ baseURL: `${baseURL}/v1`, apiKey }),
+};
+const prompt = 'Hello there!';
+
+async function generate(provider) {
+  const result = await generateText({ model: provider(model), prompt, maxRetries: 0 });
+  return { text: result.text, finishReason: result.finishReason, usage: result.usage };
+}
+
+async function stream(provider) {
+  const errors = [];
+  const result = streamText({
+    model: provider(model),
+    prompt,
+    maxRetries: 0,
+    onError: ({ error }) => errors.push(String(error?.stack ?? error)),
+  });
+  const pieces = [];
+  for await (const piece of result.textStream) pieces.push(piece);
+  if (errors.length) throw new Error(errors.join('\n'));
+  return { text: pieces.join(''), pieces: pieces.length, finishReason: await result.finishReason,
+           usage: await result.usage };
+}
+
+await runCases({
+  openai_generate: () => generate(providers.openai),
+  openai_stream: () => stream(providers.openai),
+  anthropic_generate: () => generate(providers.anthropic),
+  anthropic_stream: () => stream(providers.anthropic),
+});
