@@ -12,9 +12,12 @@ Modelled
     (role ``user``/``assistant``; content a string or blocks), ``system`` (string or text blocks), ``stream``,
     ``stop_sequences`` (the answer is cut before the first match: ``stop_reason`` ``"stop_sequence"``).
     The prompt text (seed and ``input_tokens``) is the system text, the ``text`` blocks and the text inside
-    ``tool_result`` blocks; ``image``, ``tool_use`` blocks and ``tools`` are accepted and ignored, like the other
-    sampling fields (temperature, top_p, top_k, metadata, tool_choice). Headers ``x-api-key`` and
-    ``anthropic-version`` are accepted, never checked (the recorder keeps them for tests).
+    ``tool_result`` blocks; ``image`` and ``tool_use`` blocks are accepted and ignored, like the other sampling
+    fields (temperature, top_p, top_k, metadata). ``tools``: when declared, ``tool_choice`` is not ``none`` and the
+    last message carries no ``tool_result``, the answer is one ``tool_use`` block (``stop_reason`` ``"tool_use"``)
+    calling the first tool (or ``tool_choice``'s named one), its required string/number/boolean properties filled
+    deterministically, as the Gemini endpoint does; streamed as ``input_json_delta`` fragments. Headers
+    ``x-api-key`` and ``anthropic-version`` are accepted, never checked (the recorder keeps them for tests).
     Answer: the ``message`` object with one ``text`` block, ``stop_reason``, ``stop_sequence`` and ``usage``
     (``input_tokens``, ``output_tokens``, cache counters 0). Stream (SSE with ``event:`` lines): ``message_start``
     (usage with ``output_tokens`` 1, as the vendor sends), ``content_block_start``, ``ping``, one
@@ -23,7 +26,7 @@ Modelled
     Errors: ``{"type":"error","error":{"type","message"},"request_id"}`` with the vendor's status → type table
     (`error_type`); ``x-demo-status: 529`` is ``overloaded_error``; ``retry-after`` is kept.
 Not modelled
-    tool_use answers (the demo has no tool knob: answers are text only), thinking blocks, mid-stream ``error``
+    parallel tool_use answers, text beside a tool_use, thinking blocks, mid-stream ``error``
     events (``x-demo-drop-after`` cuts the connection instead), ``/v1/messages/count_tokens``, the ``request-id``
     response header, and a malformed ``x-demo-*`` header, which the shared dispatcher answers in OpenAI's shape
     before this endpoint runs.
@@ -145,6 +148,7 @@ class MessagePlan:
     stop_reason: str
     stop_sequence: str | None
     input_tokens: int
+    tool_use: dict[str, Any] | None = None
 
     def usage(self) -> dict[str, int]:
         return {
@@ -160,7 +164,7 @@ class MessagePlan:
             "type": "message",
             "role": "assistant",
             "model": self.model,
-            "content": [{"type": "text", "text": "".join(self.pieces)}],
+            "content": [self.tool_use] if self.tool_use else [{"type": "text", "text": "".join(self.pieces)}],
             "stop_reason": self.stop_reason,
             "stop_sequence": self.stop_sequence,
             "usage": self.usage(),
@@ -202,7 +206,41 @@ def plan_message(state: DemoState, knobs: Knobs, body: dict[str, Any], model: st
     stop_reason = "stop_sequence" if stop is not None else _STOP_REASONS[chat.finish_reason]
     message_id = "msg_demo_" + chat.completion_id.rsplit("-", 1)[-1]
     plan = MessagePlan(message_id, model, tuple(kept), output_tokens, stop_reason, stop, chat.prompt_tokens)
+    call = _tool_use(body, pieces, "toolu_demo_" + chat.completion_id.rsplit("-", 1)[-1])
+    if call is not None:
+        plan.tool_use, plan.stop_reason, plan.stop_sequence = call, "tool_use", None
     return plan, stream
+
+
+def _tool_use(body: dict[str, Any], pieces: list[str], call_id: str) -> dict[str, Any] | None:
+    """One ``tool_use`` block to the first (or the forced) tool, unless the conversation just answered one."""
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if not isinstance(tools, list) or not tools or (isinstance(choice, dict) and choice.get("type") == "none"):
+        return None
+    last = body["messages"][-1].get("content")
+    if isinstance(last, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in last):
+        return None
+    named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
+    if isinstance(choice, dict) and choice.get("type") == "tool":
+        named = [t for t in named if t["name"] == choice.get("name")]
+    if not named:
+        raise bad_request("tools: each tool needs a name (and tool_choice must name a declared one)", "invalid_value")
+    schema = named[0].get("input_schema")
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    properties = properties if isinstance(properties, dict) else {}
+    required = schema.get("required") if isinstance(schema, dict) else None
+    arguments: dict[str, Any] = {}
+    for position, name in enumerate(required if isinstance(required, list) else []):
+        spec = properties.get(name)
+        kind = str(spec.get("type", "string")).lower() if isinstance(spec, dict) else "string"
+        if kind in ("number", "integer"):
+            arguments[name] = position + 1
+        elif kind == "boolean":
+            arguments[name] = True
+        else:
+            arguments[name] = pieces[position % len(pieces)].strip() if pieces else ""
+    return {"type": "tool_use", "id": call_id, "name": named[0]["name"], "input": arguments}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -224,17 +262,26 @@ async def _stream_events(
     start.update(content=[], stop_reason=None, stop_sequence=None)
     start["usage"] = {**plan.usage(), "output_tokens": 1}
     await response.write(_event("message_start", {"type": "message_start", "message": start}))
-    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    deltas: list[dict[str, str]]
+    if plan.tool_use is not None:  # the vendor's shape: the block with empty input, then the JSON in fragments
+        content_block: dict[str, Any] = {**plan.tool_use, "input": {}}
+        arguments = orjson.dumps(plan.tool_use["input"]).decode()
+        half = len(arguments) // 2
+        parts = ("", arguments[:half], arguments[half:])
+        deltas = [{"type": "input_json_delta", "partial_json": part} for part in parts]
+    else:
+        content_block = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": piece} for piece in plan.pieces]
+    block = {"type": "content_block_start", "index": 0, "content_block": content_block}
     await response.write(_event("content_block_start", block) + _event("ping", {"type": "ping"}))
     drop_after = knobs.drop_after
-    for position, piece in enumerate(plan.pieces):
+    for position, piece in enumerate(deltas):
         if position:
             await sleep(knobs.delay_s)
         if drop_after is not None and position >= drop_after:
             drop_connection(request, response, state.recorder, recorded)
             return False
-        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
-        await response.write(_event("content_block_delta", delta))
+        await response.write(_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": piece}))
     if drop_after is not None:
         drop_connection(request, response, state.recorder, recorded)
         return False
