@@ -136,7 +136,7 @@ def _part(part: Any, param: str) -> dict[str, Any]:
         file = part.get("file")
         file = file if isinstance(file, dict) else {}
         return _data_url(file.get("file_data"), f"{param}.file.file_data")
-    raise _invalid(f"Content part type {kind!r} is not supported by this model's provider.", f"{param}.type")
+    raise _invalid(f"'{param}.type' {kind!r} is not supported by this model's provider.", f"{param}.type")
 
 
 def _parts(content: Any, param: str, texts_only: bool = False) -> list[dict[str, Any]]:
@@ -224,8 +224,9 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
-            raise _invalid(f"Tool type {tool.get('type') if isinstance(tool, dict) else tool!r} is not supported "
-                           "by this model's provider; only function tools are.", f"tools[{i}].type")
+            kind = tool.get("type") if isinstance(tool, dict) else tool
+            raise _invalid(f"'tools[{i}].type' {kind!r} is not supported by this model's provider; only function "
+                           "tools are.", f"tools[{i}].type")
         declaration: dict[str, Any] = {"name": _text(function.get("name"), f"tools[{i}].function.name")}
         if function.get("description") is not None:
             declaration["description"] = _text(function["description"], f"tools[{i}].function.description")
