@@ -47,6 +47,7 @@ from clexproxy.demo.knobs import Knobs, parse_knobs, preflight
 from clexproxy.demo.recorder import DEMO_RECORDER_KEY, DemoRecorder, DemoState, RecordedRequest
 from clexproxy.demo.responses import send_body, send_json, sleep
 from clexproxy.demo.sse import stream_chat
+from clexproxy.demo.tool_calls import serve_tool_call, wants_tool_call
 from clexproxy.signals import wait_for_stop_signal
 
 __all__ = ["DemoServer", "build_demo_app", "main", "start_demo_upstream"]
@@ -71,6 +72,8 @@ async def _serve_chat(
     model = require_model(checked)
     plan = plan_chat(state, knobs, checked, model)
     preflight(state, knobs, model)
+    if wants_tool_call(checked):
+        return await serve_tool_call(request, state, recorded, knobs, plan, checked)
     if plan.stream:
         return await stream_chat(request, state, recorded, knobs, plan)
     return await send_body(request, state, recorded, knobs, completion_payload(plan))
