@@ -8,6 +8,7 @@ in `ChunkFrames`, no per-request logging). Request headers make it slow, failing
 
 Endpoints
     ``POST /v1/chat/completions``  chat completions, streaming (SSE) and not; any model name is accepted and echoed.
+    ``POST /v1/completions``       OpenAI's legacy completions, same answers and knobs (`serve_completions`).
     ``POST /v1/embeddings``        deterministic unit vectors; ``dimensions`` and ``encoding_format`` honoured.
     ``GET  /v1/models``            a short OpenAI model list (``DEMO_MODELS``).
     ``POST /v1/messages``          Anthropic's Messages API, same answers and knobs (`serve_messages`).
@@ -34,6 +35,7 @@ from aiohttp import web
 
 from clexproxy.demo.answers import MODELS_PAYLOAD, completion_payload, plan_chat
 from clexproxy.demo.anthropic import serve_messages
+from clexproxy.demo.completions import serve_completions
 from clexproxy.demo.embeddings import (
     DEFAULT_EMBEDDING_DIMENSIONS,
     MAX_DIMENSIONS,
@@ -163,6 +165,7 @@ def build_demo_app(recorder: DemoRecorder | None = None) -> web.Application:
     app[DEMO_RECORDER_KEY] = recorder
     app[_STATE_KEY] = DemoState(recorder)
     app.router.add_post("/v1/chat/completions", _recorded_endpoint(_serve_chat))
+    app.router.add_post("/v1/completions", _recorded_endpoint(serve_completions))
     app.router.add_post("/v1/embeddings", _recorded_endpoint(_serve_embeddings))
     app.router.add_post("/v1/messages", _recorded_endpoint(serve_messages))
     app.router.add_get("/v1/models", _recorded_endpoint(_serve_models))

@@ -783,11 +783,11 @@ async def test_recorder_records_errors_streams_and_bodyless_requests(
 
 @pytest.mark.asyncio
 async def test_unknown_v1_paths_are_recorded_404s(server: DemoServer, session: aiohttp.ClientSession) -> None:
-    status, payload = await post_json(session, f"{server.url}/completions", {"model": "m", "prompt": "hi"})
+    status, payload = await post_json(session, f"{server.url}/audio/speech", {"model": "m", "input": "hi"})
     assert status == 404
     assert payload["error"]["code"] == "unknown_url"
-    assert server.recorder.requests[-1].path == "/v1/completions"
-    assert server.recorder.requests[-1].body == {"model": "m", "prompt": "hi"}
+    assert server.recorder.requests[-1].path == "/v1/audio/speech"
+    assert server.recorder.requests[-1].body == {"model": "m", "input": "hi"}
 
 
 @pytest.mark.asyncio
