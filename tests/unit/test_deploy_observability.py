@@ -201,7 +201,7 @@ def _fires(alertname: str, at: str, *label_sets: dict[str, str]) -> dict[str, An
     return {"eval_time": at, "alertname": alertname, "exp_alerts": [{"exp_labels": labels} for labels in label_sets]}
 
 
-CHAT = {"endpoint": "/chat/completions", "instance": "h1", "job": "clexproxy", "plan": "pro"}
+CHAT = {"endpoint": "/chat/completions", "api": "chat", "instance": "h1", "job": "clexproxy", "plan": "pro"}
 
 # Synthetic series, one sample a minute, and which alerts they must (and must not) raise.
 PROMTOOL_TESTS: list[dict[str, Any]] = [
@@ -213,15 +213,23 @@ PROMTOOL_TESTS: list[dict[str, Any]] = [
             _series(
                 "clexproxy_requests_total",
                 "0+10x30",
-                **{**CHAT, "endpoint": "/embeddings"},
+                **{**CHAT, "endpoint": "/embeddings", "api": "embeddings"},
                 model="e",
                 status_class="2xx",
             ),
+            # messages on chat's upstream endpoint: 1 in 4 calls 5xx, paged on its own api
+            _series("clexproxy_requests_total", "0+6x30", model="m", status_class="2xx", **{**CHAT, "api": "messages"}),
+            _series("clexproxy_requests_total", "0+2x30", model="m", status_class="5xx", **{**CHAT, "api": "messages"}),
             _series("up", "1x5 0x25", instance="h1", job="clexproxy"),
             _series("clexproxy_workers", "4x30 3x30", instance="h1", job="clexproxy"),
         ],
         "alert_rule_test": [
-            _fires("ClexproxyHigh5xxRatio", "15m", {"severity": "critical", "endpoint": "/chat/completions"}),
+            _fires(
+                "ClexproxyHigh5xxRatio",
+                "15m",
+                {"severity": "critical", "endpoint": "/chat/completions", "api": "chat"},
+                {"severity": "critical", "endpoint": "/chat/completions", "api": "messages"},
+            ),
             _fires("ClexproxyModelAllFailing", "15m"),
             _fires("ClexproxyTargetDown", "15m", {"severity": "critical", "instance": "h1", "job": "clexproxy"}),
             _fires("ClexproxyAllTargetsDown", "15m", {"severity": "critical"}),
@@ -262,7 +270,7 @@ PROMTOOL_TESTS: list[dict[str, Any]] = [
             _fires(
                 "ClexproxyGatewayOverheadHigh",
                 "20m",
-                {"severity": "warning", "endpoint": "/chat/completions", "stream": "true"},
+                {"severity": "warning", "endpoint": "/chat/completions", "api": "chat", "stream": "true"},
             ),
             _fires("ClexproxyRedisDown", "10m", {"severity": "critical", "instance": "h1"}),
             _fires("ClexproxyRateLimitSurge", "75m"),
