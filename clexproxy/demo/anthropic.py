@@ -25,11 +25,13 @@ Modelled
     reason and cumulative ``output_tokens``), ``message_stop``.
     Errors: ``{"type":"error","error":{"type","message"},"request_id"}`` with the vendor's status → type table
     (`error_type`); ``x-demo-status: 529`` is ``overloaded_error``; ``retry-after`` is kept.
+    ``x-demo-anthropic-error-after: N`` (streams only): the vendor's in-stream ``event: error``
+    (``overloaded_error``) after N content deltas, ending the stream; with 0 it is the stream's first event, before
+    ``message_start``, as when the vendor is overloaded from the start.
 Not modelled
-    parallel tool_use answers, text beside a tool_use, thinking blocks, mid-stream ``error``
-    events (``x-demo-drop-after`` cuts the connection instead), ``/v1/messages/count_tokens``, the ``request-id``
-    response header, and a malformed ``x-demo-*`` header, which the shared dispatcher answers in OpenAI's shape
-    before this endpoint runs.
+    parallel tool_use answers, text beside a tool_use, thinking blocks, in-stream errors other than overloaded,
+    ``/v1/messages/count_tokens``, the ``request-id`` response header, and a malformed shared ``x-demo-*`` header,
+    which the shared dispatcher answers in OpenAI's shape before this endpoint runs.
 """
 
 from __future__ import annotations
@@ -48,7 +50,11 @@ from clexproxy.demo.recorder import DemoState, RecordedRequest
 from clexproxy.demo.responses import drop_connection, send_body, send_json, sleep
 from clexproxy.demo.sse import serve_sse
 
-__all__ = ["anthropic_error_payload", "error_type", "serve_messages"]
+__all__ = ["ERROR_AFTER_HEADER", "anthropic_error_payload", "error_type", "serve_messages"]
+
+ERROR_AFTER_HEADER: Final = "x-demo-anthropic-error-after"
+_OVERLOADED_EVENT: Final = (b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+                            b'"message":"Overloaded"}}\n\n')
 
 _ROLES: Final = frozenset(("user", "assistant"))
 
@@ -258,6 +264,10 @@ async def _stream_events(
 ) -> bool:  # fmt: skip
     """Write the event sequence after the headers; False when the drop knob cut it."""
     await sleep(knobs.ttft_s)
+    error_after = _error_after(request)
+    if error_after == 0:
+        await response.write_eof(_OVERLOADED_EVENT)
+        return True
     start = plan.message()
     start.update(content=[], stop_reason=None, stop_sequence=None)
     start["usage"] = {**plan.usage(), "output_tokens": 1}
@@ -281,6 +291,9 @@ async def _stream_events(
         if drop_after is not None and position >= drop_after:
             drop_connection(request, response, state.recorder, recorded)
             return False
+        if position == error_after:
+            await response.write_eof(_OVERLOADED_EVENT)
+            return True
         await response.write(_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": piece}))
     if drop_after is not None:
         drop_connection(request, response, state.recorder, recorded)
@@ -297,6 +310,15 @@ async def _stream_events(
     return True
 
 
+def _error_after(request: web.Request) -> int | None:
+    value = request.headers.get(ERROR_AFTER_HEADER)
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise bad_request(f"{ERROR_AFTER_HEADER} must be a whole number, got {value!r}", "invalid_demo_header")
+    return int(value)
+
+
 async def serve_messages(
     request: web.Request, state: DemoState, recorded: RecordedRequest, knobs: Knobs, body: dict[str, Any] | None
 ) -> web.StreamResponse:
@@ -309,6 +331,7 @@ async def serve_messages(
             raise bad_request("model: Field required", "missing_required_parameter", "model")
         model = raw_model
         plan, stream = plan_message(state, knobs, checked, model)
+        _error_after(request)  # a malformed knob is refused before the stream starts
         preflight(state, knobs, model)
     except DemoError as error:
         request_id = f"req_demo_{next(state.completion_ids)}"

@@ -321,8 +321,8 @@ def chat_completion(doc: dict[str, Any], model_id: str) -> Chunk:
             texts.append(block.get("text") or "")
         elif kind == "tool_use":
             arguments = orjson.dumps(block.get("input") or {}).decode()
-            calls.append({"id": block["id"], "type": "function",
-                          "function": {"name": block["name"], "arguments": arguments}})
+            calls.append({"id": block.get("id") or f"toolu_{len(calls)}", "type": "function",
+                          "function": {"name": block.get("name") or "", "arguments": arguments}})
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         message["tool_calls"] = calls

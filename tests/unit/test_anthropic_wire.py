@@ -543,6 +543,24 @@ async def test_demo_tool_call_round_trip(session: aiohttp.ClientSession, upstrea
     assert final["usage"]["prompt_tokens"] == 4  # weather in Paris? / sunny
 
 
+async def test_demo_in_stream_error_event_raises(session: aiohttp.ClientSession, upstream: DemoServer) -> None:
+    status, raw = await send(session, upstream, {**CHAT, "stream": True}, {"x-demo-anthropic-error-after": "2"})
+    assert status == 200
+    decoder = ANTHROPIC.decoder(MODEL)
+    events = SSEParser().feed(raw)
+    chunks = [chunk for event in events[:-1] for chunk in decoder.feed(event)]
+    assert [list(c["choices"][0]["delta"]) for c in chunks] == [["role", "content"], ["content"], ["content"]]
+    with pytest.raises(UpstreamEventError) as caught:
+        decoder.feed(events[-1])
+    assert caught.value.error == {"type": "overloaded_error", "message": "Overloaded"} and not decoder.done
+
+    status, raw = await send(session, upstream, {**CHAT, "stream": True}, {"x-demo-anthropic-error-after": "0"})
+    (event,) = SSEParser().feed(raw)
+    assert event.event == b"error"
+    with pytest.raises(UpstreamEventError):
+        ANTHROPIC.decoder(MODEL).feed(event)
+
+
 async def test_demo_overloaded_error_carries_a_message(session: aiohttp.ClientSession, upstream: DemoServer) -> None:
     status, raw = await send(session, upstream, CHAT, {"x-demo-status": "529"})
     assert status == 529
