@@ -106,13 +106,14 @@ class MessagesEncoder:
     catalog id there).
     """
 
-    __slots__ = ("_blocks", "_finish", "_index", "_open", "_started", "_usage", "model")
+    __slots__ = ("_blocks", "_finish", "_index", "_open", "_started", "_text_prefix", "_usage", "model")
 
     def __init__(self, model: str) -> None:
         self.model = model
         self._started = False
         self._index = -1  # the index of the last block opened
         self._open = False  # whether block `_index` is still open
+        self._text_prefix = b""  # the open text block's delta event up to its text (b"" when none is open)
         self._blocks: dict[int, int] = {}  # a chat tool call's index → its block's index
         self._finish: Any = None
         self._usage: Any = None
@@ -136,6 +137,7 @@ class MessagesEncoder:
         if not self._open:
             return b""
         self._open = False
+        self._text_prefix = b""
         return _BLOCK_STOP + str(self._index).encode() + _DELTA_END[1:]
 
     def chunk(self, chunk: Chunk) -> bytes:
@@ -153,12 +155,14 @@ class MessagesEncoder:
             return out
         text = delta.get("content")
         if isinstance(text, str) and text:
-            if not self._open or self._index in self._blocks.values():
+            if not self._text_prefix:
                 out += self._close()
                 self._index += 1
                 self._open = True
-                out += _TEXT_START + str(self._index).encode() + _TEXT_START_END
-            out += _TEXT_DELTA + str(self._index).encode() + _TEXT_MID + orjson.dumps(text) + _DELTA_END
+                index = str(self._index).encode()
+                self._text_prefix = _TEXT_DELTA + index + _TEXT_MID
+                out += _TEXT_START + index + _TEXT_START_END
+            out += self._text_prefix + orjson.dumps(text) + _DELTA_END
         calls = delta.get("tool_calls")
         if isinstance(calls, list):
             for call in calls:
