@@ -13,6 +13,9 @@ Choices a reader would otherwise wonder about:
   (Anthropic has no system turn); consecutive messages of one role are merged into one turn, so the tool results
   answering one assistant turn arrive together in the next user turn, as Anthropic requires.
 - ``temperature`` above 1 (Anthropic's maximum) is refused, not clamped: clamping would change the answer.
+- Anthropic's current models refuse ``temperature`` and ``top_p`` together ("cannot both be specified"), and SPEC's
+  defaults put both in every call: when both come, the one still at its SPEC default is not sent (``top_p``
+  first), so a call that set neither, or one, works; a call that set both to other values is sent as asked.
 - Fields Anthropic cannot honour (``n`` > 1, ``logprobs``, ``seed``, non-zero penalties, ``logit_bias``,
   ``response_format`` JSON modes, audio, ``reasoning_effort``, ``functions``...) get a 400 naming the field;
   fields that change nothing (``store``, ``metadata``, ``stream_options``, ``service_tier``, ``name`` of a message,
@@ -38,7 +41,8 @@ __all__ = ["ANTHROPIC", "DEFAULT_MAX_TOKENS", "AnthropicDecoder", "AnthropicWire
 
 ANTHROPIC_VERSION: Final = "2023-06-01"
 DEFAULT_MAX_TOKENS: Final = 4096
-MAX_TEMPERATURE: Final = 1.0
+# SPEC's sampling defaults, as the chat handler adds them (`CHAT_DEFAULTS`, a layer above: a test keeps them equal).
+SPEC_DEFAULTS: Final = {"temperature": 0.7, "top_p": 0.9}
 IMAGE_TYPES: Final = frozenset(("image/jpeg", "image/png", "image/gif", "image/webp"))
 
 _DATA_URL: Final = re.compile(r"data:(?P<type>[\w.+/-]+);base64,(?P<data>.*)", re.DOTALL)
@@ -49,8 +53,11 @@ _STOP_REASONS: Final = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn
 _DROPPED: Final = frozenset(("model", "stream", "stream_options", "store", "metadata", "service_tier",
                              "parallel_tool_calls", "modalities", "prompt_cache_key", "safety_identifier"))
 _HANDLED: Final = frozenset(("messages", "max_tokens", "max_completion_tokens", "stop", "temperature", "top_p",
-                             "top_k", "tools", "tool_choice", "user", "n", "response_format", "logprobs",
-                             "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias"))
+                             "top_k", "tools", "tool_choice", "user"))
+# Fields Anthropic has no counterpart for, and the values of them that ask for nothing (clients send defaults).
+_ASKS_NOTHING: Final[dict[str, tuple[Any, ...]]] = {
+    "n": (1,), "logprobs": (False,), "top_logprobs": (0,), "presence_penalty": (0,), "frequency_penalty": (0,),
+    "logit_bias": ({},), "response_format": ({"type": "text"},)}
 
 
 def _unsupported(name: str) -> InvalidRequest:
@@ -222,19 +229,8 @@ def _tool_choice(choice: Any, has_tools: bool, parallel: Any) -> dict[str, Any] 
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise _unsupported("n")
-    if body.get("logprobs") or body.get("top_logprobs"):
-        raise _unsupported("logprobs" if body.get("logprobs") else "top_logprobs")
-    for name in ("presence_penalty", "frequency_penalty", "logit_bias"):
-        if body.get(name):
-            raise _unsupported(name)
-    format_ = body.get("response_format")
-    if format_ is not None and not (isinstance(format_, dict) and format_.get("type") == "text"):
-        raise _unsupported("response_format")
-    for name in body:
-        if name not in _HANDLED and name not in _DROPPED and body[name] is not None:
+    for name, value in body.items():
+        if not (value is None or name in _HANDLED or name in _DROPPED or value in _ASKS_NOTHING.get(name, ())):
             raise _unsupported(name)
 
 
@@ -255,6 +251,20 @@ def _stop(value: Any) -> list[str]:
     return [item for item in stops if item]
 
 
+def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    """temperature, top_p and top_k; of temperature and top_p, the one still at SPEC's default goes when both came."""
+    sent = {name: body[name] for name in ("temperature", "top_p", "top_k") if body.get(name) is not None}
+    if "temperature" in sent and "top_p" in sent:
+        dropped = next((name for name in ("top_p", "temperature") if sent[name] == SPEC_DEFAULTS[name]), None)
+        if dropped is not None:
+            del sent[dropped]
+    temperature = sent.get("temperature")
+    if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 1):
+        raise _invalid(f"'temperature' must be between 0 and 1 for this model's provider, got {temperature}.",
+                       "temperature")
+    return sent
+
+
 def messages_body(body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
     """The Messages request (as a dict) for a chat-completions body."""
     _refuse_unsupported(body)
@@ -265,15 +275,7 @@ def messages_body(body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
     out: dict[str, Any] = {"model": upstream_model, "max_tokens": _max_tokens(body), "messages": turns}
     if system:
         out["system"] = system
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if not isinstance(temperature, (int, float)) or not 0 <= temperature <= MAX_TEMPERATURE:
-            raise _invalid(f"'temperature' must be between 0 and 1 for this model's provider, got {temperature}.",
-                           "temperature")
-        out["temperature"] = temperature
-    for name in ("top_p", "top_k"):
-        if body.get(name) is not None:
-            out[name] = body[name]
+    out.update(_sampling(body))
     if body.get("stop") is not None and (stops := _stop(body["stop"])):
         out["stop_sequences"] = stops
     tools = _tools(body["tools"]) if body.get("tools") else []

@@ -16,7 +16,8 @@ import pytest_asyncio
 from clexproxy.demo.upstream import DemoServer
 from clexproxy.errors import InvalidRequest
 from clexproxy.fastpath.sse import SSEParser
-from clexproxy.protocols.anthropic_wire import ANTHROPIC, DEFAULT_MAX_TOKENS
+from clexproxy.handlers.validation import CHAT_DEFAULTS
+from clexproxy.protocols.anthropic_wire import ANTHROPIC, DEFAULT_MAX_TOKENS, SPEC_DEFAULTS
 from clexproxy.protocols.chunks import Chunk, UpstreamEventError
 
 MODEL = "claude-x"  # the catalog id chunks carry
@@ -82,9 +83,29 @@ def test_text_with_system_and_spec_defaults() -> None:
         "messages": [{"role": "user", "content": "hi"}],
         "system": [{"type": "text", "text": "be brief"}, {"type": "text", "text": "and kind"}],
         "temperature": 0.7,
-        "top_p": 0.9,
         "stream": True,
     }
+
+
+@pytest.mark.parametrize(
+    ("asked", "sent"),
+    [
+        ({"temperature": 0.7, "top_p": 0.9}, {"temperature": 0.7}),  # SPEC's defaults only
+        ({"temperature": 0.2, "top_p": 0.9}, {"temperature": 0.2}),  # the client set temperature
+        ({"temperature": 0.7, "top_p": 0.5}, {"top_p": 0.5}),  # the client set top_p
+        ({"temperature": 0.2, "top_p": 0.5}, {"temperature": 0.2, "top_p": 0.5}),  # both: sent as asked
+        ({"top_p": 0.9}, {"top_p": 0.9}),  # a model without SPEC's defaults
+        ({"temperature": 1, "top_k": 3}, {"temperature": 1, "top_k": 3}),
+    ],
+)
+def test_temperature_and_top_p_are_never_both_defaults(asked: dict[str, Any], sent: dict[str, Any]) -> None:
+    """Anthropic's current models refuse both in one call; SPEC's defaults must not cause that refusal."""
+    body = payload(messages=[{"role": "user", "content": "hi"}], **asked)
+    assert {name: body[name] for name in ("temperature", "top_p", "top_k") if name in body} == sent
+
+
+def test_spec_defaults_are_the_chat_handlers() -> None:
+    assert dict(CHAT_DEFAULTS) == SPEC_DEFAULTS
 
 
 def test_sampling_limits_and_user() -> None:
