@@ -147,7 +147,7 @@ async def test_tool_use_round_trip(gw: RunningGateway, key: str, connect: Connec
     assert sent["tool_choice"] == "auto"
     assert first.stop_reason == "tool_use"
     uses = [block for block in first.content if block.type == "tool_use"]
-    assert len(uses) == 1 and uses[0].name == "get_weather" and isinstance(uses[0].input, dict)
+    assert len(uses) == 1 and uses[0].name == "get_weather" and uses[0].input == {"city": "alpha"}
     use = uses[0]
     second = await client.messages.create(
         model=MODEL,
@@ -168,6 +168,22 @@ async def test_tool_use_round_trip(gw: RunningGateway, key: str, connect: Connec
     assert messages[2] == {"role": "tool", "tool_call_id": use.id, "content": "Sunny, 21 C"}
     assert second.stop_reason == "end_turn"
     assert second.content[0].type == "text" and second.content[0].text
+
+
+async def test_streamed_tool_use(gw: RunningGateway, key: str, connect: Connect) -> None:
+    question: Any = {"role": "user", "content": "What is the weather in Paris?"}
+    async with connect(api_key=key).messages.stream(
+        model=MODEL, max_tokens=100, messages=[question], tools=[WEATHER_TOOL]  # type: ignore[list-item]
+    ) as stream:
+        events = [event async for event in stream]
+        final = await stream.get_final_message()
+    partials = [event.delta.partial_json for event in events
+                if event.type == "content_block_delta" and event.delta.type == "input_json_delta"]
+    assert "".join(partials) == '{"city":"alpha"}'  # the demo upstream's call, sent in fragments
+    assert final.stop_reason == "tool_use"
+    [use] = final.content
+    assert use.type == "tool_use" and use.name == "get_weather" and use.input == {"city": "alpha"}
+    assert use.id
 
 
 async def test_image_block(gw: RunningGateway, key: str, connect: Connect, recorder: DemoRecorder) -> None:

@@ -123,7 +123,8 @@ async def test_function_tool_round_trip(gw: RunningGateway, key: str, recorder: 
     calls = [item for item in first.output if item.type == "function_call"]
     assert len(calls) == 1 and calls[0].name == "get_weather"
     call = calls[0]
-    assert call.call_id and call.arguments
+    assert call.call_id and call.arguments == '{"city":"alpha"}'  # the demo upstream's deterministic call
+    assert first.usage is not None and first.usage.output_tokens == 8
     # The client runs the tool and sends the whole conversation back (responses are not stored).
     second = await client.responses.create(
         model=MODEL,
@@ -230,3 +231,26 @@ async def test_legacy_completions_refused_for_a_model_not_flagged(
     error = info.value.response.json()["error"]
     assert EMBEDDING in error["message"]
     assert len(recorder.requests) == before
+
+
+async def test_streamed_function_call(gw: RunningGateway, key: str) -> None:
+    client = gw.client(key)
+    question = {"role": "user", "content": "What is the weather in Paris?"}
+    async with client.responses.stream(model=MODEL, input=[question], tools=[WEATHER_TOOL]) as stream:  # type: ignore[list-item]
+        events = [event async for event in stream]
+        final = await stream.get_final_response()
+    types = [event.type for event in events]
+    deltas = [event.delta for event in events if event.type == "response.function_call_arguments.delta"]
+    assert types == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        *["response.function_call_arguments.delta"] * len(deltas),
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert "".join(deltas) == '{"city":"alpha"}'  # the demo upstream's call, sent in fragments
+    [call] = final.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.arguments == '{"city":"alpha"}'
+    assert final.status == "completed" and final.usage is not None and final.usage.output_tokens == 8
