@@ -48,8 +48,9 @@ _FINISH: Final[Mapping[str, str]] = {
 
 
 def blocked(reason: Any) -> InvalidRequest:
-    """The 400 for a prompt Gemini refused to answer (``promptFeedback.blockReason``)."""
-    return InvalidRequest(f"The provider blocked the prompt ({reason}).", error_type="upstream_error")
+    """The 400 for a prompt Gemini refused (``promptFeedback.blockReason``: an enum name, nothing else, is shown)."""
+    named = reason if isinstance(reason, str) and reason.isidentifier() and len(reason) <= 40 else "OTHER"
+    return InvalidRequest(f"The provider blocked the prompt ({named}).", error_type="upstream_error")
 
 
 def usage(metadata: Any) -> dict[str, Any]:
@@ -141,7 +142,7 @@ class GeminiDecoder:
         if not self._started:
             self._started = True
             chunks.append(self._chunk({"role": "assistant", "content": ""}))
-        response_id = str(doc.get("responseId") or "")
+        response_id = str(doc.get("responseId") or self._id)  # ids unique across turns even without one
         for part in _answer_parts(candidate):
             if isinstance(part.get("text"), str) and part["text"]:
                 chunks.append(self._chunk({"content": part["text"]}))
@@ -198,7 +199,7 @@ class GeminiWire:
 
     def answer(self, doc: dict[str, Any], model_id: str) -> Chunk:
         candidate = _candidate(doc) or {}
-        response_id = str(doc.get("responseId") or "")
+        response_id = str(doc.get("responseId") or "") or uuid.uuid4().hex  # ids unique across turns
         texts: list[str] = []
         calls: list[dict[str, Any]] = []
         for part in _answer_parts(candidate):
@@ -213,7 +214,7 @@ class GeminiWire:
         if calls:
             message["tool_calls"] = calls
         return {
-            "id": "chatcmpl-" + (response_id or uuid.uuid4().hex),
+            "id": "chatcmpl-" + response_id,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model_id,

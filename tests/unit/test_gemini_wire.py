@@ -307,6 +307,9 @@ def test_a_blocked_prompt_is_a_400() -> None:
         assert caught.value.body() == {"error": {"message": "The provider blocked the prompt (SAFETY).",
                                                  "type": "upstream_error", "code": "invalid_request_error",
                                                  "status": 400}}
+    odd = {"promptFeedback": {"blockReason": "see https://x.example/y"}}
+    with pytest.raises(InvalidRequest, match=r"^The provider blocked the prompt \(OTHER\)\.$"):
+        GEMINI.answer(odd, "m")  # only an enum name is shown
     GEMINI.check_first(b'{"candidates": [{"content": {"parts": [{"text": "a"}]}}]}')  # an answer: no error
     GEMINI.check_first(b"not json")  # the decoder reports it
 
