@@ -149,10 +149,9 @@ def _turn(message: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]
         if not isinstance(call_id, str) or not call_id:
             raise _invalid(f"Missing required parameter: '{where}.tool_call_id'.", f"{where}.tool_call_id")
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
-        if isinstance(content, str):
-            result["content"] = content
-        else:
-            result["content"] = _blocks(content, f"{where}.content", True)
+        output = content if isinstance(content, str) else _blocks(content, f"{where}.content", True)
+        if output:  # an empty result is sent without content, as Anthropic documents it
+            result["content"] = output
         return "user", [result]
     raise _invalid(f"Role {role!r} at '{where}.role' is not supported by this model's provider; "
                    f"use 'tool' messages for tool results.", f"{where}.role")

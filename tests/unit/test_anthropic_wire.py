@@ -235,10 +235,12 @@ def test_assistant_text_merges_and_empty_text_is_left_out() -> None:
         {"role": "user", "content": [{"type": "text", "text": "b"}]},
         {"role": "assistant", "content": ""},
         {"role": "assistant", "content": [{"type": "text", "text": "c"}, {"type": "refusal", "refusal": "no"}]},
+        {"role": "tool", "tool_call_id": "toolu_9", "content": ""},
     ]
     assert payload(messages=messages)["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "c"}, {"type": "text", "text": "no"}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_9"}]},
     ]
 
 
