@@ -1,4 +1,5 @@
-"""Official Node clients against the gateway: the openai Node SDK's Responses API and the Vercel AI SDK.
+"""Official Node clients against the gateway: the openai Node SDK's Responses API and the Vercel AI SDK (text, stream
+and an agent's tool round trip, through its openai provider on /v1/responses and its anthropic one on /v1/messages).
 
 The clients are npm packages pinned by the lock file beside the scripts (`make test` runs `npm ci` first);
 each script reads the gateway's address and a key from its environment and prints one JSON document of
@@ -106,9 +107,10 @@ async def test_vercel_ai_sdk(gw: RunningGateway, key: str, recorder: DemoRecorde
     results = await run_script(gw, key, "ai_sdk.mjs")
     expected = await chat_text(gw, key, [{"role": "user", "content": PROMPT}])
     sent = [request.body for request in recorder.requests]
-    assert [request.path for request in recorder.requests] == ["/v1/chat/completions"] * 5  # 4 SDK calls, ours
+    # Four single calls, two tool round trips of two calls each, then ours: all translated onto chat.
+    assert [request.path for request in recorder.requests] == ["/v1/chat/completions"] * 9
     assert [(body["stream"], body.get("max_tokens")) for body in sent[:4]] == [(False, 256), (True, 256)] * 2
-    assert all(body["messages"] == [{"role": "user", "content": PROMPT}] for body in sent)
+    assert all(body["messages"] == [{"role": "user", "content": PROMPT}] for body in sent[:4] + sent[8:])
 
     for name in ("openai_generate", "openai_stream", "anthropic_generate", "anthropic_stream"):
         result = case(results, name)
@@ -118,6 +120,22 @@ async def test_vercel_ai_sdk(gw: RunningGateway, key: str, recorder: DemoRecorde
         assert (usage["inputTokens"], usage["outputTokens"]) == (2, 8), name
     assert case(results, "openai_stream")["pieces"] == 8
     assert case(results, "anthropic_stream")["pieces"] == 8
+
+    # The agent loop: the demo upstream calls the tool, the SDK runs it and sends the result back.
+    for name, (first, second) in (("openai_tools", sent[4:6]), ("anthropic_tools", sent[6:8])):
+        result = case(results, name)
+        calling, answering = result["steps"]
+        assert calling["finishReason"] == "tool-calls", name
+        assert calling["toolCalls"] == [{"toolName": "weather", "input": {"city": "alpha"}}], name
+        assert calling["toolResults"] == ["Sunny in alpha, 21 C"], name
+        assert answering["finishReason"] == "stop" and answering["text"] == result["text"] != "", name
+        assert result["totalUsage"]["outputTokens"] == 16, name
+        assert [tool["function"]["name"] for tool in first["tools"]] == ["weather"], name
+        assert first["messages"] == [{"role": "user", "content": "What is the weather in Paris?"}], name
+        call, answer = second["messages"][1:]
+        assert call["role"] == "assistant" and call["tool_calls"][0]["function"]["name"] == "weather", name
+        assert answer["role"] == "tool" and answer["tool_call_id"] == call["tool_calls"][0]["id"], name
+        assert "Sunny in alpha, 21 C" in str(answer["content"]), name
 
 
 async def test_node_client_refused_with_a_bad_key(gw: RunningGateway) -> None:
