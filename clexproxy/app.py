@@ -30,7 +30,9 @@ from clexproxy.errors import ApiError, InternalError, MethodNotAllowed, NotFound
 from clexproxy.gateway import Gateway
 from clexproxy.handlers import admin, health, key, models
 from clexproxy.handlers.common import ADMIN_TOKEN, CATALOG, GATEWAY, request_id
-from clexproxy.handlers.proxy import PROXIED_PATHS, make_handler
+from clexproxy.handlers.ingress import PROXIED_PATHS
+from clexproxy.handlers.protocol_endpoints import make_count_tokens, stored_response
+from clexproxy.handlers.proxy import make_handler
 from clexproxy.handlers.usage import api_usage
 from clexproxy.observability.accesslog import text_value
 from clexproxy.store import open_store
@@ -111,9 +113,15 @@ def _examples(catalog: Catalog) -> dict[str, bytes]:
             return fallback.id
         return next((m.id for m in catalog.models.values() if m.kind == kind), "<model id>")
 
-    chat = orjson.dumps({"model": model("chat"), "messages": [{"role": "user", "content": "Hello!"}]})
-    embedding = orjson.dumps({"model": model("embedding"), "input": "Hello!"})
-    return {path: embedding if endpoint == "/embeddings" else chat for path, endpoint in PROXIED_PATHS.items()}
+    chat, hello = model("chat"), [{"role": "user", "content": "Hello!"}]
+    bodies = {
+        "chat": {"model": chat, "messages": hello},
+        "embeddings": {"model": model("embedding"), "input": "Hello!"},
+        "completions": {"model": chat, "prompt": "Hello!"},
+        "responses": {"model": chat, "input": "Hello!"},
+        "messages": {"model": chat, "max_tokens": 256, "messages": hello},
+    }
+    return {path: orjson.dumps(bodies[ingress.api]) for path, ingress in PROXIED_PATHS.items()}
 
 
 def _json_for_unrouted(
@@ -208,15 +216,21 @@ def build_app(settings: Settings, clock: Clock | None = None, access_stream: Bin
     policy = CorsPolicy(settings.cors.allow_origins)
     cors = policy if policy.enabled else None
     handlers = {
-        endpoint: make_handler(endpoint, settings.server.max_body_bytes, settings.sse.json_user_agents, policy)
-        for endpoint in set(PROXIED_PATHS.values())
+        ingress.api: make_handler(ingress, settings.server.max_body_bytes, settings.sse.json_user_agents, policy)
+        for ingress in PROXIED_PATHS.values()
     }
     bearer: set[str] = set()
-    for path, endpoint in PROXIED_PATHS.items():
+    for path, ingress in PROXIED_PATHS.items():
         # A GET gets a JSON 405 that says what to send (_json_for_unrouted).
-        bearer.add(router.add_post(path, handlers[endpoint]).resource.canonical)  # type: ignore[union-attr]
+        bearer.add(router.add_post(path, handlers[ingress.api]).resource.canonical)  # type: ignore[union-attr]
     for path, handler in BEARER_GETS.items():
         bearer.add(router.add_get(path, guarded(handler, cors)).resource.canonical)  # type: ignore[union-attr]
+    count_tokens = guarded(make_count_tokens(settings.server.max_body_bytes), cors)
+    bearer.add(router.add_post("/v1/messages/count_tokens", count_tokens).resource.canonical)  # type: ignore[union-attr]
+    stored = router.add_resource("/v1/responses/{response_id}")
+    stored.add_route("GET", guarded(stored_response, cors))
+    stored.add_route("DELETE", guarded(stored_response, cors))
+    bearer.add(stored.canonical)
     router.add_get("/healthz", guarded(health.healthz))
     router.add_get("/readyz", guarded(health.readyz))
     router.add_get("/metrics", guarded(health.metrics))

@@ -12,7 +12,8 @@ from types import MappingProxyType
 from typing import Literal
 
 ModelKind = Literal["chat", "embedding"]
-ProviderFormat = Literal["openai"]
+ProviderFormat = Literal["openai", "anthropic", "gemini"]
+PROVIDER_FORMATS: tuple[str, ...] = ("openai", "anthropic", "gemini")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,9 @@ class Model:
     # A few words on what the model is for, shown beside it in /v1/models and on the Models page;
     # "" when the catalog says nothing (a model added by a settings file without `use_case`).
     use_case: str = ""
+    # Served on `/v1/completions` (legacy completions) too: only where every deployment's provider,
+    # OpenAI-format, serves that endpoint for it (checked when the catalog is built).
+    completions: bool = False
 
     @property
     def publisher(self) -> str:
@@ -87,9 +91,13 @@ class Catalog:
         return self._costs.get(model_id, self.default_credits)
 
     def with_all_models_on(self, provider: Provider) -> Catalog:
-        """The same catalog with every model served by one provider under its own id (`--demo`)."""
+        """The same catalog with every model served by one provider under its own id (`--demo`).
+
+        The demo upstream serves legacy completions for any model: every chat model is flagged for them.
+        """
         models = {
-            mid: replace(m, deployments=(Deployment(provider.name, mid),)) for mid, m in self.models.items()
+            mid: replace(m, deployments=(Deployment(provider.name, mid),), completions=m.kind == "chat")
+            for mid, m in self.models.items()
         }
         return replace(self, providers={**self.providers, provider.name: provider}, models=models)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from clexproxy.catalog import Catalog, Deployment, Model, Plan, Provider
+from clexproxy.catalog import PROVIDER_FORMATS, Catalog, Deployment, Model, Plan, Provider
 
 # A use case is a few words in a table cell, not a description: longer text is a mistake to report.
 USE_CASE_LIMIT = 120
@@ -79,6 +79,9 @@ def _plan(name: str, p: Mapping[str, Any], old: Plan | None) -> Plan:
 def _provider(name: str, p: Mapping[str, Any]) -> Provider:
     if "base_url" not in p:
         raise CatalogError(f"[providers.{name}] needs base_url")
+    if p.get("format", "openai") not in PROVIDER_FORMATS:
+        raise CatalogError(f"[providers.{name}] format must be one of {', '.join(PROVIDER_FORMATS)}, "
+                           f"got {p['format']!r}")
     return Provider(
         name,
         str(p["base_url"]).rstrip("/"),
@@ -105,6 +108,7 @@ def _model(mid: str, m: Mapping[str, Any], old: Model | None) -> Model:
         m.get("kind", old.kind if old else "chat"),
         sampling_defaults=_bool(m, "sampling_defaults", old.sampling_defaults if old else True),
         use_case=_text(m, "use_case", old.use_case if old else "", USE_CASE_LIMIT),
+        completions=_bool(m, "completions", old.completions if old else False),
     )
 
 
@@ -149,5 +153,10 @@ def _check_catalog(catalog: Catalog) -> None:
         for dep in model.deployments:
             if dep.provider not in catalog.providers:
                 raise CatalogError(f"model {model.id!r} uses unknown provider {dep.provider!r}")
+            if model.completions and catalog.providers[dep.provider].format != "openai":
+                raise CatalogError(f"model {model.id!r} serves legacy completions, but its provider "
+                                   f"{dep.provider!r} does not speak OpenAI's format")
+        if model.completions and model.kind != "chat":
+            raise CatalogError(f"model {model.id!r} serves legacy completions but is not a chat model")
     if catalog.fallback_model and catalog.fallback_model not in catalog.models:
         raise CatalogError(f"fallback model {catalog.fallback_model!r} is not in the catalog")

@@ -25,10 +25,16 @@ from aiohttp import web
 from clexproxy.errors import SHUTDOWN, ApiError, ServiceUnavailable, cut_by_shutdown, shutdown_error
 from clexproxy.keepalive import KeepAlives
 from clexproxy.outcome import CallOutcome
+from clexproxy.protocols.chunks import ChatEncoder, Chunk, OpenAIDecoder, StreamEncoder
+from clexproxy.protocols.wire import WIRES
 from clexproxy.sse_frames import Frames, read_usage
+from clexproxy.translating_frames import TranslatingFrames
 from clexproxy.upstream.pool import UpstreamReply
 
 DONE_EVENT = b"data: [DONE]\n\n"
+# Renders an error as the client's protocol answers it before any stream: SPEC's JSON (`ApiError.to_response`)
+# or, on `/v1/messages`, Anthropic's.
+ErrorRenderer = Callable[[ApiError, Mapping[str, str]], web.Response]
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -57,6 +63,8 @@ async def stream(
     on_error: Any,
     *,
     answer_headers: Callable[[], Mapping[str, str]] | None = None,
+    encoder: StreamEncoder | None = None,
+    render: ErrorRenderer = ApiError.to_response,
 ) -> web.StreamResponse:
     """Relay an SSE answer. `on_error(error)` settles a failure and returns the headers to send with it.
 
@@ -64,10 +72,17 @@ async def stream(
     fallback) and before the response goes out; what it returns joins the response headers. It is
     called even when a keep-alive comment already sent the headers, though it can then no longer
     change them.
+
+    `encoder`, for a client that does not speak chat completions, writes its protocol's events (and
+    its error event); `render` its JSON error before the stream starts. Without one, a chat client's
+    stream from an OpenAI provider is relayed as bytes (`Frames`), any other through chat chunks
+    (`TranslatingFrames`).
     """
     response = SSEResponse(status=200, headers={**headers, **SSE_HEADERS})
+    shape = _Shape(encoder, render)
     try:
-        return await _relay_stream(request, response, send, wants_usage, keepalives, outcome, on_error, answer_headers)
+        return await _relay_stream(request, response, send, wants_usage, keepalives, outcome, on_error,
+                                   answer_headers, shape)
     except ConnectionResetError:
         # The client left while we wrote to it (before its disconnect cancelled us): nothing more to send.
         outcome.disconnected = True
@@ -75,19 +90,30 @@ async def stream(
     except asyncio.CancelledError:
         if not cut_by_shutdown(request):
             raise  # the client left: aiohttp cancelled the handler
-        return await _cut(response, outcome, on_error)
+        return await _cut(response, outcome, on_error, shape)
 
 
-async def _cut(response: web.StreamResponse, outcome: CallOutcome, on_error: Any) -> web.StreamResponse:
+class _Shape:
+    """How this stream's client is told of a failure: its JSON error before the stream, its error event after."""
+
+    __slots__ = ("encoder", "event", "render")
+
+    def __init__(self, encoder: StreamEncoder | None, render: ErrorRenderer) -> None:
+        self.encoder = encoder
+        self.event: Callable[[ApiError], bytes] = error_event if encoder is None else encoder.error
+        self.render = render
+
+
+async def _cut(response: web.StreamResponse, outcome: CallOutcome, on_error: Any, shape: _Shape) -> web.StreamResponse:
     """The gateway is shutting down and the stream outlived the grace (`cut_by_shutdown`): SPEC's 503, as an event
     once the stream has started, then `[DONE]` and the end of the response."""
     error = shutdown_error()
     error_headers = on_error(error)
     outcome.error_code = SHUTDOWN  # the access line: cut by the gateway, not left by the client
     if not response.prepared:
-        return error.to_response(error_headers)
+        return shape.render(error, error_headers)
     with contextlib.suppress(ConnectionResetError):
-        await response.write_eof(error_event(error))
+        await response.write_eof(shape.event(error))
     return response
 
 
@@ -100,6 +126,7 @@ async def _relay_stream(
     outcome: CallOutcome,
     on_error: Any,
     answer_headers: Callable[[], Mapping[str, str]] | None,
+    shape: _Shape,
 ) -> web.StreamResponse:
     started = time.monotonic()
     keep = keepalives.watch(request, response)
@@ -110,14 +137,14 @@ async def _relay_stream(
             await keep.stop()
             error_headers = on_error(error)
             if response.prepared:
-                await response.write_eof(error_event(error))
+                await response.write_eof(shape.event(error))
                 return response
-            return error.to_response(error_headers)
+            return shape.render(error, error_headers)
         await keep.stop()  # the upstream has spoken: from here on, only its bytes go out
         outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
         upstream = reply.response
         content = upstream.content
-        frames = Frames(reply, wants_usage, outcome)
+        frames = _frames(reply, wants_usage, outcome, shape.encoder)
         failure: ApiError | None = None
         complete = False
         try:
@@ -154,6 +181,9 @@ async def _relay_stream(
                     failure = ServiceUnavailable("The upstream connection was lost mid-stream.",
                                                  error_type="upstream_error")
                 if not chunk:
+                    out = frames.closed()  # a stream whose end of body is its end (Gemini's) is whole here
+                    if frames.finished or frames.failure is not None:
+                        continue
                     if failure is None:
                         outcome.upstream_failures.append((outcome.provider, "midstream_drop"))
                         failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
@@ -169,8 +199,18 @@ async def _relay_stream(
     finally:
         keep.cancel()
     on_error(failure)
-    await response.write_eof(error_event(failure))
+    await response.write_eof(shape.event(failure))
     return response
+
+
+def _frames(reply: UpstreamReply, wants_usage: bool, outcome: CallOutcome,
+            encoder: StreamEncoder | None) -> Frames | TranslatingFrames:
+    """Bytes relayed as they came for a chat client of an OpenAI provider; any other pair through chat chunks."""
+    wire = WIRES.get(reply.provider.format)
+    if wire is None and encoder is None:
+        return Frames(reply, wants_usage, outcome)
+    decoder = OpenAIDecoder() if wire is None else wire.decoder(reply.model.id)
+    return TranslatingFrames(reply, decoder, encoder or ChatEncoder(wants_usage), outcome)
 
 
 def _salvage(content: aiohttp.StreamReader) -> bytes:
@@ -185,14 +225,22 @@ def _salvage(content: aiohttp.StreamReader) -> bytes:
         return b""
 
 
-async def unary(send: Awaitable[UpstreamReply], outcome: CallOutcome) -> bytes:
-    """A whole JSON answer (read and parsed by `send`); returns its bytes. Raises ApiError when there is none."""
+async def unary(send: Awaitable[UpstreamReply], outcome: CallOutcome,
+                answer: Callable[[Chunk], bytes] | None = None) -> bytes:
+    """A whole JSON answer (read and parsed by `send`); returns its bytes. Raises ApiError when there is none.
+
+    `answer`, for a client that does not speak chat completions, turns the chat completion into its
+    protocol's answer.
+    """
     started = time.monotonic()
     reply = await send
     outcome.upstream_seconds = time.monotonic() - started
     outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
     doc = reply.doc
     read_usage(doc.get("usage"), outcome)
+    if answer is not None:
+        doc["model"] = reply.model.id
+        return answer(doc)
     if reply.deployment.model != reply.model.id and "model" in doc:
         doc["model"] = reply.model.id  # the catalog id, as every answer names it
         return orjson.dumps(doc)

@@ -95,6 +95,10 @@ class Frames:
         self._each(events, out)
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def closed(self) -> bytes:
+        """The upstream's body ended: an OpenAI stream is whole only at `[DONE]`, so this adds nothing."""
+        return b""
+
     def _each(self, events: list[SSEEvent], out: list[bytes]) -> None:
         """Append to `out` what goes out of `events`, one by one; stops at `[DONE]` or at a failure."""
         rename = self.rename

@@ -66,9 +66,11 @@ from clexproxy.handlers.common import (
     read_json,
     request_id,
 )
+from clexproxy.handlers.ingress import CHAT, EMBEDDINGS, ErrorRenderer, Ingress
 from clexproxy.handlers.settle import finish_call
 from clexproxy.handlers.validation import (
     check_chat,
+    check_completions,
     default_stream,
     sampling_defaults,
     user_agent_prefixes,
@@ -79,17 +81,11 @@ from clexproxy.headers import REQUEST_ID as X_REQUEST_ID
 from clexproxy.limits.base import Admission
 from clexproxy.observability.accesslog import text_value
 from clexproxy.outcome import CallOutcome
+from clexproxy.protocols.chunks import Translation
 from clexproxy.web.session import api_session
 
 log = logging.getLogger("clexproxy.proxy")
 
-# The proxied paths, as clients send them, and the endpoint each serves: the router and the
-# screen (`ScreeningRequestHandler`) both read this one table.
-PROXIED_PATHS = {
-    "/v1/chat/completions": "/chat/completions",
-    "/api/chat": "/chat/completions",
-    "/v1/embeddings": "/embeddings",
-}
 _KINDS = {"chat": "a chat model", "embedding": "an embedding model"}
 _NO_HEADERS: Mapping[str, str] = {}
 
@@ -109,12 +105,13 @@ def _route(models: Mapping[str, Model], model_id: str, kind: str) -> Model:
     return model
 
 
-def _refused(gateway: Gateway, call: CallOutcome, error: ApiError, headers: dict[str, str]) -> web.Response:
+def _refused(gateway: Gateway, call: CallOutcome, error: ApiError, headers: dict[str, str],
+             render: ErrorRenderer) -> web.Response:
     call.status, call.error_code = error.status, error.code
     if isinstance(error, RateLimited):
         call.limit = error.limit
     finish_call(gateway, call)
-    return error.to_response(headers)
+    return render(error, headers)
 
 
 def _stream_default(request: web.Request, plan: Plan, json_agents: tuple[str, ...]) -> bool:
@@ -152,16 +149,21 @@ async def _console_account(request: web.Request, gateway: Gateway) -> Account | 
 
 
 async def handle(
-    request: web.Request, endpoint: str, max_body_bytes: int, json_agents: tuple[str, ...], cors: CorsPolicy
+    request: web.Request, ingress: Ingress, max_body_bytes: int, json_agents: tuple[str, ...], cors: CorsPolicy
 ) -> web.StreamResponse:
-    """Serve one chat-completions (`endpoint` "/chat/completions") or embeddings ("/embeddings") call."""
+    """Serve one call of `ingress` (chat completions, embeddings, legacy completions, Responses, Messages)."""
     gateway = request.app[GATEWAY]
     rid = request[REQUEST_ID] = pick_request_id(request.headers.get(X_REQUEST_ID))
-    call = CallOutcome(endpoint, time.monotonic(), rid)
+    endpoint, render = ingress.endpoint, ingress.render
+    call = CallOutcome(endpoint, time.monotonic(), rid, api=ingress.api)
     gateway.metrics.call_started(endpoint)
     origin = request.headers.get(hdrs.ORIGIN)  # an `istr`: the lookup skips folding the name's case
     cors_headers = _NO_HEADERS if origin is None else cors.answer(origin)
     authorization = request.headers.get("Authorization")
+    if authorization is None and ingress.key_header is not None:
+        api_key = request.headers.get(ingress.key_header)
+        if api_key is not None:
+            authorization = "Bearer " + api_key
     limits = gateway.limits
     budget: Account | None = None
     try:
@@ -171,7 +173,7 @@ async def handle(
         if policy is not None:
             expired = policy.expired(limits.clock.time())
             if expired is not None:
-                return _refused(gateway, call, expired, {X_REQUEST_ID: call.request_id, **cors_headers})
+                return _refused(gateway, call, expired, {X_REQUEST_ID: call.request_id, **cors_headers}, render)
             budget = policy.budget
     except ApiError as error:
         console = None
@@ -181,17 +183,18 @@ async def handle(
             try:
                 console = await _console_account(request, gateway)
             except ApiError as refusal:  # a refusal shares nothing: it keeps the CORS headers any 401 gets
-                return _refused(gateway, call, refusal, {X_REQUEST_ID: call.request_id, **cors_headers})
+                return _refused(gateway, call, refusal, {X_REQUEST_ID: call.request_id, **cors_headers}, render)
         if console is None:
-            return _refused(gateway, call, error, {X_REQUEST_ID: call.request_id, **cors_headers})
+            return _refused(gateway, call, error, {X_REQUEST_ID: call.request_id, **cors_headers}, render)
         account, key_id, policy, cors_headers = console, CONSOLE_KEY_ID, None, _NO_HEADERS
     call.account_id, call.key_id, call.plan = account.id, key_id, account.plan.name
 
     wants_usage = False
+    translation: Translation | None = None
     try:
         bucket = await limits.count_request(account)
         body = await read_json(request, max_body_bytes)
-        if endpoint == "/chat/completions":
+        if ingress is CHAT:
             model_id, stream, wants_usage = check_chat(body)
             model = _route(gateway.catalog.models, model_id, "chat")
             if stream is None:
@@ -199,8 +202,11 @@ async def handle(
             if model.sampling_defaults:
                 sampling_defaults(body)
             call.stream = stream
-        else:
+        elif ingress is EMBEDDINGS:
             model = _route(gateway.catalog.models, validate_embeddings(body), "embedding")
+        else:
+            model, body, translation, wants_usage = _parse(request, ingress, body, gateway, account, json_agents)
+            call.stream = body["stream"]
         call.model, call.tier = model.id, model.tier
         if policy is not None and policy.models is not None and model.id not in policy.models:
             raise PermissionDenied(
@@ -214,13 +220,13 @@ async def handle(
         if isinstance(error, RateLimited) and error.limit == "requests_per_minute" and authorization is not None:
             gateway.refusals.note(authorization, call.started)
         headers = error.headers if CREDITS_LIMIT in error.headers else limits.peek_headers(account, budget)
-        response = _refused(gateway, call, error, {**headers, X_REQUEST_ID: call.request_id, **cors_headers})
+        response = _refused(gateway, call, error, {**headers, X_REQUEST_ID: call.request_id, **cors_headers}, render)
         if body_unreadable(request):
             response.force_close()  # the parser stopped mid-body: the connection cannot carry another request
         return response
     except Exception:  # a bug, not a refusal: SPEC's 500, with the headers of any authenticated answer
         headers = {**limits.peek_headers(account, budget), X_REQUEST_ID: call.request_id, **cors_headers}
-        return _refused(gateway, call, _bug(call), headers)
+        return _refused(gateway, call, _bug(call), headers, render)
     except BaseException:
         call.disconnected = True  # the client left (or the worker is stopping) before an upstream was asked
         finish_call(gateway, call)
@@ -251,14 +257,15 @@ async def handle(
             gateway.metrics.stream_opened()
             try:
                 return await relay.stream(
-                    request, send, headers, wants_usage, gateway.keepalives, call, settle_error, answer_headers=served
+                    request, send, headers, wants_usage, gateway.keepalives, call, settle_error, answer_headers=served,
+                    encoder=None if translation is None else translation.encoder(), render=render,
                 )
             finally:
                 gateway.metrics.stream_closed()
         try:
-            raw = await relay.unary(send, call)
+            raw = await relay.unary(send, call, None if translation is None else translation.answer)
         except ApiError as error:
-            return error.to_response(settle_error(error))
+            return render(error, settle_error(error))
         if call.fallback:
             _charge_served(gateway, admission, call)
         call.answer_started = True
@@ -268,7 +275,7 @@ async def handle(
     except asyncio.CancelledError:
         if cut_by_shutdown(request) and not call.stream:  # the shutdown's grace ended before the answer
             cut = shutdown_error()
-            response = cut.to_response(settle_error(cut))
+            response = render(cut, settle_error(cut))
             call.error_code = SHUTDOWN  # the access line: cut by the gateway, not left by the client
             return response
         call.disconnected = True
@@ -278,12 +285,35 @@ async def handle(
             call.status = 500 if call.status == 200 else call.status
             raise
         failure = _bug(call)
-        return failure.to_response(settle_error(failure))
+        return render(failure, settle_error(failure))
     except BaseException:
         call.status = 500 if call.status == 200 else call.status
         raise
     finally:
         finish_call(gateway, call, admission)
+
+
+def _parse(request: web.Request, ingress: Ingress, body: Any, gateway: Gateway, account: Account,
+           json_agents: tuple[str, ...]) -> tuple[Model, dict[str, Any], Translation | None, bool]:
+    """A legacy completions call or a translated one (Responses, Messages): its model, the body to send, the
+    translation (None for legacy completions, sent as it is) and whether the client asked for the usage chunk."""
+    translation: Translation | None = None
+    if ingress.translate is None:  # legacy completions
+        model_id, stream, wants_usage = check_completions(body)
+        model = _route(gateway.catalog.models, model_id, "chat")
+        if not model.completions:
+            raise InvalidRequest(
+                f"Model '{model.id}' is not served on /v1/completions: its provider serves it through chat "
+                "completions only. Call /v1/chat/completions.", extra={"param": "model"})
+        if stream is None:
+            body["stream"] = _stream_default(request, account.plan, json_agents)
+    else:
+        translation = ingress.translate(body)
+        model = _route(gateway.catalog.models, translation.model, "chat")
+        body, wants_usage = translation.body, False
+    if model.sampling_defaults:
+        sampling_defaults(body)
+    return model, body, translation, wants_usage
 
 
 def _metering_headers(request: web.Request) -> Mapping[str, str]:
@@ -300,9 +330,9 @@ def _metering_headers(request: web.Request) -> Mapping[str, str]:
 
 
 def make_handler(
-    endpoint: str, max_body_bytes: int, json_user_agents: str, cors: CorsPolicy
+    ingress: Ingress, max_body_bytes: int, json_user_agents: str, cors: CorsPolicy
 ) -> Callable[[web.Request], Any]:
-    """The handler of `endpoint`'s calls, whose bodies may be `max_body_bytes` long.
+    """The handler of `ingress`'s calls, whose bodies may be `max_body_bytes` long.
 
     `json_user_agents` is the `sse_json_user_agents` setting: the User-Agent prefixes whose chat
     calls without `stream` get JSON (`default_stream`). `cors` says which origins' pages may read
@@ -312,12 +342,12 @@ def make_handler(
 
     async def handler(request: web.Request) -> web.StreamResponse:
         try:
-            return await handle(request, endpoint, max_body_bytes, json_agents, cors)
+            return await handle(request, ingress, max_body_bytes, json_agents, cors)
         except Exception:  # a bug, not a refusal: SPEC's 500, never a trace
             log.exception("unhandled error, request_id=%s", text_value(request_id(request)))
             error = InternalError("The gateway failed to handle this request.")
             headers = {**_metering_headers(request), X_REQUEST_ID: request_id(request)}
-            return error.to_response({**headers, **cors.answer(request.headers.get("Origin"))})
+            return ingress.render(error, {**headers, **cors.answer(request.headers.get("Origin"))})
 
-    handler.__name__ = "handle_" + endpoint.strip("/").replace("/", "_")
+    handler.__name__ = "handle_" + ingress.api
     return handler

@@ -155,6 +155,35 @@ def check_chat(body: Any) -> tuple[str, bool | None, bool]:
         raise InvalidRequest(f"The request body must be a JSON object, got {_type_name(body)}.")
     model = _require_model(body)
     _check_messages(body.get("messages"))
+    stream, wants_usage = _check_generation(body)
+    return model, stream, wants_usage
+
+
+def check_completions(body: Any) -> tuple[str, bool | None, bool]:
+    """Check a legacy completions body as `check_chat` checks a chat one: `prompt` instead of `messages`."""
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"The request body must be a JSON object, got {_type_name(body)}.")
+    model = _require_model(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise InvalidRequest("Missing required parameter: 'prompt'.", extra={"param": "prompt"})
+    if not isinstance(prompt, str):
+        ok = isinstance(prompt, list) and bool(prompt) and (
+            all(isinstance(p, str) for p in prompt) or _token_array(prompt)
+            or all(isinstance(p, list) and _token_array(p) for p in prompt))
+        if not ok:
+            raise InvalidRequest("'prompt' must be a string, a non-empty array of strings, or token arrays.",
+                                 extra={"param": "prompt"})
+    stream, wants_usage = _check_generation(body)
+    return model, stream, wants_usage
+
+
+def _token_array(items: list[Any]) -> bool:
+    return bool(items) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in items)
+
+
+def _check_generation(body: dict[str, Any]) -> tuple[bool | None, bool]:
+    """The fields chat and legacy completions share: (stream or None when absent, client_wants_usage)."""
     stream = body.get("stream")
     if stream is None:
         if "stream" in body:
@@ -178,7 +207,7 @@ def check_chat(body: Any) -> tuple[str, bool | None, bool]:
                 extra={"param": "stream_options"},
             )
         wants_usage = options.get("include_usage") is True
-    return model, stream, wants_usage
+    return stream, wants_usage
 
 
 def sampling_defaults(body: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ from clexproxy.errors import ApiError, RateLimited
 from clexproxy.fastpath.scan import plain_request
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY, pick_request_id
-from clexproxy.handlers.proxy import PROXIED_PATHS
+from clexproxy.handlers.ingress import SCREENED_PATHS, Ingress
 from clexproxy.handlers.settle import finish_call
 from clexproxy.outbox import Outbox
 from clexproxy.outcome import CallOutcome
@@ -36,7 +36,7 @@ from clexproxy.server.connections import ClientConnection, ClientServer, Connect
 from clexproxy.server.fdlimit import open_file_limit
 from clexproxy.server.raw_answers import RateLimitAnswers, raw_response
 
-_SCREENED_LINES = {f"POST {path} HTTP/1.1".encode(): endpoint for path, endpoint in PROXIED_PATHS.items()}
+_SCREENED_LINES: dict[bytes, Ingress] = {f"POST {path} HTTP/1.1".encode(): i for path, i in SCREENED_PATHS.items()}
 _RPM = "requests_per_minute"
 
 
@@ -82,8 +82,8 @@ class ScreeningRequestHandler(ClientConnection):
         None sends the call down the full path, which authenticates it and counts it against the
         limit. Only calls whose Authorization header was refused a moment ago are looked at.
         """
-        endpoint = _SCREENED_LINES.get(line)
-        if endpoint is None:
+        ingress = _SCREENED_LINES.get(line)
+        if ingress is None:
             return None
         # aiohttp's own decoding of header values, so the refusal table sees the full path's strings.
         authorization = None if authorization_bytes is None else authorization_bytes.decode("utf-8", "surrogateescape")
@@ -92,7 +92,7 @@ class ScreeningRequestHandler(ClientConnection):
         if not refusals.seen(authorization, now):
             return None
         gateway = self._screening.gateway
-        call = CallOutcome(endpoint, now)
+        call = CallOutcome(ingress.endpoint, now, api=ingress.api)
         try:
             key, account = gateway.directory.authenticate(authorization)
         except ApiError as error:

@@ -34,6 +34,7 @@ from clexproxy.config import Credential, UpstreamSettings
 from clexproxy.errors import ApiError, InternalError, InvalidRequest, ServiceUnavailable
 from clexproxy.fastpath.sse import SSEEvent, SSEParser
 from clexproxy.outcome import CallOutcome
+from clexproxy.protocols.wire import WIRES
 from clexproxy.upstream.failures import OVERLOADED, Failure, Scrubber, classify, error_status, error_text, final_error
 from clexproxy.upstream.http1 import Origin, UpstreamResponse
 
@@ -151,18 +152,18 @@ class UpstreamPool:
         self._origins: dict[str, Origin] = {}
         self._heads: dict[tuple[str, str], tuple[Origin, bytes]] = {}
         self._plans: dict[str, list[tuple[Model, Deployment, bool]]] = {}
-        self._auth = {name: f"Bearer {credential.value}" for name, credential in credentials.items()
-                      if name in catalog.providers}
+        self._credentials = {name: credential.value for name, credential in credentials.items()
+                             if name in catalog.providers}
         self._scrub = Scrubber(
             (credential.value for credential in credentials.values()),
             (URL(p.base_url).host or "" for p in catalog.providers.values()),
         )
 
-    def _target(self, provider: Provider, endpoint: str) -> tuple[Origin, bytes]:
+    def _target(self, provider: Provider, path: str) -> tuple[Origin, bytes]:
         """The origin to POST to and the prebuilt request head (line, Host, fixed headers, credential)."""
-        target = self._heads.get((provider.name, endpoint))
+        target = self._heads.get((provider.name, path))
         if target is None:
-            url = URL(provider.base_url + endpoint)
+            url = URL(provider.base_url + path, encoded="%" in path)
             origin_key = str(url.origin())
             origin = self._origins.get(origin_key)
             if origin is None:
@@ -172,10 +173,11 @@ class UpstreamPool:
                     connect_timeout=s.connect_timeout, read_timeout=s.read_timeout,
                 )
             fixed = {"Content-Type": "application/json", "Accept": "*/*", "Accept-Encoding": "identity"}
-            auth = self._auth.get(provider.name)
-            if auth:
-                fixed["Authorization"] = auth
-            target = self._heads[(provider.name, endpoint)] = (origin, origin.request_head(url.raw_path_qs, fixed))
+            credential = self._credentials.get(provider.name)
+            if credential:
+                wire = WIRES.get(provider.format)
+                fixed.update(wire.auth_headers(credential) if wire else {"Authorization": f"Bearer {credential}"})
+            target = self._heads[(provider.name, path)] = (origin, origin.request_head(url.raw_path_qs, fixed))
         return target
 
     async def close(self) -> None:
@@ -224,14 +226,23 @@ class UpstreamPool:
         for attempt, (target, deployment, is_fallback) in enumerate(self._candidates(model)):
             if is_fallback and failure is not None and failure.kind == "not_found" and not_found_only:
                 break  # the upstream says the model does not exist: a fallback would answer a different question
+            if is_fallback and endpoint == "/completions" and not target.completions:
+                break  # a fallback that does not serve legacy completions cannot answer one
             provider = self._catalog.providers[deployment.provider]
             if attempt:
                 await asyncio.sleep(min(1.0, self._settings.retry_backoff * (2 ** (attempt - 1))))
-            payload = payloads.get(deployment.model)
+            wire = WIRES.get(provider.format)  # None: OpenAI's format, the body as it is
+            payload_key = deployment.model if wire is None else f"{provider.format}:{deployment.model}"
+            payload = payloads.get(payload_key)
             if payload is None:
-                body["model"] = deployment.model
-                payload = payloads[deployment.model] = orjson.dumps(body)
-            origin, head = self._target(provider, endpoint)
+                if wire is None:
+                    body["model"] = deployment.model
+                    payload = orjson.dumps(body)
+                else:
+                    payload = wire.payload(body, deployment.model)
+                payloads[payload_key] = payload
+            path = endpoint if wire is None else wire.path(endpoint, deployment.model, call.stream)
+            origin, head = self._target(provider, path)
             tail = b"X-Request-Id: %s\r\n" % call.request_id.encode()
             if provider.pass_headers:
                 tail += _passed(client_headers, provider.pass_headers)
@@ -260,12 +271,17 @@ class UpstreamPool:
                             _check_first(events[0].data)
                         else:
                             received, events = await _read_to_first_event(response.content, parser, received, events)
+                        if wire is not None:  # a refusal to answer (a safety block) raises an ApiError: no retry
+                            wire.check_first(next(e.data for e in events if e.data is not None))
                     else:  # read here, inline: this is every JSON call's path
                         received = await response.content.read()
                         doc = orjson.loads(received)
                         if type(doc) is not dict or doc.get("error") is not None:
                             raise _NoAnswer("bad_answer", "a JSON body that is not an answer")
                         response.release()
+                        if wire is not None:  # the provider's answer as a chat completion (or its refusal, raised)
+                            doc = wire.answer(doc, target.id)
+                            received = orjson.dumps(doc)
                 except (_NoAnswer, orjson.JSONDecodeError, TimeoutError, aiohttp.ClientPayloadError,
                         aiohttp.ClientConnectionError) as exc:
                     response.close()
