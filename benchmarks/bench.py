@@ -41,6 +41,7 @@ PROXY_CPU = "0"
 LOAD_CPU = "1"
 MODEL = "meta/llama-3.1-8b-instruct"
 STREAM_CHUNKS = 50
+API_PATHS = {"chat": "/chat/completions", "responses": "/responses", "messages": "/messages"}
 
 
 def free_port() -> int:
@@ -201,12 +202,15 @@ http {{
     # load ---------------------------------------------------------------------------------------
 
     def wrk(self, url: str, connections: int, *, stream: bool = False, env: dict[str, str] | None = None,
-            seconds: int | None = None) -> dict[str, float]:
-        """One wrk run against `url` (an OpenAI base URL ending in /v1); requests/s and latency percentiles."""
+            seconds: int | None = None, api: str = "chat") -> dict[str, float]:
+        """One wrk run against `url` (an OpenAI base URL ending in /v1); requests/s and latency percentiles.
+
+        `api` is the ingress the requests speak (chat, responses, messages: `API_PATHS`).
+        """
         parts = urlsplit(url)
         base = f"{parts.scheme}://{parts.netloc}"
-        extra = {"WRK_STREAM": "1" if stream else "0", "WRK_PATH": parts.path.rstrip("/") + "/chat/completions",
-                 **(env or {})}
+        extra = {"WRK_STREAM": "1" if stream else "0", "WRK_PATH": parts.path.rstrip("/") + API_PATHS[api],
+                 "WRK_API": api, **(env or {})}
         cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds or self.seconds}s",
                "--timeout", "30s", "-s", str(BENCH / "wrk" / "chat.lua"), base]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **extra}, timeout=600,
@@ -423,6 +427,96 @@ def scenario_redis(bench: Bench) -> list[Row]:
     return rows
 
 
+PROTOCOL_APIS = ("chat", "responses", "messages")
+PROTOCOL_TARGETS = {False: 0.8, True: 0.7}  # issue 13: x the chat row's requests/s, non-stream and stream
+
+
+def protocol_body(api: str, stream: bool) -> bytes:
+    """The body benchmarks/wrk/chat.lua sends for `api` (the same question in each protocol)."""
+    question = "Say hello in five words."
+    doc: dict[str, Any] = {"model": MODEL, "stream": stream}
+    if api == "responses":
+        doc["input"] = question
+    else:
+        if api == "messages":
+            doc["max_tokens"] = 64
+        doc["messages"] = [{"role": "user", "content": question}]
+    return json.dumps(doc).encode()
+
+
+def check_answer(url: str, key: str, api: str, stream: bool) -> None:
+    """One request before the timed runs: a 200 carrying the whole answer, in the protocol asked.
+
+    wrk only counts statuses; a translation that answered 200 with an error event, or with a stream
+    cut short, would otherwise pass for a fast row.
+    """
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    if api == "messages":
+        headers = {"Content-Type": "application/json", "x-api-key": key, "anthropic-version": "2023-06-01"}
+    request = urllib.request.Request(url.rstrip("/") + API_PATHS[api], data=protocol_body(api, stream),
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            status, text = answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode(errors="replace")
+    if stream:
+        # The static stream's 50 "word " deltas, each re-encoded once, and the protocol's own end.
+        delta, end = {"chat": ('"content":"word "', "data: [DONE]"),
+                      "responses": ("event: response.output_text.delta", "event: response.completed"),
+                      "messages": ("event: content_block_delta", "event: message_stop")}[api]
+        failed = ('data: {"error"', "event: error", "event: response.failed")
+        ok = (status == 200 and text.count(delta) == STREAM_CHUNKS and end in text
+              and not any(mark in text for mark in failed))
+    else:
+        doc = json.loads(text) if status == 200 else {}
+        try:
+            said = (doc["choices"][0]["message"]["content"] if api == "chat" else
+                    doc["output"][0]["content"][0]["text"] if api == "responses" else doc["content"][0]["text"])
+            ok = said == "Hello there, how are you?"
+        except (KeyError, IndexError, TypeError):
+            ok = False
+    if not ok:
+        raise RuntimeError(f"{api} {'stream' if stream else 'JSON'}: not the expected answer ({status}):\n"
+                           f"{text[:2000]}")
+
+
+def scenario_protocols(bench: Bench) -> list[Row]:
+    """(h) the same answers through each ingress: chat completions, Responses and Messages, JSON and streamed.
+
+    One gateway on nginx's static JSON answer and one on its 50-chunk stream (both chat completions: the
+    translation happens in the gateway), 64 connections, all six rows in turns. Each row is compared
+    with the chat row of its kind, measured in the same rounds.
+    """
+    nginx = bench.nginx()
+    rows_spec: list[tuple[str, Server, str, str, bool]] = []
+    for stream in (False, True):
+        upstream = f"http://127.0.0.1:{nginx.port}/{'stream' if stream else 'json'}/v1"
+        data = bench.work / f"data-h-{'stream' if stream else 'json'}"
+        clex = bench.clexproxy(upstream, data)
+        key = demo_key(data)
+        for api in PROTOCOL_APIS:
+            check_answer(clex.url, key, api, stream)
+            rows_spec.append((f"{api} {'stream' if stream else 'JSON'}", clex, key, api, stream))
+    best: dict[str, Row] = {}
+    for _ in range(2):
+        for name, server, key, api, stream in rows_spec:
+            result = bench.measure(server, server.url, 64, stream=stream, env={"CLEX_KEY": key}, api=api)
+            if name not in best or result["rps"] > best[name]["rps"]:
+                best[name] = {"target": name, "api": api, "stream": stream, **result}
+    rows = [best[name] for name, *_ in rows_spec]
+    for row in rows:
+        chat = next(r for r in rows if r["api"] == "chat" and r["stream"] == row["stream"])
+        row["x_chat"] = row["rps"] / chat["rps"]
+        # The gateway's CPU per request is steadier than requests/s on a shared machine: shown beside it.
+        row["cpu_x_chat"] = row.get("cpu_us", 0.0) / max(1e-9, chat.get("cpu_us", 0.0))
+    bench.stop_all()
+    return rows
+
+
 def scenario_slow_streams(bench: Bench) -> list[Row]:
     """(e) 10,000 concurrent streams, one chunk a second for 30 s, on one worker: all complete; RSS."""
     streams = 1_000 if bench.quick else 10_000
@@ -483,10 +577,21 @@ def report(results: dict[str, list[Row]], quick: bool, started: float) -> str:
         "e": "(e) 10,000 concurrent slow streams (1 chunk/s for 30 s) on one worker",
         "f": "(f) flood: 9 requests in 10 refused by the per-minute limit, 64 connections; in turns with one key",
         "g": "(g) limits shared through Redis (`--workers 1 --redis`) against the same gateway alone, 64 connections",
+        "h": "(h) protocols: chat completions, Responses and Messages ingress on the same chat-completions upstream "
+             f"(JSON, and streams of {STREAM_CHUNKS} chunks), 64 connections, in turns",
     }
     for name, rows in results.items():
         lines += [f"## {titles[name]}", ""]
-        if name in "abcdfg":
+        if name == "h":
+            head = ("| ingress | requests/s | p50 ms | p99 ms | x chat | CPU µs/request | CPU x chat | RSS MB "
+                    "| non-2xx | errors |")
+            lines += [head, "|" + "---|" * (head.count("|") - 1)]
+            for r in rows:
+                cells = [r["target"], fmt(r["rps"], 0), fmt(r["p50_ms"], 3), fmt(r["p99_ms"], 3), f"{r['x_chat']:.2f}",
+                         fmt(r.get("cpu_us", "-"), 0), f"{r['cpu_x_chat']:.2f}", fmt(r.get("rss_mb", "-"), 0),
+                         fmt(r["non2xx"]), fmt(r["errors"])]
+                lines.append("| " + " | ".join(cells) + " |")
+        elif name in "abcdfg":
             baseline = next((r["rps"] for r in rows if r["target"] == "baseline"), None)
             head = "| target | requests/s | p50 ms | p99 ms | x baseline | CPU µs/request | RSS MB | non-2xx |"
             if name == "c":
@@ -560,6 +665,14 @@ def targets_section(results: dict[str, list[Row]]) -> list[str]:
         if g and alone:
             lines.append(f"- (g) with Redis (`--workers 1 --redis`): {g / alone - 1:+.1%} requests/s against the "
                          "same gateway without it, in turns (measured, no target)")
+    for r in results.get("h", []):
+        if r["api"] == "chat":
+            continue
+        target = PROTOCOL_TARGETS[r["stream"]]
+        clean = r["non2xx"] == 0 and r["errors"] == 0
+        lines.append(f"- (h) {r['target']} ≥ {target} x chat {'stream' if r['stream'] else 'JSON'}: "
+                     f"{r['x_chat']:.2f} x{'' if clean else ' (with errors)'} — "
+                     f"{'met' if clean and r['x_chat'] >= target else 'not met'}")
     return [*lines, ""]
 
 
@@ -599,6 +712,7 @@ SCENARIOS = {
     "e": lambda b, peers: scenario_slow_streams(b),
     "f": lambda b, peers: scenario_flood(b),
     "g": lambda b, peers: scenario_redis(b),
+    "h": lambda b, peers: scenario_protocols(b),
 }
 
 
@@ -614,7 +728,7 @@ def workdir() -> Iterator[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="clexproxy benchmarks (see benchmarks/README.md)")
     parser.add_argument("--quick", action="store_true", help="short runs and smaller scenarios (a smoke test)")
-    parser.add_argument("--only", default="abcdefg", help="scenarios to run, e.g. 'ab' (default: all)")
+    parser.add_argument("--only", default="abcdefgh", help="scenarios to run, e.g. 'ab' (default: all)")
     parser.add_argument("--peers", default="", help="also measure peer gateways in (a) and (b): litellm,portkey")
     parser.add_argument("--out", default=str(BENCH), help="where RESULTS.md and results.png go")
     args = parser.parse_args()
