@@ -298,9 +298,11 @@ def _refuse_stateful(body: dict[str, Any]) -> None:
         raise _unsupported("truncation", "Invalid value for 'truncation': only 'disabled' is supported.")
     if body.get("top_logprobs") not in (None, 0):
         raise _unsupported("top_logprobs", "'top_logprobs' is not supported by this gateway.")
+    # Codex asks for `reasoning.encrypted_content`: accepted, as every other name, and nothing comes of it (the
+    # gateway returns no reasoning items and serves no built-in tools whose outputs `include` could add).
     include = body.get("include")
-    if include is not None and include != []:
-        raise _unsupported("include", "'include' is not supported by this gateway: send it empty or leave it out.")
+    if include is not None and (not isinstance(include, list) or not all(isinstance(i, str) for i in include)):
+        raise _bad_type("include", "an array of strings", include)
 
 
 def translate(body: dict[str, Any]) -> ResponsesCall:
@@ -317,7 +319,11 @@ def translate(body: dict[str, Any]) -> ResponsesCall:
     if stream is not None and not isinstance(stream, bool):
         raise _bad_type("stream", "a boolean", stream)
     stream = bool(stream)
-    chat: dict[str, Any] = {"model": model, "messages": _messages(body), "stream": stream}
+    messages = _messages(body)
+    if not messages:
+        raise InvalidRequest("'input' holds no message to answer (reasoning items alone are not one).",
+                             extra={"param": "input"})
+    chat: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
     tools, echoed_tools = _tools(body)
     tool_choice = body.get("tool_choice")
     parallel = body.get("parallel_tool_calls")
