@@ -321,7 +321,7 @@ def test_json_logs_and_a_separate_metrics_port(tmp_path: Path) -> None:
         assert not any(served.key in ln for ln in log_lines)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
             text = resp.read().decode()
-        assert 'clexproxy_requests_total{endpoint="/chat/completions"' in text
+        assert 'clexproxy_requests_total{api="chat",endpoint="/chat/completions"' in text  # labels sorted
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/v1/models", timeout=10)
     finally:
