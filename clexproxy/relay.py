@@ -196,6 +196,7 @@ async def _relay_stream(
                 upstream.finish()
             else:
                 upstream.close()
+                frames.cut()
     finally:
         keep.cancel()
     on_error(failure)

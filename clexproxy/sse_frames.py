@@ -99,6 +99,9 @@ class Frames:
         """The upstream's body ended: an OpenAI stream is whole only at `[DONE]`, so this adds nothing."""
         return b""
 
+    def cut(self) -> None:
+        """The stream ended before `[DONE]`: OpenAI reports usage in its last chunk only, so there is none to read."""
+
     def _each(self, events: list[SSEEvent], out: list[bytes]) -> None:
         """Append to `out` what goes out of `events`, one by one; stops at `[DONE]` or at a failure."""
         rename = self.rename

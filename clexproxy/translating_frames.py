@@ -8,7 +8,8 @@ as a chat stream is), and each chunk names the catalog id of the model that answ
 
 The relay drives both classes alike: `first`, then `feed` per chunk read, `finished` once
 the answer is whole, `failure` once it must end in an error event; `closed` when the
-upstream's body ends (a Gemini stream has no end marker: its end of body is its end).
+upstream's body ends (a Gemini stream has no end marker: its end of body is its end); `cut`
+when the stream ends before it is whole.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ class TranslatingFrames:
             self.finished = True
             out += self.encoder.end()
         return out
+
+    def cut(self) -> None:
+        """The stream ended before it was whole (the client left, the upstream failed): record the usage the
+        provider reported so far, if it reported any before the end it never sent."""
+        usage = self.decoder.reported_usage()
+        if usage is not None:
+            read_usage(usage, self.outcome)
 
     def _events(self, events: list[SSEEvent]) -> bytes:
         out = b""

@@ -181,13 +181,20 @@ def _usage(plan: ChatPlan) -> dict[str, int]:
     }
 
 
-def _response(plan: ChatPlan, candidate: dict[str, Any] | None, usage: bool) -> bytes:
-    """One GenerateContentResponse (a whole answer or one stream frame)."""
+def _response(plan: ChatPlan, candidate: dict[str, Any] | None, usage: bool, sent: int = 0) -> bytes:
+    """One GenerateContentResponse (a whole answer or one stream frame).
+
+    As Gemini does, a stream frame that is not the last carries usageMetadata too: the prompt's count and the
+    `sent` candidate tokens so far (so a stream cut short still says what it used).
+    """
     payload: dict[str, Any] = {}
     if candidate is not None:
         payload["candidates"] = [{**candidate, "index": 0}]
     if usage:
         payload["usageMetadata"] = _usage(plan)
+    elif sent:
+        payload["usageMetadata"] = {"promptTokenCount": plan.prompt_tokens, "candidatesTokenCount": sent,
+                                    "totalTokenCount": plan.prompt_tokens + sent}
     payload["modelVersion"] = plan.model
     payload["responseId"] = plan.completion_id
     return orjson.dumps(payload)
@@ -244,7 +251,7 @@ def _stream_frames(plan: ChatPlan, call: dict[str, Any] | None) -> list[bytes]:
         candidate: dict[str, Any] = {"content": {"parts": [{"text": _TOKEN_TEXT[token]}], "role": "model"}}
         if position == last:
             candidate["finishReason"] = finish
-        frames.append(_response(plan, candidate, position == last))
+        frames.append(_response(plan, candidate, position == last, position + 1))
     return frames
 
 

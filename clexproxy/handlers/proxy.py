@@ -28,6 +28,13 @@ only where the key path has already failed for want of a header (in its `except`
 pays nothing for it. A call without the header is never noted for the screen (`RecentRefusals`): the screen would
 otherwise refuse the next signed-in call, which carries no header either.
 
+Every ingress takes this path (`Ingress`: chat completions, embeddings, legacy completions, and
+the Responses and Messages APIs translated onto chat completions). A translated call differs in
+three places only: its body becomes a chat body (`Translation`), its answer goes back through the
+translation (`relay.unary`'s `answer`, `relay.stream`'s `encoder`), and its errors are rendered in
+its protocol's shape (`Ingress.render`). Credits, limits, settlement and the metering headers are
+the same code for all, so every ingress is charged and counted alike.
+
 The handler reads no settings: `make_handler` gives it the body limit, the User-Agent prefixes
 that get JSON by default, parsed once, and the CORS policy.
 """

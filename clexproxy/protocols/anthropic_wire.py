@@ -37,8 +37,6 @@ from clexproxy.errors import InvalidRequest
 from clexproxy.fastpath.sse import SSEEvent
 from clexproxy.protocols.chunks import Chunk, UpstreamEventError
 
-__all__ = ["ANTHROPIC", "DEFAULT_MAX_TOKENS", "AnthropicDecoder", "AnthropicWire"]
-
 ANTHROPIC_VERSION: Final = "2023-06-01"
 DEFAULT_MAX_TOKENS: Final = 4096
 # SPEC's sampling defaults, as the chat handler adds them (`CHAT_DEFAULTS`, a layer above: a test keeps them equal).
@@ -388,8 +386,7 @@ class AnthropicDecoder:
             return [self._chunk({}, finish_reason(stop))] if stop is not None else []
         if kind == "message_stop":
             self.done = True
-            return [{"id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                     "model": self._model, "choices": [], "usage": _usage(self._usage)}]
+            return [{**self._chunk({}), "choices": [], "usage": _usage(self._usage)}]
         return []  # ping, content_block_stop, and event types added after this was written
 
     def _start(self, doc: dict[str, Any]) -> list[Chunk]:
@@ -418,6 +415,9 @@ class AnthropicDecoder:
 
     def close(self) -> list[Chunk]:
         return []  # `message_stop` is the only end: a body that ends before it is cut short
+
+    def reported_usage(self) -> dict[str, Any] | None:
+        return _usage(self._usage) if self._usage else None
 
 
 class AnthropicWire:

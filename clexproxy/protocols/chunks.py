@@ -56,6 +56,15 @@ class StreamDecoder(Protocol):
         (Gemini's streams have no end marker: a body that ends after a finish reason is whole)."""
         ...
 
+    def reported_usage(self) -> dict[str, Any] | None:
+        """The usage the provider has reported so far, in chat's names (None: none yet).
+
+        Read only when a stream is cut (the client left, the upstream dropped or failed): Anthropic
+        reports the prompt's tokens at the start and Gemini with every frame, so a cut call still
+        records what the provider said it used.
+        """
+        ...
+
 
 class StreamEncoder(Protocol):
     """One client's SSE, from chat chunks (a client protocol's side of a translation).
@@ -134,6 +143,9 @@ class OpenAIDecoder:
 
     def close(self) -> list[Chunk]:
         return []
+
+    def reported_usage(self) -> dict[str, Any] | None:
+        return None  # OpenAI reports usage in its last chunk only
 
 
 class Translation(Protocol):

@@ -172,6 +172,9 @@ class GeminiDecoder:
         self.done = True
         return [] if self._usage_sent else [self._usage(self._last_usage)]
 
+    def reported_usage(self) -> dict[str, Any] | None:
+        return None if self._last_usage is None else usage(self._last_usage)
+
 
 class GeminiWire:
     """The ``gemini`` provider format (`GEMINI`): see the module's notes."""

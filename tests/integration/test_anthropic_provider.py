@@ -271,3 +271,17 @@ async def test_the_anthropic_sdk_through_an_anthropic_provider(
     assert sent.body["system"] == [{"type": "text", "text": "be brief"}] and sent.body["max_tokens"] == 100
     (line,) = await access_lines(gw, access, 1)
     assert line["api"] == "messages" and (line["prompt_tokens"], line["completion_tokens"]) == (5, 8)
+
+
+async def test_a_stream_cut_short_records_the_usage_anthropic_reported(make_gateway: GatewayFactory,
+                                                                       upstream: DemoServer) -> None:
+    """`message_start` reports the prompt's tokens: a stream the upstream drops is charged and records them."""
+    gw, client, access = await start(make_gateway, upstream, fallback=False)
+    stream = await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=True,
+                                                  extra_headers={"x-demo-drop-after": "3"})
+    with pytest.raises(openai.APIError):
+        async for _ in stream:
+            pass
+    [line] = await access_lines(gw, access, 1)
+    assert line["status"] == 503 and line["credits"] == 2  # the answer had started: charged
+    assert line["prompt_tokens"] == 5 and line["completion_tokens"] >= 1

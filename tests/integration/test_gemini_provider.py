@@ -222,3 +222,17 @@ async def test_unavailable_without_a_fallback_is_a_503(make_gateway: GatewayFact
                                                  extra_headers={"x-demo-status": "503"})
         assert caught.value.status_code == 503
         assert caught.value.response.headers.get("Retry-After")
+
+
+async def test_a_stream_cut_short_records_the_usage_gemini_reported(make_gateway: GatewayFactory,
+                                                                    upstream: DemoServer) -> None:
+    """Gemini reports usage with every frame: a stream the upstream drops is charged and its tokens recorded so far."""
+    gw, client, access = await start(make_gateway, upstream, fallback=False)
+    stream = await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=True,
+                                                  extra_headers={"x-demo-drop-after": "3"})
+    with pytest.raises(openai.APIError):
+        async for _ in stream:
+            pass
+    [line] = await access_lines(gw, access, 1)
+    assert line["status"] == 503 and line["credits"] == 2  # the answer had started: charged
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (5, 3)

@@ -29,7 +29,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
      ("clexproxy", "clexproxy.errors", "clexproxy.clock", "clexproxy.headers", "clexproxy.outcome",
       "clexproxy.catalog", "clexproxy.catalog_tables", "clexproxy.config", "clexproxy.cors", "clexproxy.fastpath",
       "clexproxy.outbox", "clexproxy.signals")),
-    ("what the request path leans on but never calls back: the store, Redis, metrics and logs, the demo upstream, the protocol translations",
+    ("what the request path leans on but never calls back: the store, Redis, metrics and logs, the demo upstream, "
+     "the protocol translations",
      ("clexproxy.store", "clexproxy.sync", "clexproxy.observability", "clexproxy.demo", "clexproxy.protocols")),
     ("who is calling: the key table", ("clexproxy.auth",)),
     ("may they: admission", ("clexproxy.limits",)),

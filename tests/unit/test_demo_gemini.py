@@ -127,7 +127,9 @@ async def test_stream_frames_and_usage_on_the_last(server: DemoServer, session: 
     frames = await stream(session, server, gemini_body(), {"x-demo-tokens": "4"})
     assert len(frames) == 4
     text = "".join(frame["candidates"][0]["content"]["parts"][0]["text"] for frame in frames)
-    assert all("usageMetadata" not in frame and "finishReason" not in frame["candidates"][0] for frame in frames[:-1])
+    assert all("finishReason" not in frame["candidates"][0] for frame in frames[:-1])
+    # Every frame says what was used so far, as Gemini's do: the prompt and the candidate tokens sent.
+    assert [frame["usageMetadata"]["candidatesTokenCount"] for frame in frames] == [1, 2, 3, 4]
     assert frames[-1]["candidates"][0]["finishReason"] == "STOP"
     assert frames[-1]["usageMetadata"]["candidatesTokenCount"] == 4
     openai = await openai_answer(session, server, max_tokens=4)
