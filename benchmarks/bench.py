@@ -566,7 +566,8 @@ def report(results: dict[str, list[Row]], quick: bool, started: float) -> str:
         f"({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}); "
         f"the run took {time.monotonic() - started:.0f} s. The proxy under test is pinned to core 0; the upstream "
         "and the load generator share core 1. Each target ran twice, in turns; the better round is shown. "
-        "CPU µs/request is the proxy's own CPU time divided by the requests it served.",
+        "CPU µs/request is the proxy's own CPU time divided by the requests it served. "
+        f"Load average at the end: {os.getloadavg()[0]:.1f} (other work on the machine lowers every row).",
         "",
     ]
     titles = {
