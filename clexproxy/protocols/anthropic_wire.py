@@ -35,7 +35,7 @@ import orjson
 
 from clexproxy.errors import InvalidRequest
 from clexproxy.fastpath.sse import SSEEvent
-from clexproxy.protocols.chunks import Chunk, UpstreamEventError
+from clexproxy.protocols.chunks import Chunk, UpstreamEventError, event_doc
 
 ANTHROPIC_VERSION: Final = "2023-06-01"
 DEFAULT_MAX_TOKENS: Final = 4096
@@ -362,12 +362,7 @@ class AnthropicDecoder:
         data = event.data
         if data is None or self.done:
             return []
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise UpstreamEventError({"message": "an event that is not JSON"}) from None
-        if not isinstance(doc, dict):
-            raise UpstreamEventError({"message": "an event that is not a JSON object"})
+        doc = event_doc(data)
         kind = doc.get("type")
         if kind == "error" or event.event == b"error":
             raise UpstreamEventError(doc.get("error", doc))

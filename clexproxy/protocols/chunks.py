@@ -41,6 +41,17 @@ class UpstreamEventError(Exception):
         self.error = error
 
 
+def event_doc(data: bytes) -> dict[str, Any]:
+    """A provider's SSE data as the JSON object every format's events are; `UpstreamEventError` when it is not one."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamEventError({"message": "an event that is not JSON"}) from None
+    if not isinstance(doc, dict):
+        raise UpstreamEventError({"message": "an event that is not a JSON object"})
+    return doc
+
+
 class StreamDecoder(Protocol):
     """One provider stream's events, as chat chunks (a provider format's side of a translation)."""
 
@@ -131,12 +142,7 @@ class OpenAIDecoder:
         if data == b"[DONE]":
             self.done = True
             return []
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise UpstreamEventError({"message": "an event that is not JSON"}) from None
-        if not isinstance(doc, dict):
-            raise UpstreamEventError({"message": "an event that is not a JSON object"})
+        doc = event_doc(data)
         if doc.get("error") is not None:
             raise UpstreamEventError(doc["error"])
         return [doc]

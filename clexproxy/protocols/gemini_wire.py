@@ -32,7 +32,7 @@ import orjson
 
 from clexproxy.errors import InvalidRequest
 from clexproxy.fastpath.sse import SSEEvent
-from clexproxy.protocols.chunks import Chunk, UpstreamEventError
+from clexproxy.protocols.chunks import Chunk, UpstreamEventError, event_doc
 from clexproxy.protocols.gemini_request import call_id, payload_doc
 
 __all__ = ["GEMINI", "GeminiDecoder", "GeminiWire", "blocked", "usage"]
@@ -126,12 +126,7 @@ class GeminiDecoder:
     def feed(self, event: SSEEvent) -> list[Chunk]:
         if event.data is None or self.done:
             return []
-        try:
-            doc = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            raise UpstreamEventError({"message": "an event that is not JSON"}) from None
-        if not isinstance(doc, dict):
-            raise UpstreamEventError({"message": "an event that is not a JSON object"})
+        doc = event_doc(event.data)
         if doc.get("error") is not None:
             raise UpstreamEventError(doc["error"])
         try:
