@@ -49,15 +49,16 @@ class TranslatingFrames:
         """The upstream's body ended: the closing events when that made the answer whole, else nothing."""
         if self.finished or self.failure is not None:
             return b""
+        out: list[bytes] = []
         try:
-            out = self._chunks(self.decoder.close())
+            self._chunks(self.decoder.close(), out)
         except UpstreamEventError as exc:
             self.failure = self.reply.midstream_error(exc.error)
             return b""
         if self.decoder.done:
             self.finished = True
-            out += self.encoder.end()
-        return out
+            out.append(self.encoder.end())
+        return b"".join(out)
 
     def cut(self) -> None:
         """The stream ended before it was whole (the client left, the upstream failed): record the usage the
@@ -67,30 +68,34 @@ class TranslatingFrames:
             read_usage(usage, self.outcome)
 
     def _events(self, events: list[SSEEvent]) -> bytes:
-        out = b""
+        """The client's bytes for `events`: pieces gathered in a list and joined once (a whole answer often
+        arrives in one read, and growing one bytes object event by event would copy it over and over)."""
+        out: list[bytes] = []
         decoder = self.decoder
         for event in events:
             try:
                 chunks = decoder.feed(event)
             except UpstreamEventError as exc:
                 self.failure = self.reply.midstream_error(exc.error)
-                return out
+                break
             if chunks:
-                out += self._chunks(chunks)
+                self._chunks(chunks, out)
             if decoder.done:
                 self.finished = True
-                return out + self.encoder.end()
-        return out
+                out.append(self.encoder.end())
+                break
+        return b"".join(out)
 
-    def _chunks(self, chunks: list[Chunk]) -> bytes:
-        out = b""
+    def _chunks(self, chunks: list[Chunk], out: list[bytes]) -> None:
         outcome = self.outcome
+        encode = self.encoder.chunk
+        model = self.model
         for chunk in chunks:
             usage = chunk.get("usage")
             if usage is not None:
                 read_usage(usage, outcome)
-            chunk["model"] = self.model
-            out += self.encoder.chunk(chunk)
-        if out:
-            outcome.answer_started = True
-        return out
+            chunk["model"] = model
+            data = encode(chunk)
+            if data:
+                out.append(data)
+                outcome.answer_started = True
