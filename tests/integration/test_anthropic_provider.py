@@ -10,8 +10,6 @@ fallback model and, with none, is SPEC's 503.
 
 from __future__ import annotations
 
-import asyncio
-import io
 import logging
 from typing import Any
 
@@ -22,13 +20,13 @@ import pytest
 
 from clexproxy.demo.upstream import DemoServer
 
-from .conftest import GatewayFactory, RunningGateway
+from .conftest import GatewayFactory
+from .providers import BACKUP, PROMPT, ProviderUnderTest, access_lines
 
 MODEL = "clex/claude"
 UPSTREAM = "claude-upstream"
-BACKUP = "clex/backup"
 SECRET = "sk-ant-SECRET-provider-credential"
-PROMPT: Any = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there world"}]
+PROVIDER = ProviderUnderTest("claude", "anthropic", "ANTHROPIC_TEST_KEY", SECRET, MODEL, UPSTREAM)
 WEATHER_TOOL: Any = {
     "type": "function",
     "function": {
@@ -44,42 +42,10 @@ def access_level(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="clexproxy.access")  # the level `serve` sets by default
 
 
-def catalog(url: str, fallback: bool) -> str:
-    return (
-        f'[providers.claude]\nbase_url = "{url}"\napi_key_env = "ANTHROPIC_TEST_KEY"\nformat = "anthropic"\n'
-        'pass_headers = ["x-demo-"]\n'
-        f'[providers.local]\nbase_url = "{url}"\napi_key_env = "LOCAL_TEST_KEY"\npass_headers = ["x-demo-"]\n'
-        f'[catalog]\nfallback_model = "{BACKUP if fallback else ""}"\n'
-        f'[models."{MODEL}"]\ntier = "standard"\ndeployments = [{{provider = "claude", model = "{UPSTREAM}"}}]\n'
-        f'[models."{BACKUP}"]\ntier = "cheap"\ndeployments = [{{provider = "local", model = "backup-m"}}]\n'
-    )
-
-
-async def start(make_gateway: GatewayFactory, upstream: DemoServer, fallback: bool = True,
-                **settings: Any) -> tuple[RunningGateway, openai.AsyncOpenAI, io.BytesIO]:
-    access = io.BytesIO()
-    gw = await make_gateway(config=catalog(upstream.url, fallback), demo=False, access_stream=access,
-                            log_format="json", env={"ANTHROPIC_TEST_KEY": SECRET, "LOCAL_TEST_KEY": "local-key"},
-                            **settings)
-    key = await gw.add_key("acme", "pro")
-    return gw, gw.client(key), access
-
-
-async def access_lines(gw: RunningGateway, access: io.BytesIO, count: int) -> list[dict[str, Any]]:
-    """The first `count` access-log lines, once written (settlement runs as the handler ends)."""
-    for _ in range(500):  # bounded wait, not a timing assertion
-        gw.gateway.access_log.flush()
-        lines = access.getvalue().splitlines()
-        if len(lines) >= count:
-            return [orjson.loads(line) for line in lines[:count]]
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"fewer than {count} access lines: {access.getvalue()!r}")
-
-
 async def test_json_answer_in_the_providers_wire_format_and_metered(
     make_gateway: GatewayFactory, upstream: DemoServer
 ) -> None:
-    gw, client, access = await start(make_gateway, upstream)
+    gw, client, access = await PROVIDER.start(make_gateway, upstream)
     raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=PROMPT, stream=False)
     completion = raw.parse()
     assert completion.model == MODEL and completion.object == "chat.completion"
@@ -101,7 +67,7 @@ async def test_json_answer_in_the_providers_wire_format_and_metered(
 
 
 async def test_stream_is_chat_chunks_with_usage(make_gateway: GatewayFactory, upstream: DemoServer) -> None:
-    gw, client, access = await start(make_gateway, upstream)
+    gw, client, access = await PROVIDER.start(make_gateway, upstream)
     whole = await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=False)
     stream = await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=True,
                                                   stream_options={"include_usage": True})
@@ -121,7 +87,7 @@ async def test_stream_is_chat_chunks_with_usage(make_gateway: GatewayFactory, up
 
 
 async def test_a_tool_call_round_trip(make_gateway: GatewayFactory, upstream: DemoServer) -> None:
-    _, client, _ = await start(make_gateway, upstream)
+    _, client, _ = await PROVIDER.start(make_gateway, upstream)
     asked: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
     first = await client.chat.completions.create(model=MODEL, messages=asked, tools=[WEATHER_TOOL], stream=False)
     choice = first.choices[0]
@@ -149,7 +115,7 @@ async def test_a_tool_call_round_trip(make_gateway: GatewayFactory, upstream: De
 async def test_a_field_the_provider_cannot_honour_is_a_400_before_any_call(
     make_gateway: GatewayFactory, upstream: DemoServer
 ) -> None:
-    _, client, _ = await start(make_gateway, upstream)
+    _, client, _ = await PROVIDER.start(make_gateway, upstream)
     before = len(upstream.recorder.requests)
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(model=MODEL, messages=PROMPT, n=2, stream=False)
@@ -158,7 +124,7 @@ async def test_a_field_the_provider_cannot_honour_is_a_400_before_any_call(
 
 
 async def test_the_providers_400_is_the_clients_400(make_gateway: GatewayFactory, upstream: DemoServer) -> None:
-    _, client, _ = await start(make_gateway, upstream)
+    _, client, _ = await PROVIDER.start(make_gateway, upstream)
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError):
             await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=stream,
@@ -169,7 +135,7 @@ async def test_the_providers_400_is_the_clients_400(make_gateway: GatewayFactory
 @pytest.mark.parametrize("stream", [False, True])
 async def test_overloaded_goes_to_the_fallback(make_gateway: GatewayFactory, upstream: DemoServer,
                                                stream: bool) -> None:
-    gw, client, access = await start(make_gateway, upstream)
+    gw, client, access = await PROVIDER.start(make_gateway, upstream)
     knobs = {"x-demo-status": "529", "x-demo-fail-times": "1", "x-demo-fail-key": f"anthropic-529-{stream}"}
     raw = await client.chat.completions.with_raw_response.create(
         model=MODEL, messages=PROMPT, stream=stream, extra_headers=knobs)  # the fallback's call succeeds
@@ -181,7 +147,7 @@ async def test_overloaded_goes_to_the_fallback(make_gateway: GatewayFactory, ups
 
 
 async def test_overloaded_once_is_retried_on_the_provider(make_gateway: GatewayFactory, upstream: DemoServer) -> None:
-    _, client, _ = await start(make_gateway, upstream, fallback=False, upstream_retries=1,
+    _, client, _ = await PROVIDER.start(make_gateway, upstream, fallback=False, upstream_retries=1,
                                upstream_retry_backoff=0.001)
     knobs = {"x-demo-status": "529", "x-demo-fail-times": "1", "x-demo-fail-key": "anthropic-529-once"}
     completion = await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=False,
@@ -191,7 +157,7 @@ async def test_overloaded_once_is_retried_on_the_provider(make_gateway: GatewayF
 
 
 async def test_overloaded_without_a_fallback_is_a_503(make_gateway: GatewayFactory, upstream: DemoServer) -> None:
-    _, client, _ = await start(make_gateway, upstream, fallback=False)
+    _, client, _ = await PROVIDER.start(make_gateway, upstream, fallback=False)
     for stream in (False, True):
         with pytest.raises(openai.InternalServerError) as caught:
             await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=stream,
@@ -205,7 +171,7 @@ async def test_an_error_event_before_the_answer_goes_to_the_fallback(
     make_gateway: GatewayFactory, upstream: DemoServer
 ) -> None:
     """Anthropic overloaded from the start of a 200 stream (its first event is `event: error`): not an answer."""
-    gw, client, access = await start(make_gateway, upstream)
+    gw, client, access = await PROVIDER.start(make_gateway, upstream)
     stream = await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=True,
                                                   extra_headers={"x-demo-anthropic-error-after": "0"})
     chunks = [chunk async for chunk in stream]
@@ -218,7 +184,7 @@ async def test_an_error_event_before_the_answer_goes_to_the_fallback(
 async def test_an_error_event_mid_answer_ends_the_stream_with_an_error(
     make_gateway: GatewayFactory, upstream: DemoServer
 ) -> None:
-    gw, client, access = await start(make_gateway, upstream)
+    gw, client, access = await PROVIDER.start(make_gateway, upstream)
     stream = await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=True,
                                                   extra_headers={"x-demo-anthropic-error-after": "2"})
     seen: list[str] = []
@@ -235,7 +201,7 @@ async def test_an_error_event_mid_answer_ends_the_stream_with_an_error(
 async def test_an_image_reaches_the_provider_as_a_base64_block(
     make_gateway: GatewayFactory, upstream: DemoServer
 ) -> None:
-    _, client, _ = await start(make_gateway, upstream)
+    _, client, _ = await PROVIDER.start(make_gateway, upstream)
     content: Any = [{"type": "text", "text": "what is this"},
                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
     completion = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}],
@@ -251,7 +217,7 @@ async def test_the_anthropic_sdk_through_an_anthropic_provider(
     make_gateway: GatewayFactory, upstream: DemoServer, stream: bool
 ) -> None:
     """Messages in, chat completions in the middle, Messages out: the client's words reach the provider intact."""
-    gw, _, access = await start(make_gateway, upstream)
+    gw, _, access = await PROVIDER.start(make_gateway, upstream)
     client = anthropic.AsyncAnthropic(base_url=gw.base_url, api_key=gw.keys["acme"], max_retries=0)
     try:
         asked: Any = {"model": MODEL, "max_tokens": 100, "system": "be brief",
@@ -276,7 +242,7 @@ async def test_the_anthropic_sdk_through_an_anthropic_provider(
 async def test_a_stream_cut_short_records_the_usage_anthropic_reported(make_gateway: GatewayFactory,
                                                                        upstream: DemoServer) -> None:
     """`message_start` reports the prompt's tokens: a stream the upstream drops is charged and records them."""
-    gw, client, access = await start(make_gateway, upstream, fallback=False)
+    gw, client, access = await PROVIDER.start(make_gateway, upstream, fallback=False)
     stream = await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=True,
                                                   extra_headers={"x-demo-drop-after": "3"})
     with pytest.raises(openai.APIError):

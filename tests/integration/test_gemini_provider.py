@@ -12,8 +12,6 @@ errors are mapped: a 400 is the client's 400, ``UNAVAILABLE`` (503) and ``RESOUR
 
 from __future__ import annotations
 
-import asyncio
-import io
 import logging
 from typing import Any
 
@@ -23,13 +21,14 @@ import pytest
 
 from clexproxy.demo.upstream import DemoServer
 
-from .conftest import GatewayFactory, RunningGateway
+from .conftest import GatewayFactory
+from .providers import BACKUP, PROMPT, ProviderUnderTest, access_lines
 
 MODEL = "clex/gemini"
 UPSTREAM = "gemini-upstream"
-BACKUP = "clex/backup"
 SECRET = "AIza-SECRET-provider-credential"
-PROMPT: Any = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there world"}]
+PROVIDER = ProviderUnderTest("google", "gemini", "GEMINI_TEST_KEY", SECRET, MODEL, UPSTREAM,
+                             base_path="/v1beta")
 WEATHER_TOOL: Any = {
     "type": "function",
     "function": {
@@ -46,43 +45,10 @@ def access_at_info(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="clexproxy.access")  # the level `serve` sets by default
 
 
-def catalog(url: str, fallback: bool) -> str:
-    gemini = url.removesuffix("/v1") + "/v1beta"
-    return (
-        f'[providers.google]\nbase_url = "{gemini}"\napi_key_env = "GEMINI_TEST_KEY"\nformat = "gemini"\n'
-        'pass_headers = ["x-demo-"]\n'
-        f'[providers.local]\nbase_url = "{url}"\napi_key_env = "LOCAL_TEST_KEY"\npass_headers = ["x-demo-"]\n'
-        f'[catalog]\nfallback_model = "{BACKUP if fallback else ""}"\n'
-        f'[models."{MODEL}"]\ntier = "standard"\ndeployments = [{{provider = "google", model = "{UPSTREAM}"}}]\n'
-        f'[models."{BACKUP}"]\ntier = "cheap"\ndeployments = [{{provider = "local", model = "backup-m"}}]\n'
-    )
-
-
-async def start(make_gateway: GatewayFactory, upstream: DemoServer, fallback: bool = True,
-                **settings: Any) -> tuple[RunningGateway, openai.AsyncOpenAI, io.BytesIO]:
-    access = io.BytesIO()
-    gw = await make_gateway(config=catalog(upstream.url, fallback), demo=False, access_stream=access,
-                            log_format="json", env={"GEMINI_TEST_KEY": SECRET, "LOCAL_TEST_KEY": "local-key"},
-                            **settings)
-    key = await gw.add_key("acme", "pro")
-    return gw, gw.client(key), access
-
-
-async def access_lines(gw: RunningGateway, access: io.BytesIO, count: int) -> list[dict[str, Any]]:
-    """The first `count` access-log lines, once written (settlement runs as the handler ends)."""
-    for _ in range(500):  # bounded wait, not a timing assertion
-        gw.gateway.access_log.flush()
-        lines = access.getvalue().splitlines()
-        if len(lines) >= count:
-            return [orjson.loads(line) for line in lines[:count]]
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"fewer than {count} access lines: {access.getvalue()!r}")
-
-
 async def test_json_answer_in_the_providers_wire_format_and_metered(
     make_gateway: GatewayFactory, upstream: DemoServer
 ) -> None:
-    gw, client, access = await start(make_gateway, upstream)
+    gw, client, access = await PROVIDER.start(make_gateway, upstream)
     raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=PROMPT, stream=False)
     completion = raw.parse()
     assert completion.model == MODEL and completion.object == "chat.completion"
@@ -105,7 +71,7 @@ async def test_json_answer_in_the_providers_wire_format_and_metered(
 
 
 async def test_stream_is_chat_chunks_with_usage(make_gateway: GatewayFactory, upstream: DemoServer) -> None:
-    gw, client, access = await start(make_gateway, upstream)
+    gw, client, access = await PROVIDER.start(make_gateway, upstream)
     whole = await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=False)
     stream = await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=True,
                                                   stream_options={"include_usage": True})
@@ -125,7 +91,7 @@ async def test_stream_is_chat_chunks_with_usage(make_gateway: GatewayFactory, up
 
 
 async def test_a_tool_call_round_trip(make_gateway: GatewayFactory, upstream: DemoServer) -> None:
-    _, client, _ = await start(make_gateway, upstream)
+    _, client, _ = await PROVIDER.start(make_gateway, upstream)
     asked: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
     first = await client.chat.completions.create(model=MODEL, messages=asked, tools=[WEATHER_TOOL], stream=False)
     choice = first.choices[0]
@@ -160,7 +126,7 @@ async def test_a_tool_call_round_trip(make_gateway: GatewayFactory, upstream: De
 async def test_a_field_the_provider_cannot_honour_is_a_400_before_any_call(
     make_gateway: GatewayFactory, upstream: DemoServer
 ) -> None:
-    _, client, _ = await start(make_gateway, upstream)
+    _, client, _ = await PROVIDER.start(make_gateway, upstream)
     before = len(upstream.recorder.requests)
     for extra in ({"n": 2}, {"logit_bias": {"1": 1}}):
         with pytest.raises(openai.BadRequestError) as caught:
@@ -170,7 +136,7 @@ async def test_a_field_the_provider_cannot_honour_is_a_400_before_any_call(
 
 
 async def test_a_blocked_prompt_is_a_clear_400(make_gateway: GatewayFactory, upstream: DemoServer) -> None:
-    _, client, _ = await start(make_gateway, upstream)
+    _, client, _ = await PROVIDER.start(make_gateway, upstream)
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError) as caught:
             await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=stream,
@@ -182,7 +148,7 @@ async def test_a_blocked_prompt_is_a_clear_400(make_gateway: GatewayFactory, ups
 
 
 async def test_the_providers_400_is_the_clients_400(make_gateway: GatewayFactory, upstream: DemoServer) -> None:
-    _, client, _ = await start(make_gateway, upstream)
+    _, client, _ = await PROVIDER.start(make_gateway, upstream)
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError) as caught:
             await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=stream,
@@ -193,7 +159,7 @@ async def test_the_providers_400_is_the_clients_400(make_gateway: GatewayFactory
 @pytest.mark.parametrize(("status", "stream"), [("503", False), ("503", True), ("429", False)])
 async def test_overloaded_goes_to_the_fallback(make_gateway: GatewayFactory, upstream: DemoServer,
                                                status: str, stream: bool) -> None:
-    gw, client, access = await start(make_gateway, upstream)
+    gw, client, access = await PROVIDER.start(make_gateway, upstream)
     knobs = {"x-demo-status": status, "x-demo-fail-times": "1", "x-demo-fail-key": f"gemini-{status}-{stream}"}
     raw = await client.chat.completions.with_raw_response.create(
         model=MODEL, messages=PROMPT, stream=stream, extra_headers=knobs)  # the fallback's call succeeds
@@ -205,7 +171,7 @@ async def test_overloaded_goes_to_the_fallback(make_gateway: GatewayFactory, ups
 
 
 async def test_unavailable_once_is_retried_on_the_provider(make_gateway: GatewayFactory, upstream: DemoServer) -> None:
-    _, client, _ = await start(make_gateway, upstream, fallback=False, upstream_retries=1,
+    _, client, _ = await PROVIDER.start(make_gateway, upstream, fallback=False, upstream_retries=1,
                                upstream_retry_backoff=0.001)
     knobs = {"x-demo-status": "503", "x-demo-fail-times": "1", "x-demo-fail-key": "gemini-503-once"}
     completion = await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=False,
@@ -215,7 +181,7 @@ async def test_unavailable_once_is_retried_on_the_provider(make_gateway: Gateway
 
 
 async def test_unavailable_without_a_fallback_is_a_503(make_gateway: GatewayFactory, upstream: DemoServer) -> None:
-    _, client, _ = await start(make_gateway, upstream, fallback=False)
+    _, client, _ = await PROVIDER.start(make_gateway, upstream, fallback=False)
     for stream in (False, True):
         with pytest.raises(openai.InternalServerError) as caught:
             await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=stream,
@@ -227,7 +193,7 @@ async def test_unavailable_without_a_fallback_is_a_503(make_gateway: GatewayFact
 async def test_a_stream_cut_short_records_the_usage_gemini_reported(make_gateway: GatewayFactory,
                                                                     upstream: DemoServer) -> None:
     """Gemini reports usage with every frame: a stream the upstream drops is charged and its tokens recorded so far."""
-    gw, client, access = await start(make_gateway, upstream, fallback=False)
+    gw, client, access = await PROVIDER.start(make_gateway, upstream, fallback=False)
     stream = await client.chat.completions.create(model=MODEL, messages=PROMPT, stream=True,
                                                   extra_headers={"x-demo-drop-after": "3"})
     with pytest.raises(openai.APIError):
