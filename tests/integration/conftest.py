@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import aiohttp
 import asyncpg
 import openai
 import pytest
@@ -51,6 +52,14 @@ class RunningGateway:
         await self.gateway.sync.sync_store(force=True)
         self.keys[account] = key
         return key
+
+    async def credits_remaining(self, key: str, model: str) -> int:
+        """Credits left for `key`, read from a call on `model` that charges nothing (a 400: no messages)."""
+        async with aiohttp.ClientSession() as session, session.post(
+            self.base_url + "/v1/chat/completions", json={"model": model}, headers={"Authorization": f"Bearer {key}"}
+        ) as resp:
+            assert resp.status == 400
+            return int(resp.headers["X-Clex-Credits-Remaining"])
 
     def client(self, key: str, **kwargs: Any) -> openai.AsyncOpenAI:
         """An official client for `key`; closed at `stop`, while its event loop still runs."""

@@ -25,15 +25,6 @@ LARGE = "meta/llama-3.3-70b-instruct"  # 3 credits
 HELLO = [{"role": "user", "content": "Hello!"}]
 
 
-async def remaining(gw: RunningGateway, key: str) -> int:
-    """Credits left, read from a request that charges nothing (a 400)."""
-    async with aiohttp.ClientSession() as session, session.post(
-        gw.base_url + "/v1/chat/completions", json={"model": CHEAP}, headers={"Authorization": f"Bearer {key}"}
-    ) as resp:
-        assert resp.status == 400
-        return int(resp.headers["X-Clex-Credits-Remaining"])
-
-
 async def test_daily_credits_exhaust_exactly(make_gateway: GatewayFactory, clock: ManualClock) -> None:
     gw = await make_gateway(clock=clock)
     key = await gw.add_key("freebie", "free")  # 100 credits, 40 rpm
@@ -102,7 +93,7 @@ async def test_refund_on_upstream_error(gw: RunningGateway, key: str) -> None:
     for stream in (False, True):
         with pytest.raises(openai.InternalServerError):
             await client.chat.completions.create(model=LARGE, messages=HELLO, stream=stream)
-    assert await remaining(gw, key) == 2000
+    assert await gw.credits_remaining(key, CHEAP) == 2000
 
 
 async def stream_events(gw: RunningGateway, key: str, **knobs: str) -> tuple[bytes, dict[str, str]]:
@@ -126,7 +117,7 @@ async def test_stream_cut_short_ends_with_error_event_and_is_charged(
     assert events[-1] == b"data: [DONE]"
     error = orjson.loads(events[-2][len(b"data: "):])["error"]
     assert error["code"] == "service_unavailable" and error["status"] == 503
-    assert await remaining(gw, key) == 1997  # the answer had started: charged
+    assert await gw.credits_remaining(key, CHEAP) == 1997  # the answer had started: charged
 
 
 async def test_stream_cut_before_any_event_is_refunded(make_gateway: GatewayFactory) -> None:
@@ -151,7 +142,7 @@ async def test_stream_cut_before_any_event_is_refunded(make_gateway: GatewayFact
         assert headers["Content-Type"].startswith("application/json") and int(headers["Retry-After"]) >= 1
         assert orjson.loads(body)["error"]["code"] == "service_unavailable"
         assert headers["X-Clex-Credits-Remaining"] == "2000"
-        assert await remaining(gw, key) == 2000
+        assert await gw.credits_remaining(key, CHEAP) == 2000
     finally:
         server.close()
         await server.wait_closed()
@@ -162,7 +153,7 @@ async def test_stream_cut_after_the_role_chunk_is_charged(gw: RunningGateway, ke
     body, _ = await stream_events(gw, key, **{"x-demo-drop-after": "0"})
     events = [e for e in body.split(b"\n\n") if e]
     assert len(events) == 3 and b'"role":"assistant"' in events[0]
-    assert await remaining(gw, key) == 1997
+    assert await gw.credits_remaining(key, CHEAP) == 1997
 
 
 async def test_openai_client_sees_a_cut_stream_as_an_error(gw: RunningGateway, key: str) -> None:
@@ -192,7 +183,7 @@ async def test_disconnect_before_first_token_cancels_upstream_and_refunds(
     await asyncio.wait_for(seen.finished.wait(), 5)
     assert seen.disconnected and not seen.completed
     await asyncio.sleep(0.05)
-    assert await remaining(gw, key) == 2000
+    assert await gw.credits_remaining(key, CHEAP) == 2000
 
 
 async def test_disconnect_mid_stream_cancels_upstream_and_charges(
@@ -211,7 +202,7 @@ async def test_disconnect_mid_stream_cancels_upstream_and_charges(
     seen = await recorder.wait_for(lambda r: r.request_id == "mid", timeout=5)
     await asyncio.wait_for(seen.finished.wait(), 5)
     assert seen.disconnected and not seen.completed
-    assert await remaining(gw, key) == 1997
+    assert await gw.credits_remaining(key, CHEAP) == 1997
 
 
 async def test_restart_keeps_usage(make_gateway: GatewayFactory, clock: ManualClock, tmp_path: Path) -> None:
@@ -223,7 +214,7 @@ async def test_restart_keeps_usage(make_gateway: GatewayFactory, clock: ManualCl
         await client.chat.completions.create(model=PREMIUM, messages=HELLO, stream=False)
     await gw.stop()
     again = await make_gateway(clock=clock, data_dir=data)
-    assert await remaining(again, key) == 480
+    assert await again.credits_remaining(key, CHEAP) == 480
     raw = await again.client(key).chat.completions.with_raw_response.create(model=CHEAP, messages=HELLO, stream=False)
     assert raw.headers["X-Clex-Credits-Remaining"] == "479"
 
@@ -303,12 +294,12 @@ async def test_cli_plan_change_applies_to_a_running_server(make_gateway: Gateway
     data = tmp_path / "plans"
     gw = await make_gateway(data_dir=data, store_poll_seconds=0.25)
     key = await gw.add_key("upgrader", "free")
-    assert (await remaining(gw, key)) == 100
+    assert (await gw.credits_remaining(key, CHEAP)) == 100
     changed = await asyncio.to_thread(cli, str(data), "accounts", "set-plan", "upgrader", "pro")
     assert changed.returncode == 0, changed.stderr
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 1.0
-    while await remaining(gw, key) != 2000:
+    while await gw.credits_remaining(key, CHEAP) != 2000:
         assert loop.time() < deadline
         await asyncio.sleep(0.02)
 
