@@ -14,7 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.metrics_samples import Samples, parse_samples, sample_total
 
 from .conftest import GatewayFactory, RunningGateway
 
@@ -52,19 +53,9 @@ async def call_every_api(gw: RunningGateway, key: str) -> None:
                     assert response.status == 200, (api, raw[:300])
 
 
-async def scrape(gw: RunningGateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def scrape(gw: RunningGateway) -> Samples:
     async with aiohttp.ClientSession() as session, session.get(gw.base_url + "/metrics") as response:
-        text = await response.text()
-    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
-def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, lbl), v in found.items() if n == name and want <= set(lbl))
+        return parse_samples(await response.text())
 
 
 async def test_every_api_is_counted_under_its_own_label(gw: RunningGateway, key: str) -> None:
@@ -72,13 +63,14 @@ async def test_every_api_is_counted_under_its_own_label(gw: RunningGateway, key:
     found = await scrape(gw)
     for api, (_, endpoint, _, streams) in CALLS.items():
         calls = 2 if streams else 1
-        assert value(found, "clexproxy_requests_total", endpoint=endpoint, api=api, status_class="2xx") == calls, api
-        assert value(found, "clexproxy_request_duration_seconds_count", endpoint=endpoint, api=api) == calls, api
-        assert value(found, "clexproxy_gateway_overhead_seconds_count", endpoint=endpoint, api=api) == calls, api
-        assert value(found, "clexproxy_tokens_total", api=api, kind="prompt") > 0, api
+        requests = sample_total(found, "clexproxy_requests_total", endpoint=endpoint, api=api, status_class="2xx")
+        assert requests == calls, api
+        assert sample_total(found, "clexproxy_request_duration_seconds_count", endpoint=endpoint, api=api) == calls, api
+        assert sample_total(found, "clexproxy_gateway_overhead_seconds_count", endpoint=endpoint, api=api) == calls, api
+        assert sample_total(found, "clexproxy_tokens_total", api=api, kind="prompt") > 0, api
         if streams:
-            assert value(found, "clexproxy_stream_ttft_seconds_count", api=api) == 1, api
-            assert value(found, "clexproxy_tokens_total", api=api, kind="completion") > 0, api
+            assert sample_total(found, "clexproxy_stream_ttft_seconds_count", api=api) == 1, api
+            assert sample_total(found, "clexproxy_tokens_total", api=api, kind="completion") > 0, api
     apis = {dict(labels)["api"] for name, labels in found if name == "clexproxy_requests_total"}
     assert apis == set(CALLS)
 

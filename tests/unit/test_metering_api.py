@@ -13,11 +13,11 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from clexproxy.observability.accesslog import AccessLog, call_fields, call_text
 from clexproxy.observability.metrics import Metrics
 from clexproxy.outcome import CallOutcome
+from tests.metrics_samples import parse_samples, sample_total
 
 APIS = ("chat", "responses", "messages", "completions", "embeddings")
 UPSTREAM = {"chat": "/chat/completions", "responses": "/chat/completions", "messages": "/chat/completions",
@@ -31,20 +31,6 @@ def served(api: str, *, stream: bool = True) -> CallOutcome:
         stream=stream, credits_charged=3, provider="demo", upstream_seconds=0.2,
         first_token_at=10.1 if stream else None, finished_at=10.5, prompt_tokens=7, completion_tokens=11,
     )
-
-
-def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = metrics.render().decode()
-    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
-def total(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, lbl), v in found.items() if n == name and want <= set(lbl))
 
 
 def test_the_api_label_sets_are_pinned() -> None:
@@ -61,21 +47,21 @@ def test_each_api_shows_in_every_call_metric() -> None:
     for api in APIS:
         metrics.call_started(UPSTREAM[api])
         metrics.call_finished(served(api))
-    found = samples(metrics)
+    found = parse_samples(metrics.render().decode())
     for api in APIS:
         endpoint = UPSTREAM[api]
-        assert total(found, "clexproxy_requests_total", endpoint=endpoint, api=api, model="m/a", plan="pro",
+        assert sample_total(found, "clexproxy_requests_total", endpoint=endpoint, api=api, model="m/a", plan="pro",
                      status_class="2xx") == 1
-        assert total(found, "clexproxy_request_duration_seconds_count", endpoint=endpoint, api=api,
+        assert sample_total(found, "clexproxy_request_duration_seconds_count", endpoint=endpoint, api=api,
                      stream="true") == 1
-        assert total(found, "clexproxy_gateway_overhead_seconds_count", endpoint=endpoint, api=api,
+        assert sample_total(found, "clexproxy_gateway_overhead_seconds_count", endpoint=endpoint, api=api,
                      stream="true") == 1
-        assert total(found, "clexproxy_stream_ttft_seconds_count", model="m/a", api=api) == 1
-        assert total(found, "clexproxy_tokens_total", model="m/a", kind="prompt", api=api) == 7
-        assert total(found, "clexproxy_tokens_total", model="m/a", kind="completion", api=api) == 11
+        assert sample_total(found, "clexproxy_stream_ttft_seconds_count", model="m/a", api=api) == 1
+        assert sample_total(found, "clexproxy_tokens_total", model="m/a", kind="prompt", api=api) == 7
+        assert sample_total(found, "clexproxy_tokens_total", model="m/a", kind="completion", api=api) == 11
     # Bounded: one series per api, nothing else split off.
     assert {dict(lbl)["api"] for (n, lbl) in found if n == "clexproxy_requests_total"} == set(APIS)
-    assert total(found, "clexproxy_requests_total") == len(APIS)
+    assert sample_total(found, "clexproxy_requests_total") == len(APIS)
 
 
 def test_the_same_call_shape_through_two_apis_is_two_series_and_one_through_the_same_api_is_one() -> None:
@@ -83,21 +69,21 @@ def test_the_same_call_shape_through_two_apis_is_two_series_and_one_through_the_
     for api in ("chat", "responses", "chat"):
         metrics.call_started("/chat/completions")
         metrics.call_finished(served(api, stream=False))
-    found = samples(metrics)
-    assert total(found, "clexproxy_requests_total", api="chat") == 2
-    assert total(found, "clexproxy_requests_total", api="responses") == 1
-    assert total(found, "clexproxy_request_duration_seconds_count", api="chat", stream="false") == 2
-    assert total(found, "clexproxy_stream_ttft_seconds_count") == 0
-    assert total(found, "clexproxy_in_flight_requests", endpoint="/chat/completions") == 0
+    found = parse_samples(metrics.render().decode())
+    assert sample_total(found, "clexproxy_requests_total", api="chat") == 2
+    assert sample_total(found, "clexproxy_requests_total", api="responses") == 1
+    assert sample_total(found, "clexproxy_request_duration_seconds_count", api="chat", stream="false") == 2
+    assert sample_total(found, "clexproxy_stream_ttft_seconds_count") == 0
+    assert sample_total(found, "clexproxy_in_flight_requests", endpoint="/chat/completions") == 0
 
 
 def test_a_refused_call_is_counted_under_its_api_without_timings() -> None:
     metrics = Metrics()
     metrics.call_started("/chat/completions")
     metrics.call_finished(CallOutcome("/chat/completions", 1.0, "r", api="messages", status=401, finished_at=1.001))
-    found = samples(metrics)
-    assert total(found, "clexproxy_requests_total", api="messages", status_class="4xx") == 1
-    assert total(found, "clexproxy_request_duration_seconds_count", api="messages") == 0
+    found = parse_samples(metrics.render().decode())
+    assert sample_total(found, "clexproxy_requests_total", api="messages", status_class="4xx") == 1
+    assert sample_total(found, "clexproxy_request_duration_seconds_count", api="messages") == 0
 
 
 @pytest.mark.parametrize("api", APIS)
