@@ -1,7 +1,9 @@
-"""Fixtures every test directory shares: the demo upstream and Redis, real servers on free loopback ports."""
+"""Fixtures every test directory shares: the demo upstream and Redis, real servers on free loopback ports, and the
+access logger at INFO (`access_enabled`: the level `serve` sets, which a test of written access lines needs)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -29,3 +31,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def access_enabled() -> Iterator[None]:
+    """The access logger at INFO for the test, then back to its level."""
+    access = logging.getLogger("clexproxy.access")
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        access.setLevel(level)

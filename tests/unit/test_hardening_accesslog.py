@@ -12,7 +12,6 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -73,17 +72,6 @@ def test_a_client_request_id_is_one_value_of_one_field(request_id: str) -> None:
 def test_plain_values_are_written_as_they_are(request_id: str) -> None:
     text = call_text(outcome(request_id))
     assert text.startswith(f"request_id={request_id} ") and '"' not in text
-
-
-@pytest.fixture
-def access_enabled() -> Iterator[None]:
-    access = logging.getLogger("clexproxy.access")
-    level = access.level
-    access.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        access.setLevel(level)
 
 
 @pytest.mark.usefixtures("access_enabled")

@@ -8,8 +8,6 @@ the endpoint. Each of the five api values is checked in both, on a real `Metrics
 from __future__ import annotations
 
 import io
-import logging
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -99,17 +97,6 @@ def test_the_json_access_line_says_the_api_right_after_the_endpoint(api: str) ->
     fields = call_fields(served(api))
     keys = list(fields)
     assert fields["api"] == api and keys[keys.index("endpoint") + 1] == "api"
-
-
-@pytest.fixture
-def access_enabled() -> Iterator[None]:
-    access = logging.getLogger("clexproxy.access")
-    level = access.level
-    access.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        access.setLevel(level)
 
 
 @pytest.mark.usefixtures("access_enabled")
