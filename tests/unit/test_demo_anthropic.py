@@ -15,6 +15,7 @@ import pytest_asyncio
 
 from clexproxy.demo.knobs import DEFAULT_COMPLETION_TOKENS
 from clexproxy.demo.upstream import DemoServer
+from tests.cut_streams import read_until_cut
 
 PROMPT = "hello there world"
 MODEL = "claude-demo"
@@ -148,12 +149,7 @@ async def test_stream_drop_cuts_before_message_stop(session: aiohttp.ClientSessi
     async with session.post(
         f"{upstream.url}/messages", json=message_body(stream=True), headers={**HEADERS, "x-demo-drop-after": "2"}
     ) as response:
-        raw = b""
-        try:
-            async for chunk in response.content.iter_any():
-                raw += chunk
-        except aiohttp.ClientPayloadError:
-            pass
+        raw = await read_until_cut(response)
     assert raw.count(b"event: content_block_delta") == 2 and b"message_stop" not in raw
     assert (await upstream.recorder.wait_for(lambda seen: seen.dropped)).dropped
 

@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from clexproxy.demo.upstream import DemoServer
+from tests.cut_streams import read_until_cut
 
 MODEL = "gpt-3.5-turbo-instruct"
 PROMPT = "hello there world"
@@ -217,12 +218,7 @@ async def test_injected_errors_and_missing_models(session: aiohttp.ClientSession
 async def test_stream_drop_cuts_before_the_ending(session: aiohttp.ClientSession, upstream: DemoServer) -> None:
     async with session.post(f"{upstream.url}/completions", json={"model": MODEL, "prompt": PROMPT, "stream": True},
                             headers={"x-demo-drop-after": "2", "x-demo-delay-ms": "1"}) as response:
-        raw = b""
-        try:
-            async for piece in response.content.iter_any():
-                raw += piece
-        except aiohttp.ClientPayloadError:
-            pass
+        raw = await read_until_cut(response)
     assert raw.count(b"data: ") == 2 and b'"finish_reason":"stop"' not in raw and b"[DONE]" not in raw
     assert (await upstream.recorder.wait_for(lambda seen: seen.dropped)).dropped
 
