@@ -17,10 +17,10 @@ import aiohttp
 import openai
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from clexproxy.clock import ManualClock
 from clexproxy.observability.metrics import Metrics
+from tests.metrics_samples import Samples, parse_samples, sample_total
 from tests.redis_server import RedisServer
 
 from .conftest import GatewayFactory, RunningGateway
@@ -29,26 +29,10 @@ CHEAP = "meta/llama-3.1-8b-instruct"
 HELLO = [{"role": "user", "content": "Hello!"}]
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse(text: str) -> Samples:
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
 async def scrape(gw: RunningGateway) -> Samples:
     async with aiohttp.ClientSession() as session, session.get(gw.base_url + "/metrics") as resp:
         assert resp.status == 200
-        return parse(await resp.text())
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+        return parse_samples(await resp.text())
 
 
 def present(samples: Samples, name: str) -> bool:
@@ -72,20 +56,20 @@ async def test_redis_up_drops_to_0_when_redis_dies_and_comes_back(make_gateway: 
     key = await gw.add_key("watched", "pro")
     assert await call(gw, key) == 200  # a per-minute batch and a credit lease, both from Redis
     up = await scrape(gw)
-    assert value(up, "clexproxy_redis_up") == 1
-    assert value(up, "clexproxy_redis_errors_total") == 0  # a held subscription is not a failing one
-    assert value(up, "clexproxy_lease_grants_total", plan="pro") >= 1
-    assert value(up, "clexproxy_redis_sync_seconds_count", operation="take_credits") >= 1
-    assert value(up, "clexproxy_redis_sync_seconds_count", operation="take_slots") >= 1
-    assert value(up, "clexproxy_redis_sync_seconds_bucket", operation="take_credits", le="+Inf") >= 1
+    assert sample_total(up, "clexproxy_redis_up") == 1
+    assert sample_total(up, "clexproxy_redis_errors_total") == 0  # a held subscription is not a failing one
+    assert sample_total(up, "clexproxy_lease_grants_total", plan="pro") >= 1
+    assert sample_total(up, "clexproxy_redis_sync_seconds_count", operation="take_credits") >= 1
+    assert sample_total(up, "clexproxy_redis_sync_seconds_count", operation="take_slots") >= 1
+    assert sample_total(up, "clexproxy_redis_sync_seconds_bucket", operation="take_credits", le="+Inf") >= 1
 
     redis_server.kill()
     fresh = await gw.add_key("fresh", "pro")  # a new account: its first call must ask Redis for slots and credits
     assert await call(gw, fresh) == 503  # credits fail closed
     down = await scrape(gw)
-    assert value(down, "clexproxy_redis_up") == 0
-    assert value(down, "clexproxy_redis_errors_total") > value(up, "clexproxy_redis_errors_total")
-    assert value(down, "clexproxy_redis_errors_total", operation="take_slots") >= 1
+    assert sample_total(down, "clexproxy_redis_up") == 0
+    assert sample_total(down, "clexproxy_redis_errors_total") > sample_total(up, "clexproxy_redis_errors_total")
+    assert sample_total(down, "clexproxy_redis_errors_total", operation="take_slots") >= 1
 
     redis_server.start()
     for _ in range(100):  # the circuit tries Redis again after a pause that doubles up to 5 s
@@ -94,7 +78,7 @@ async def test_redis_up_drops_to_0_when_redis_dies_and_comes_back(make_gateway: 
         await asyncio.sleep(0.1)
     else:
         pytest.fail("the gateway did not lease again after Redis came back")
-    assert value(await scrape(gw), "clexproxy_redis_up") == 1
+    assert sample_total(await scrape(gw), "clexproxy_redis_up") == 1
 
 
 async def test_no_redis_series_without_redis(gw: RunningGateway, key: str) -> None:
@@ -113,13 +97,13 @@ def test_a_host_shows_redis_down_when_one_worker_is_cut_off(tmp_path: Path) -> N
     cut_off.redis_call("take_slots", 0.003)
     cut_off.redis_failed("take_credits")
     cut_off.write_snapshot()
-    samples = parse(reaching.render().decode())
-    assert value(samples, "clexproxy_redis_up") == 0
-    assert value(samples, "clexproxy_redis_errors_total", operation="take_credits") == 1
-    assert value(samples, "clexproxy_redis_sync_seconds_count", operation="take_slots") == 2
+    samples = parse_samples(reaching.render().decode())
+    assert sample_total(samples, "clexproxy_redis_up") == 0
+    assert sample_total(samples, "clexproxy_redis_errors_total", operation="take_credits") == 1
+    assert sample_total(samples, "clexproxy_redis_sync_seconds_count", operation="take_slots") == 2
     cut_off.redis_call("take_credits", 0.001)  # it reaches Redis again
     cut_off.write_snapshot()
-    assert value(parse(reaching.render().decode()), "clexproxy_redis_up") == 1
+    assert sample_total(parse_samples(reaching.render().decode()), "clexproxy_redis_up") == 1
 
 
 def test_every_metric_the_alerts_and_the_dashboard_watch_is_exported() -> None:

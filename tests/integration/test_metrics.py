@@ -14,10 +14,10 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from clexproxy.clock import ManualClock
 from clexproxy.demo.recorder import DemoRecorder
+from tests.metrics_samples import Samples, parse_samples, sample_total
 
 from .conftest import GatewayFactory, RunningGateway
 
@@ -26,25 +26,11 @@ CHEAP = "meta/llama-3.1-8b-instruct"
 HELLO = [{"role": "user", "content": "a secret prompt about penguins"}]
 CHAT = "/chat/completions"
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
 async def scrape(gw: RunningGateway) -> Samples:
     async with aiohttp.ClientSession() as session, session.get(gw.base_url + "/metrics") as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
-        text = await resp.text()
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of every sample of `name` whose labels include `labels` (0 when there is none)."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+        return parse_samples(await resp.text())
 
 
 async def post(gw: RunningGateway, key: str, body: dict[str, object], **headers: str) -> tuple[int, bytes]:
@@ -60,7 +46,7 @@ async def test_success_non_stream(gw: RunningGateway, key: str) -> None:
     after = await scrape(gw)
 
     def moved(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
+        return sample_total(after, name, **labels) - sample_total(before, name, **labels)
 
     assert moved("clexproxy_requests_total", endpoint=CHAT, api="chat", model=LARGE, plan="pro",
                  status_class="2xx") == 1
@@ -71,7 +57,7 @@ async def test_success_non_stream(gw: RunningGateway, key: str) -> None:
     assert moved("clexproxy_tokens_total", model=LARGE, kind="prompt") > 0
     assert moved("clexproxy_credits_charged_total", plan="pro", tier="large") == 3
     assert moved("clexproxy_credits_refunded_total") == 0
-    assert value(after, "clexproxy_in_flight_requests") == 0
+    assert sample_total(after, "clexproxy_in_flight_requests") == 0
 
 
 async def test_stream(gw: RunningGateway, key: str) -> None:
@@ -82,13 +68,13 @@ async def test_stream(gw: RunningGateway, key: str) -> None:
     async for _ in stream:
         pass
     after = await scrape(gw)
-    assert value(after, "clexproxy_stream_ttft_seconds_count", model=LARGE, api="chat") - value(
+    assert sample_total(after, "clexproxy_stream_ttft_seconds_count", model=LARGE, api="chat") - sample_total(
         before, "clexproxy_stream_ttft_seconds_count", model=LARGE, api="chat") == 1
-    assert value(after, "clexproxy_stream_tokens_per_second_count", model=LARGE) - value(
+    assert sample_total(after, "clexproxy_stream_tokens_per_second_count", model=LARGE) - sample_total(
         before, "clexproxy_stream_tokens_per_second_count", model=LARGE) == 1
-    assert value(after, "clexproxy_request_duration_seconds_count", stream="true") == 1
-    assert value(after, "clexproxy_tokens_total", model=LARGE, kind="completion") == 20
-    assert value(after, "clexproxy_open_streams") == 0
+    assert sample_total(after, "clexproxy_request_duration_seconds_count", stream="true") == 1
+    assert sample_total(after, "clexproxy_tokens_total", model=LARGE, kind="completion") == 20
+    assert sample_total(after, "clexproxy_open_streams") == 0
 
 
 async def test_gauges_while_a_stream_is_open(gw: RunningGateway, key: str, recorder: DemoRecorder) -> None:
@@ -103,10 +89,10 @@ async def test_gauges_while_a_stream_is_open(gw: RunningGateway, key: str, recor
         await resp.read()
         resp.release()
     after = await scrape(gw)
-    assert value(during, "clexproxy_open_streams") == 1
-    assert value(during, "clexproxy_in_flight_requests", endpoint=CHAT) == 1
-    assert value(after, "clexproxy_open_streams") == 0
-    assert value(after, "clexproxy_in_flight_requests", endpoint=CHAT) == 0
+    assert sample_total(during, "clexproxy_open_streams") == 1
+    assert sample_total(during, "clexproxy_in_flight_requests", endpoint=CHAT) == 1
+    assert sample_total(after, "clexproxy_open_streams") == 0
+    assert sample_total(after, "clexproxy_in_flight_requests", endpoint=CHAT) == 0
 
 
 async def test_4xx_and_429(make_gateway: GatewayFactory, clock: ManualClock) -> None:
@@ -116,9 +102,9 @@ async def test_4xx_and_429(make_gateway: GatewayFactory, clock: ManualClock) -> 
     await post(gw, "clex_" + "z" * 40, {"model": LARGE, "messages": HELLO})
     await post(gw, key, {"model": "no/such-model", "messages": HELLO})
     samples = await scrape(gw)
-    assert value(samples, "clexproxy_requests_total", plan="free", status_class="4xx") == 2
-    assert value(samples, "clexproxy_requests_total", plan="-", status_class="4xx") == 1
-    assert value(samples, "clexproxy_requests_total", model="-", status_class="4xx") == 3
+    assert sample_total(samples, "clexproxy_requests_total", plan="free", status_class="4xx") == 2
+    assert sample_total(samples, "clexproxy_requests_total", plan="-", status_class="4xx") == 1
+    assert sample_total(samples, "clexproxy_requests_total", model="-", status_class="4xx") == 3
 
     premium = "moonshotai/kimi-k2.5"
     client = gw.client(key)
@@ -130,28 +116,28 @@ async def test_4xx_and_429(make_gateway: GatewayFactory, clock: ManualClock) -> 
         with pytest.raises(openai.RateLimitError):
             await client.chat.completions.create(model=CHEAP, messages=HELLO, stream=False)
     samples = await scrape(gw)
-    assert value(samples, "clexproxy_rate_limited_total", plan="free", limit="daily_credits") >= 1
-    assert value(samples, "clexproxy_rate_limited_total", plan="free", limit="requests_per_minute") >= 1
-    assert value(samples, "clexproxy_rate_limited_total", plan="free") == 41
-    assert value(samples, "clexproxy_credits_charged_total", plan="free", tier="premium") == 100
+    assert sample_total(samples, "clexproxy_rate_limited_total", plan="free", limit="daily_credits") >= 1
+    assert sample_total(samples, "clexproxy_rate_limited_total", plan="free", limit="requests_per_minute") >= 1
+    assert sample_total(samples, "clexproxy_rate_limited_total", plan="free") == 41
+    assert sample_total(samples, "clexproxy_credits_charged_total", plan="free", tier="premium") == 100
 
 
 async def test_upstream_failure_refund_retry_and_fallback(gw: RunningGateway, key: str) -> None:
     await post(gw, key, {"model": LARGE, "messages": HELLO, "stream": False}, **{"x-demo-status": "500"})
     samples = await scrape(gw)
     # The model's deployment failed, then the fallback's did too: two failed attempts, one retry.
-    assert value(samples, "clexproxy_upstream_errors_total", provider="demo", kind="5xx") == 2
-    assert value(samples, "clexproxy_upstream_retries_total") == 1
-    assert value(samples, "clexproxy_upstream_ttfb_seconds_count", provider="demo") == 2  # error answers too
-    assert value(samples, "clexproxy_credits_refunded_total", plan="pro", tier="large") == 3
-    assert value(samples, "clexproxy_requests_total", model=LARGE, status_class="5xx") == 1
+    assert sample_total(samples, "clexproxy_upstream_errors_total", provider="demo", kind="5xx") == 2
+    assert sample_total(samples, "clexproxy_upstream_retries_total") == 1
+    assert sample_total(samples, "clexproxy_upstream_ttfb_seconds_count", provider="demo") == 2  # error answers too
+    assert sample_total(samples, "clexproxy_credits_refunded_total", plan="pro", tier="large") == 3
+    assert sample_total(samples, "clexproxy_requests_total", model=LARGE, status_class="5xx") == 1
 
     status, _ = await post(gw, key, {"model": LARGE, "messages": HELLO, "stream": False},
                            **{"x-demo-status": "503", "x-demo-fail-times": "1", "x-demo-fail-key": "m1"})
     assert status == 200
     samples = await scrape(gw)
-    assert value(samples, "clexproxy_fallbacks_total", model=LARGE) == 1
-    assert value(samples, "clexproxy_upstream_errors_total", provider="demo", kind="5xx") == 3
+    assert sample_total(samples, "clexproxy_fallbacks_total", model=LARGE) == 1
+    assert sample_total(samples, "clexproxy_upstream_errors_total", provider="demo", kind="5xx") == 3
 
 
 async def test_unreachable_upstream_counts_connect_errors(make_gateway: GatewayFactory) -> None:
@@ -160,13 +146,13 @@ async def test_unreachable_upstream_counts_connect_errors(make_gateway: GatewayF
     status, _ = await post(gw, key, {"model": LARGE, "messages": HELLO, "stream": False})
     assert status == 503
     samples = await scrape(gw)
-    assert value(samples, "clexproxy_upstream_errors_total", provider="demo", kind="connect") == 2
+    assert sample_total(samples, "clexproxy_upstream_errors_total", provider="demo", kind="connect") == 2
 
 
 async def test_midstream_drop_and_disconnects(gw: RunningGateway, key: str, recorder: DemoRecorder) -> None:
     await post(gw, key, {"model": LARGE, "messages": HELLO}, **{"x-demo-drop-after": "2", "x-demo-tokens": "9"})
     samples = await scrape(gw)
-    assert value(samples, "clexproxy_upstream_errors_total", provider="demo", kind="midstream_drop") == 1
+    assert sample_total(samples, "clexproxy_upstream_errors_total", provider="demo", kind="midstream_drop") == 1
 
     async with aiohttp.ClientSession() as session:
         request = asyncio.ensure_future(session.post(
@@ -181,19 +167,19 @@ async def test_midstream_drop_and_disconnects(gw: RunningGateway, key: str, reco
     await asyncio.wait_for(seen.finished.wait(), 5)
     for _ in range(100):  # bounded: the handler's settlement runs right after the cancellation
         samples = await scrape(gw)
-        if value(samples, "clexproxy_client_disconnects_total", endpoint=CHAT, phase="before_answer") == 1:
+        if sample_total(samples, "clexproxy_client_disconnects_total", endpoint=CHAT, phase="before_answer") == 1:
             break
         await asyncio.sleep(0.02)
-    assert value(samples, "clexproxy_client_disconnects_total", endpoint=CHAT, phase="before_answer") == 1
-    assert value(samples, "clexproxy_in_flight_requests") == 0
+    assert sample_total(samples, "clexproxy_client_disconnects_total", endpoint=CHAT, phase="before_answer") == 1
+    assert sample_total(samples, "clexproxy_in_flight_requests") == 0
 
 
 async def test_build_and_config_info(gw: RunningGateway) -> None:
     samples = await scrape(gw)
-    assert value(samples, "clexproxy_build_info", fastpath="compiled") + value(
+    assert sample_total(samples, "clexproxy_build_info", fastpath="compiled") + sample_total(
         samples, "clexproxy_build_info", fastpath="pure") == 1
-    assert value(samples, "clexproxy_config_info", demo="true", models="20") == 1
-    assert value(samples, "clexproxy_workers") == 1
+    assert sample_total(samples, "clexproxy_config_info", demo="true", models="20") == 1
+    assert sample_total(samples, "clexproxy_workers") == 1
 
 
 async def test_no_account_or_key_labels(gw: RunningGateway, key: str) -> None:
@@ -222,8 +208,8 @@ async def test_one_scrape_reports_every_process_and_survives_a_restart(
     async def settled(gw: RunningGateway, expected: float, workers: float) -> Samples:
         for _ in range(100):  # bounded: snapshots refresh every 50 ms
             samples = await scrape(gw)
-            total = value(samples, "clexproxy_requests_total", status_class="2xx")
-            if total == expected and value(samples, "clexproxy_workers") == workers:
+            total = sample_total(samples, "clexproxy_requests_total", status_class="2xx")
+            if total == expected and sample_total(samples, "clexproxy_workers") == workers:
                 return samples
             await asyncio.sleep(0.05)
         raise AssertionError(f"scrape shows {total} requests, expected {expected}")
@@ -232,7 +218,7 @@ async def test_one_scrape_reports_every_process_and_survives_a_restart(
     await settled(second, 5, 2)
     await second.stop()  # the "worker" goes; its counts stay, its gauges leave
     samples = await settled(first, 5, 1)
-    assert value(samples, "clexproxy_credits_charged_total", plan="pro", tier="cheap") == 5
+    assert sample_total(samples, "clexproxy_credits_charged_total", plan="pro", tier="cheap") == 5
     replacement = await make_gateway(data_dir=data, metrics_dir=shared, metrics_flush_seconds=0.05)
     await replacement.client(key).chat.completions.create(model=CHEAP, messages=HELLO, stream=False)
     await settled(first, 6, 2)
@@ -243,8 +229,8 @@ async def test_metrics_can_be_switched_off(make_gateway: GatewayFactory) -> None
     key = await gw.add_key("quiet", "pro")
     await gw.client(key).chat.completions.create(model=CHEAP, messages=HELLO, stream=False)
     samples = await scrape(gw)
-    assert value(samples, "clexproxy_requests_total") == 0
-    assert value(samples, "clexproxy_build_info") == 1
+    assert sample_total(samples, "clexproxy_requests_total") == 0
+    assert sample_total(samples, "clexproxy_build_info") == 1
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
