@@ -156,6 +156,9 @@ def test_text_formats_and_reasoning() -> None:
     body = translate({"model": "m", "input": "x", "reasoning": {"effort": "low", "summary": "auto"},
                       "safety_identifier": "hash-1", "truncation": "disabled", "include": [], "top_logprobs": 0}).body
     assert body["reasoning_effort"] == "low" and body["user"] == "hash-1"
+    # Codex's request: `include` names what a stateless gateway never produces; accepted, nothing sent upstream.
+    codex = translate({"model": "m", "input": "x", "store": False, "include": ["reasoning.encrypted_content"]}).body
+    assert codex == {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": False}
 
 
 STATELESS = "This gateway does not store responses: '{}' is not supported; send the whole conversation in 'input'."
