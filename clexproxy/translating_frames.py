@@ -17,7 +17,7 @@ from __future__ import annotations
 from clexproxy.errors import ApiError
 from clexproxy.fastpath.sse import SSEEvent, SSEParser
 from clexproxy.outcome import CallOutcome
-from clexproxy.protocols.chunks import Chunk, StreamDecoder, StreamEncoder, UpstreamEventError
+from clexproxy.protocols.chunks import Chunk, StreamDecoder, StreamEncoder, UpstreamEventError, text_only
 from clexproxy.sse_frames import read_usage
 from clexproxy.upstream.pool import UpstreamReply
 
@@ -49,16 +49,15 @@ class TranslatingFrames:
         """The upstream's body ended: the closing events when that made the answer whole, else nothing."""
         if self.finished or self.failure is not None:
             return b""
-        out: list[bytes] = []
         try:
-            self._chunks(self.decoder.close(), out)
+            out = self._encode(self.decoder.close())
         except UpstreamEventError as exc:
             self.failure = self.reply.midstream_error(exc.error)
             return b""
         if self.decoder.done:
             self.finished = True
-            out.append(self.encoder.end())
-        return b"".join(out)
+            out += self.encoder.end()
+        return out
 
     def cut(self) -> None:
         """The stream ended before it was whole (the client left, the upstream failed): record the usage the
@@ -68,34 +67,54 @@ class TranslatingFrames:
             read_usage(usage, self.outcome)
 
     def _events(self, events: list[SSEEvent]) -> bytes:
-        """The client's bytes for `events`: pieces gathered in a list and joined once (a whole answer often
-        arrives in one read, and growing one bytes object event by event would copy it over and over)."""
-        out: list[bytes] = []
+        chunks: list[Chunk] = []
         decoder = self.decoder
-        for event in events:
-            try:
-                chunks = decoder.feed(event)
-            except UpstreamEventError as exc:
-                self.failure = self.reply.midstream_error(exc.error)
-                break
-            if chunks:
-                self._chunks(chunks, out)
-            if decoder.done:
-                self.finished = True
-                out.append(self.encoder.end())
-                break
-        return b"".join(out)
+        try:
+            decoder.feed_all(events, chunks)
+        except UpstreamEventError as exc:  # the chunks before the error event still go out
+            self.failure = self.reply.midstream_error(exc.error)
+        out = self._encode(chunks) if chunks else b""
+        if self.failure is None and decoder.done:
+            self.finished = True
+            out += self.encoder.end()
+        return out
 
-    def _chunks(self, chunks: list[Chunk], out: list[bytes]) -> None:
+    def _encode(self, chunks: list[Chunk]) -> bytes:
+        """The client's bytes for one read's chunks, a run of text-only chunks (`text_only`) sent as one.
+
+        A read that brings several pieces of text brought them at once: one event with their text
+        tells the client the same, sooner and in fewer bytes, and costs one encoding, not one a piece.
+        """
         outcome = self.outcome
         encode = self.encoder.chunk
         model = self.model
+        out: list[bytes] = []
+        held: Chunk | None = None  # the first of a run of text-only chunks, which carries the run's text
+        texts: list[str] = []
         for chunk in chunks:
+            text = text_only(chunk)
+            if text is not None:
+                if held is None:
+                    held = chunk
+                texts.append(text)
+                continue
+            if held is not None:
+                out.append(self._text_run(held, texts))
+                held = None
             usage = chunk.get("usage")
             if usage is not None:
                 read_usage(usage, outcome)
             chunk["model"] = model
-            data = encode(chunk)
-            if data:
-                out.append(data)
-                outcome.answer_started = True
+            out.append(encode(chunk))
+        if held is not None:
+            out.append(self._text_run(held, texts))
+        data = b"".join(out)
+        if data:
+            outcome.answer_started = True
+        return data
+
+    def _text_run(self, first: Chunk, texts: list[str]) -> bytes:
+        first["choices"][0]["delta"]["content"] = texts[0] if len(texts) == 1 else "".join(texts)
+        texts.clear()
+        first["model"] = self.model
+        return self.encoder.chunk(first)

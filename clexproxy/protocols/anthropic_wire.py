@@ -35,7 +35,7 @@ import orjson
 
 from clexproxy.errors import InvalidRequest
 from clexproxy.fastpath.sse import SSEEvent
-from clexproxy.protocols.chunks import Chunk, UpstreamEventError, event_doc
+from clexproxy.protocols.chunks import Chunk, UpstreamEventError, event_doc, feed_each
 
 ANTHROPIC_VERSION: Final = "2023-06-01"
 DEFAULT_MAX_TOKENS: Final = 4096
@@ -357,6 +357,8 @@ class AnthropicDecoder:
 
     def _tool_delta(self, index: int, function: dict[str, Any], **head: Any) -> Chunk:
         return self._chunk({"tool_calls": [{"index": index, **head, "function": function}]})
+
+    feed_all = feed_each
 
     def feed(self, event: SSEEvent) -> list[Chunk]:
         data = event.data

@@ -41,6 +41,30 @@ class UpstreamEventError(Exception):
         self.error = error
 
 
+def text_only(chunk: Chunk) -> str | None:
+    """The text of a chunk that is one more piece of the answer's text and nothing else (no role, tool call,
+    finish reason or usage): most chunks of most streams. None for any other chunk."""
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1 or chunk.get("usage") is not None:
+        return None
+    choice = choices[0]
+    delta = choice.get("delta") if type(choice) is dict else None
+    if type(delta) is not dict or len(delta) != 1 or choice.get("finish_reason") or choice.get("index"):
+        return None
+    content = delta.get("content")
+    return content if type(content) is str and content else None
+
+
+def feed_each(decoder: StreamDecoder, events: list[SSEEvent], out: list[Chunk]) -> None:
+    """`StreamDecoder.feed_all` by way of `feed`, for a decoder with no faster way."""
+    for event in events:
+        if decoder.done:
+            return
+        chunks = decoder.feed(event)
+        if chunks:
+            out.extend(chunks)
+
+
 def event_doc(data: bytes) -> dict[str, Any]:
     """A provider's SSE data as the JSON object every format's events are; `UpstreamEventError` when it is not one."""
     try:
@@ -60,6 +84,13 @@ class StreamDecoder(Protocol):
 
     def feed(self, event: SSEEvent) -> list[Chunk]:
         """The chat chunks `event` stands for (often none); raises `UpstreamEventError` for an error event."""
+        ...
+
+    def feed_all(self, events: list[SSEEvent], out: list[Chunk]) -> None:
+        """`feed` for each of one read's `events`, appending to `out`, stopping once `done`: one call per read.
+
+        Raises `UpstreamEventError` at an error event, the chunks of the events before it already in `out`.
+        """
         ...
 
     def close(self) -> list[Chunk]:
@@ -127,7 +158,8 @@ class OpenAIDecoder:
     """An OpenAI-format stream's events as chat chunks: each data event parsed, `[DONE]` its end.
 
     Used only when the client does not speak chat completions (a chat client's OpenAI stream is
-    relayed as bytes).
+    relayed as bytes). `feed_all`, the relay's, is `feed` written out in one loop: every event
+    of a translated OpenAI stream goes through it.
     """
 
     __slots__ = ("done",)
@@ -136,16 +168,28 @@ class OpenAIDecoder:
         self.done = False
 
     def feed(self, event: SSEEvent) -> list[Chunk]:
-        data = event.data
-        if data is None or self.done:
-            return []
-        if data == b"[DONE]":
-            self.done = True
-            return []
-        doc = event_doc(data)
-        if doc.get("error") is not None:
-            raise UpstreamEventError(doc["error"])
-        return [doc]
+        out: list[Chunk] = []
+        self.feed_all([event], out)
+        return out
+
+    def feed_all(self, events: list[SSEEvent], out: list[Chunk]) -> None:
+        loads = orjson.loads
+        for event in events:
+            data = event.data
+            if data is None or self.done:
+                continue
+            if data == b"[DONE]":
+                self.done = True
+                return
+            try:
+                doc = loads(data)
+            except orjson.JSONDecodeError:
+                raise UpstreamEventError({"message": "an event that is not JSON"}) from None
+            if type(doc) is not dict:
+                raise UpstreamEventError({"message": "an event that is not a JSON object"})
+            if doc.get("error") is not None:
+                raise UpstreamEventError(doc["error"])
+            out.append(doc)
 
     def close(self) -> list[Chunk]:
         return []

@@ -32,7 +32,7 @@ import orjson
 
 from clexproxy.errors import InvalidRequest
 from clexproxy.fastpath.sse import SSEEvent
-from clexproxy.protocols.chunks import Chunk, UpstreamEventError, event_doc
+from clexproxy.protocols.chunks import Chunk, UpstreamEventError, event_doc, feed_each
 from clexproxy.protocols.gemini_request import call_id, payload_doc
 
 __all__ = ["GEMINI", "GeminiDecoder", "GeminiWire", "blocked", "usage"]
@@ -122,6 +122,8 @@ class GeminiDecoder:
         self._usage_sent = True
         return {"id": self._id, "object": "chat.completion.chunk", "created": self.created, "model": self._model,
                 "choices": [], "usage": usage(metadata)}
+
+    feed_all = feed_each
 
     def feed(self, event: SSEEvent) -> list[Chunk]:
         if event.data is None or self.done:

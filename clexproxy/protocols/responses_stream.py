@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from clexproxy.errors import ApiError
-from clexproxy.protocols.chunks import Chunk
+from clexproxy.protocols.chunks import Chunk, text_only
 
 IdFactory = Callable[[str], str]
 
@@ -177,22 +177,18 @@ class ResponsesEncoder:
     def chunk(self, chunk: Chunk) -> bytes:
         if self._finished:
             return b""
-        choices = chunk.get("choices")
-        if self._message is not None and type(choices) is list and len(choices) == 1 and chunk.get("usage") is None:
-            # Most chunks: one more piece of the message's text, nothing else (`_text`'s event, without its checks).
-            choice = choices[0]
-            delta = choice.get("delta") if type(choice) is dict else None
-            if type(delta) is dict and len(delta) == 1 and not choice.get("finish_reason") and not choice.get("index"):
-                content = delta.get("content")
-                if type(content) is str and content:
-                    self._texts.append(content)
-                    seq = self._seq
-                    self._seq = seq + 1
-                    return _DELTA_START + b"%d" % seq + self._delta_head + orjson.dumps(content) + _DELTA_END
+        if self._message is not None:
+            content = text_only(chunk)
+            if content is not None:  # most chunks: `_text`'s delta event, without its checks
+                self._texts.append(content)
+                seq = self._seq
+                self._seq = seq + 1
+                return _DELTA_START + b"%d" % seq + self._delta_head + orjson.dumps(content) + _DELTA_END
         out = [] if self._started else self._open(chunk)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
+        choices = chunk.get("choices")
         if isinstance(choices, list):
             for choice in choices:
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:

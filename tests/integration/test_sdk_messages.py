@@ -100,10 +100,12 @@ async def test_create_stream_events(gw: RunningGateway, key: str, connect: Conne
     stream = await connect(api_key=key).messages.create(model=MODEL, max_tokens=100, messages=HELLO, stream=True)
     events = [event async for event in stream]
     types = [event.type for event in events]
+    pieces = types.count("content_block_delta")  # a read's pieces of text go out as one: at most one per token
+    assert 1 <= pieces <= 8
     assert types == [
         "message_start",
         "content_block_start",
-        *["content_block_delta"] * 8,
+        *["content_block_delta"] * pieces,
         "content_block_stop",
         "message_delta",
         "message_stop",

@@ -85,7 +85,8 @@ async def test_openai_node_responses(gw: RunningGateway, key: str) -> None:
     types = stream["types"]
     assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
                          "response.content_part.added"]
-    assert types[4:-4] == ["response.output_text.delta"] * 8
+    deltas = types[4:-4]  # a read's pieces of text go out as one delta: at most one per demo token
+    assert 1 <= len(deltas) <= 8 and deltas == ["response.output_text.delta"] * len(deltas)
     assert types[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
                           "response.completed"]
     assert stream["sequence"] == list(range(len(types)))
@@ -109,8 +110,8 @@ async def test_vercel_ai_sdk(gw: RunningGateway, key: str, recorder: DemoRecorde
         assert result["finishReason"] == "stop", name
         usage = result["usage"]
         assert (usage["inputTokens"], usage["outputTokens"]) == (2, 8), name
-    assert case(results, "openai_stream")["pieces"] == 8
-    assert case(results, "anthropic_stream")["pieces"] == 8
+    assert 1 <= case(results, "openai_stream")["pieces"] <= 8  # at most one piece per demo token
+    assert 1 <= case(results, "anthropic_stream")["pieces"] <= 8
 
     # The agent loop: the demo upstream calls the tool, the SDK runs it and sends the result back.
     for name, (first, second) in (("openai_tools", sent[4:6]), ("anthropic_tools", sent[6:8])):

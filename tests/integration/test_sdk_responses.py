@@ -78,7 +78,7 @@ async def test_create_stream_event_sequence(gw: RunningGateway, key: str) -> Non
         "response.output_item.done",
         "response.completed",
     ]
-    assert len(deltas) == 8  # one per demo token
+    assert 1 <= len(deltas) <= 8  # a read's pieces of text go out as one delta: at most one per demo token
     assert [event.sequence_number for event in events] == list(range(len(events)))
     assert "".join(event.delta for event in deltas) == expected
     done = next(event for event in events if event.type == "response.output_text.done")
