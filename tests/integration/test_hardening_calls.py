@@ -20,10 +20,11 @@ import pytest
 from clexproxy import relay
 from clexproxy.demo.recorder import DemoRecorder
 from clexproxy.handlers import proxy
+from tests.metrics_samples import sample_total
 from tests.redis_server import RedisServer
 
 from .conftest import GatewayFactory, RunningGateway
-from .test_metrics import scrape, value
+from .test_metrics import scrape
 
 LARGE = "meta/llama-3.3-70b-instruct"  # 3 credits
 CHEAP = "meta/llama-3.1-8b-instruct"  # 1 credit: the fallback
@@ -236,7 +237,7 @@ async def test_a_fallback_answer_is_charged_at_the_served_model(make_gateway: Ga
     assert status == 200 and "X-Clex-Served-Model" not in headers and headers["X-Clex-Credits-Remaining"] == "1996"
     line = next(ln for ln in access_lines(gw, sink) if ln.get("request_id") == "fb-json")
     assert line["credits"] == 1 and line["model"] == LARGE
-    assert value(await scrape(gw), "clexproxy_credits_charged_total", plan="pro") == 4  # 1, then 3
+    assert sample_total(await scrape(gw), "clexproxy_credits_charged_total", plan="pro") == 4  # 1, then 3
     await gw.gateway.sync.flush_usage()
     spent = await gw.gateway.store.credits_spent(gw.gateway.limits.today())
     assert spent[gw.gateway.directory.accounts[max(gw.gateway.directory.accounts)].id] == 4

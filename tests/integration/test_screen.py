@@ -17,9 +17,10 @@ import pytest
 
 from clexproxy.clock import ManualClock
 from clexproxy.server.screen import ScreeningServer
+from tests.metrics_samples import sample_total
 
 from .conftest import GatewayFactory, RunningGateway
-from .test_metrics import scrape, value
+from .test_metrics import scrape
 
 CHEAP = "meta/llama-3.1-8b-instruct"
 BODY = orjson.dumps({"model": CHEAP, "messages": [{"role": "user", "content": "Hello!"}], "stream": False})
@@ -182,9 +183,10 @@ async def test_screened_calls_are_counted_and_logged(make_gateway: GatewayFactor
     assert [a[0] for a in answers] == [429, 401] and screened(gw) == 2
     after = await scrape(gw)
     limited = "clexproxy_rate_limited_total"
-    assert value(after, limited, limit="requests_per_minute") - value(before, limited, limit="requests_per_minute") == 1
+    rpm = "requests_per_minute"
+    assert sample_total(after, limited, limit=rpm) - sample_total(before, limited, limit=rpm) == 1
     requests = "clexproxy_requests_total"
-    assert value(after, requests, status_class="4xx") - value(before, requests, status_class="4xx") == 2
+    assert sample_total(after, requests, status_class="4xx") - sample_total(before, requests, status_class="4xx") == 2
     gw.gateway.access_log.flush()
     lines = [orjson.loads(line) for line in sink.getvalue().splitlines()]
     first = next(line for line in lines if line.get("request_id") == "s-1")
