@@ -10,7 +10,6 @@ fallback model and, with none, is SPEC's 503.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import anthropic
@@ -37,9 +36,7 @@ WEATHER_TOOL: Any = {
 }
 
 
-@pytest.fixture(autouse=True)
-def access_level(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="clexproxy.access")  # the level `serve` sets by default
+pytestmark = pytest.mark.usefixtures("access_enabled")  # the access lines at INFO, the level `serve` sets
 
 
 async def test_json_answer_in_the_providers_wire_format_and_metered(

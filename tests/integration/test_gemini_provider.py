@@ -12,7 +12,6 @@ errors are mapped: a 400 is the client's 400, ``UNAVAILABLE`` (503) and ``RESOUR
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import openai
@@ -40,9 +39,7 @@ WEATHER_TOOL: Any = {
 }
 
 
-@pytest.fixture(autouse=True)
-def access_at_info(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="clexproxy.access")  # the level `serve` sets by default
+pytestmark = pytest.mark.usefixtures("access_enabled")  # the access lines at INFO, the level `serve` sets
 
 
 async def test_json_answer_in_the_providers_wire_format_and_metered(
