@@ -15,6 +15,8 @@ best run is the one least disturbed by other work, which is the closest to the c
 * `TokenBuckets.acquire` with a clock that moves forward, `CreditLedger.reserve` + `refund`, and
   `KeyTable.lookup` for a known key (hit) and a well-formed unknown one (miss; it still pays for the hash).
 * `plain_request` on a whole chat-completions request, as the screen scans each read during a flood.
+* `text_delta` on an ordinary content chunk, as a translated stream (Responses or Messages client, OpenAI
+  provider) reads each of its events.
 
 The per-op numbers include the Python call from the benchmark loop, because that is what the gateway pays too.
 
@@ -49,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-CONCEPTS = ("sse", "limits", "keys", "scan")
+CONCEPTS = ("sse", "limits", "keys", "scan", "deltas")
 COMPILED = "clexproxy.fastpath._{}"  # formatted with a concept
 PURE = "clexproxy.fastpath._{}_py"
 
@@ -228,6 +230,20 @@ def plain_request_runner(fp: ModuleType) -> Runner:
     return run
 
 
+def text_delta_runner(fp: ModuleType, content: bytes) -> Runner:
+    text_delta = fp.text_delta
+    if text_delta(content) != " fox":
+        raise AssertionError(f"{fp.__name__}: text_delta did not read the benchmark's content chunk")
+
+    def run(n: int) -> int:
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            text_delta(content)
+        return time.perf_counter_ns() - t0
+
+    return run
+
+
 # --- timing -------------------------------------------------------------------------------------------------------
 
 
@@ -300,6 +316,9 @@ def operations() -> list[Operation]:
         ),
         Operation(
             "plain_request", "plain_request, one whole request (the screen's scan)", "scan", plain_request_runner
+        ),
+        Operation(
+            "text_delta", "text_delta, content chunk (its text)", "deltas", lambda fp: text_delta_runner(fp, content)
         ),
     ]
 

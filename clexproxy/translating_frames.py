@@ -14,10 +14,12 @@ when the stream ends before it is whole.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from clexproxy.errors import ApiError
 from clexproxy.fastpath.sse import SSEEvent, SSEParser
 from clexproxy.outcome import CallOutcome
-from clexproxy.protocols.chunks import Chunk, StreamDecoder, StreamEncoder, UpstreamEventError, text_only
+from clexproxy.protocols.chunks import Chunk, Piece, StreamDecoder, StreamEncoder, UpstreamEventError, text_only
 from clexproxy.sse_frames import read_usage
 from clexproxy.upstream.pool import UpstreamReply
 
@@ -67,7 +69,7 @@ class TranslatingFrames:
             read_usage(usage, self.outcome)
 
     def _events(self, events: list[SSEEvent]) -> bytes:
-        chunks: list[Chunk] = []
+        chunks: list[Piece] = []
         decoder = self.decoder
         try:
             decoder.feed_all(events, chunks)
@@ -79,8 +81,9 @@ class TranslatingFrames:
             out += self.encoder.end()
         return out
 
-    def _encode(self, chunks: list[Chunk]) -> bytes:
-        """The client's bytes for one read's chunks, a run of text-only chunks (`text_only`) sent as one.
+    def _encode(self, chunks: Sequence[Piece]) -> bytes:
+        """The client's bytes for one read's chunks, a run of text-only chunks (`text_only`, or text given
+        bare) sent as one.
 
         A read that brings several pieces of text brought them at once: one event with their text
         tells the client the same, sooner and in fewer bytes, and costs one encoding, not one a piece.
@@ -89,10 +92,10 @@ class TranslatingFrames:
         encode = self.encoder.chunk
         model = self.model
         out: list[bytes] = []
-        held: Chunk | None = None  # the first of a run of text-only chunks, which carries the run's text
+        held: Piece | None = None  # the first of a run of text-only chunks, which carries the run's text
         texts: list[str] = []
         for chunk in chunks:
-            text = text_only(chunk)
+            text = chunk if isinstance(chunk, str) else text_only(chunk)
             if text is not None:
                 if held is None:
                     held = chunk
@@ -101,6 +104,7 @@ class TranslatingFrames:
             if held is not None:
                 out.append(self._text_run(held, texts))
                 held = None
+            assert not isinstance(chunk, str)  # a bare text is text-only
             usage = chunk.get("usage")
             if usage is not None:
                 read_usage(usage, outcome)
@@ -113,8 +117,13 @@ class TranslatingFrames:
             outcome.answer_started = True
         return data
 
-    def _text_run(self, first: Chunk, texts: list[str]) -> bytes:
-        first["choices"][0]["delta"]["content"] = texts[0] if len(texts) == 1 else "".join(texts)
+    def _text_run(self, first: Piece, texts: list[str]) -> bytes:
+        text = texts[0] if len(texts) == 1 else "".join(texts)
         texts.clear()
-        first["model"] = self.model
-        return self.encoder.chunk(first)
+        if isinstance(first, str):  # the encoder has opened: a text-only chunk's text is all it reads
+            chunk: Chunk = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+        else:
+            chunk = first
+            chunk["choices"][0]["delta"]["content"] = text
+        chunk["model"] = self.model
+        return self.encoder.chunk(chunk)

@@ -17,14 +17,21 @@ with empty `choices`, as OpenAI sends it under `stream_options.include_usage`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import orjson
 
 from clexproxy.errors import ApiError
+from clexproxy.fastpath.deltas import text_delta
 from clexproxy.fastpath.sse import SSEEvent
 
 Chunk = dict[str, Any]
+# What a decoder gives: a chat chunk, or the text of a text-only chunk (what `text_only` would
+# give for it) in place of the chunk, which a decoder may give only once it has given a chunk:
+# by then the client's encoder has opened its stream, and a text-only chunk's text is all of it
+# that it reads.
+Piece = Chunk | str
 
 DONE_EVENT = b"data: [DONE]\n\n"
 
@@ -55,7 +62,7 @@ def text_only(chunk: Chunk) -> str | None:
     return content if type(content) is str and content else None
 
 
-def feed_each(decoder: StreamDecoder, events: list[SSEEvent], out: list[Chunk]) -> None:
+def feed_each(decoder: StreamDecoder, events: list[SSEEvent], out: list[Piece]) -> None:
     """`StreamDecoder.feed_all` by way of `feed`, for a decoder with no faster way."""
     for event in events:
         if decoder.done:
@@ -82,11 +89,11 @@ class StreamDecoder(Protocol):
     # True once the provider said the answer is whole (OpenAI's `[DONE]`, Anthropic's `message_stop`).
     done: bool
 
-    def feed(self, event: SSEEvent) -> list[Chunk]:
+    def feed(self, event: SSEEvent) -> Sequence[Piece]:
         """The chat chunks `event` stands for (often none); raises `UpstreamEventError` for an error event."""
         ...
 
-    def feed_all(self, events: list[SSEEvent], out: list[Chunk]) -> None:
+    def feed_all(self, events: list[SSEEvent], out: list[Piece]) -> None:
         """`feed` for each of one read's `events`, appending to `out`, stopping once `done`: one call per read.
 
         Raises `UpstreamEventError` at an error event, the chunks of the events before it already in `out`.
@@ -159,25 +166,33 @@ class OpenAIDecoder:
 
     Used only when the client does not speak chat completions (a chat client's OpenAI stream is
     relayed as bytes). `feed_all`, the relay's, is `feed` written out in one loop: every event
-    of a translated OpenAI stream goes through it.
+    of a translated OpenAI stream goes through it. After the first chunk, an event that is one
+    more piece of text is given as its text (`text_delta`, which reads it without parsing it):
+    most events of a stream.
     """
 
-    __slots__ = ("done",)
+    __slots__ = ("done", "started")
 
     def __init__(self) -> None:
         self.done = False
+        self.started = False  # whether a chunk was given: text may be given bare from then on (`Piece`)
 
-    def feed(self, event: SSEEvent) -> list[Chunk]:
-        out: list[Chunk] = []
+    def feed(self, event: SSEEvent) -> list[Piece]:
+        out: list[Piece] = []
         self.feed_all([event], out)
         return out
 
-    def feed_all(self, events: list[SSEEvent], out: list[Chunk]) -> None:
+    def feed_all(self, events: list[SSEEvent], out: list[Piece]) -> None:
         loads = orjson.loads
         for event in events:
             data = event.data
             if data is None or self.done:
                 continue
+            if self.started:
+                text = text_delta(data)
+                if text is not None:
+                    out.append(text)
+                    continue
             if data == b"[DONE]":
                 self.done = True
                 return
@@ -190,6 +205,7 @@ class OpenAIDecoder:
             if doc.get("error") is not None:
                 raise UpstreamEventError(doc["error"])
             out.append(doc)
+            self.started = True
 
     def close(self) -> list[Chunk]:
         return []

@@ -1,7 +1,7 @@
 """Runs every fast-path test against both implementations: the compiled modules and their twins.
 
 `impl` is the one parametrized fixture ([c] and [py]); each concept's fixture (`sse`, `limits`,
-`keys`, `scan`) gives that concept's module for it, and `<concept>_other` the other
+`keys`, `scan`, `deltas`) gives that concept's module for it, and `<concept>_other` the other
 implementation's module, for tests that check the two never diverge. All are session-scoped so
 hypothesis tests may use them.
 
@@ -21,7 +21,7 @@ NO_EXTENSIONS = os.environ.get("CLEXPROXY_NO_EXTENSIONS", "") not in ("", "0")
 
 COMPILED = "c"
 PURE = "py"
-CONCEPTS = ("sse", "limits", "keys", "scan")
+CONCEPTS = ("sse", "limits", "keys", "scan", "deltas")
 
 
 def module_name(concept: str, impl: str) -> str:
@@ -94,3 +94,13 @@ def scan(impl: str) -> ModuleType:
 @pytest.fixture(scope="session")
 def scan_other(other_impl: str) -> ModuleType:
     return load("scan", other_impl)
+
+
+@pytest.fixture(scope="session")
+def deltas(impl: str) -> ModuleType:
+    return load("deltas", impl)
+
+
+@pytest.fixture(scope="session")
+def deltas_other(other_impl: str) -> ModuleType:
+    return load("deltas", other_impl)

@@ -33,6 +33,7 @@ OPERATIONS = {
     "key_lookup_hit",
     "key_lookup_miss",
     "plain_request",
+    "text_delta",
 }
 SSE = {"sse_events", "sse_tcp"}
 
