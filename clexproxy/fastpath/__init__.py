@@ -1,8 +1,8 @@
 """The hot paths, one compiled/pure pair per concept, and the one switch that chooses between them.
 
-Each concept has a compiled module (`_sse`, `_limits`, `_keys`, `_scan`), its pure-Python twin
+Each concept has a compiled module (`_sse`, `_limits`, `_keys`, `_scan`, `_deltas`), its pure-Python twin
 (`_sse_py`, ...) with the same public API and results, and a tiny selector that callers import
-from (`clexproxy.fastpath.sse`, `.limits`, `.keys`, `.scan`). This package only holds what the
+from (`clexproxy.fastpath.sse`, `.limits`, `.keys`, `.scan`, `.deltas`). This package only holds what the
 selectors share, so importing it loads no concept.
 
 A missing extension is an error, not a reason to fall back quietly: the twin is several times

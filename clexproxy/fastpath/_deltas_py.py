@@ -35,6 +35,13 @@ class _Content:
         self.escaped = False
 
 
+def _past(run: re.Pattern[bytes], data: bytes, p: int, end: int) -> int:
+    """Past the bytes from `p` that `run` takes (a `*` pattern: it always matches)."""
+    match = run.match(data, p, end)
+    assert match is not None
+    return match.end()
+
+
 def _ws(data: bytes, p: int, end: int) -> int:
     while p < end and data[p] in _WHITESPACE:
         p += 1
@@ -53,7 +60,7 @@ def _string(data: bytes, p: int, end: int) -> tuple[int, bool]:
     whether it had an escape."""
     escaped = False
     while p < end:
-        p = _PLAIN_RUN.match(data, p, end).end()
+        p = _past(_PLAIN_RUN, data, p, end)
         if p >= end:
             break
         c = data[p]
@@ -82,7 +89,7 @@ def _content(data: bytes, p: int, end: int, content: _Content) -> int:
     content.start = p
     content.escaped = False
     while p < end:
-        p = _CONTENT_RUN.match(data, p, end).end()
+        p = _past(_CONTENT_RUN, data, p, end)
         if p >= end:
             break
         c = data[p]
@@ -122,14 +129,14 @@ def _number(data: bytes, p: int, end: int) -> int:
     if data[p] == 48:
         p += 1
     elif 49 <= data[p] <= 57:
-        p = _DIGIT_RUN.match(data, p, end).end()
+        p = _past(_DIGIT_RUN, data, p, end)
     else:
         return -1
     if p < end and data[p] == 46:
         p += 1
         if p >= end or data[p] not in _DIGITS:
             return -1
-        p = _DIGIT_RUN.match(data, p, end).end()
+        p = _past(_DIGIT_RUN, data, p, end)
     if p < end and data[p] in (101, 69):
         return -1
     if p - start > _MAX_NUMBER:

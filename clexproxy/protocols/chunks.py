@@ -28,9 +28,11 @@ from clexproxy.fastpath.sse import SSEEvent
 
 Chunk = dict[str, Any]
 # What a decoder gives: a chat chunk, or the text of a text-only chunk (what `text_only` would
-# give for it) in place of the chunk, which a decoder may give only once it has given a chunk:
-# by then the client's encoder has opened its stream, and a text-only chunk's text is all of it
-# that it reads.
+# give for it) in place of the chunk, which a decoder may give only once it has given a chunk.
+# By then the client's encoder has opened its stream, and of a text-only chunk it reads only the
+# text. (Only `OpenAIDecoder` gives bare text, and its streams are translated only for clients
+# that do not speak chat completions: `ChatEncoder`, which writes chunks back whole, meets it in
+# tests alone.)
 Piece = Chunk | str
 
 DONE_EVENT = b"data: [DONE]\n\n"

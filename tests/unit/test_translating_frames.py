@@ -8,15 +8,22 @@ provider reported.
 
 from __future__ import annotations
 
+import itertools
+import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 
 from clexproxy.catalog import Deployment, Model, Provider
 from clexproxy.fastpath.sse import SSEParser
 from clexproxy.outcome import CallOutcome
 from clexproxy.protocols.anthropic_wire import AnthropicDecoder
 from clexproxy.protocols.chunks import ChatEncoder, OpenAIDecoder
+from clexproxy.protocols.messages_stream import MessagesEncoder
+from clexproxy.protocols.responses_stream import ResponsesEncoder
 from clexproxy.translating_frames import TranslatingFrames
 from clexproxy.upstream.failures import Scrubber
 from clexproxy.upstream.pool import UpstreamReply
@@ -90,3 +97,47 @@ def test_a_cut_stream_records_the_usage_the_provider_reported() -> None:
     assert frames.closed() == b"" and not frames.finished  # a Messages stream ends only at message_stop
     frames.cut()
     assert (outcome.prompt_tokens, outcome.completion_tokens) == (11, 1)
+
+
+class FullParse(OpenAIDecoder):
+    """Every event parsed whole, none read as bare text (`text_delta`): what the stream was before it."""
+
+    def feed_all(self, events: list[Any], out: list[Any]) -> None:
+        for event in events:
+            super().feed_all([event], out)
+            self.started = False
+
+
+def translated(decoder: OpenAIDecoder, encoder: Any, raw: bytes, size: int) -> tuple[bytes, tuple[int, int]]:
+    outcome = CallOutcome("/responses", 0.0)
+    frames = TranslatingFrames(reply(), decoder, encoder, outcome)
+    out = b"".join(frames.feed(raw[i : i + size]) for i in range(0, len(raw), size))
+    assert frames.finished
+    return re.sub(rb"msg_[0-9A-Za-z]+", b"msg_X", out), (outcome.prompt_tokens, outcome.completion_tokens)
+
+
+def counter() -> Callable[[str], str]:
+    numbers = itertools.count()
+    return lambda prefix: f"{prefix}{next(numbers)}"
+
+
+@pytest.mark.parametrize("size", [1, 13, 200, 1400, 1 << 20])
+@pytest.mark.parametrize("client", ["responses", "messages"])
+def test_text_read_bare_makes_the_same_bytes_as_the_full_parse(client: str, size: int) -> None:
+    pieces = ["Hel", "lo", ", ", "caf\xe9", " \U0001f600", ' "quoted"\n', "\\", "\x00", "日本"]
+    raw = chunk({"role": "assistant", "content": ""})
+    for i, text in enumerate(pieces):  # as orjson writes it (UTF-8) and as Python's json does (escapes)
+        doc = {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "upstream-m",
+               "choices": [{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}]}
+        raw += b"data: " + (orjson.dumps(doc) if i % 2 else json.dumps(doc).encode()) + b"\n\n"
+    raw += chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                  "function": {"name": "f", "arguments": "{}"}}]})
+    raw += chunk({"content": "after"}) + chunk({"content": " the call"}) + chunk({}, "stop")
+    raw += chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 9}) + b"data: [DONE]\n\n"
+
+    def encoder() -> Any:
+        return ResponsesEncoder({}, "clex/m", counter()) if client == "responses" else MessagesEncoder("clex/m")
+
+    bare = translated(OpenAIDecoder(), encoder(), raw, size)
+    assert bare == translated(FullParse(), encoder(), raw, size)
+    assert bare[1] == (5, 9)
