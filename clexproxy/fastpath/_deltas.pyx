@@ -261,6 +261,14 @@ cdef inline bint _named(const uchar* key, Py_ssize_t length, const char* name, P
     return length == n and memcmp(key, name, n) == 0
 
 
+cdef inline bint _once(int* seen, int key) noexcept nogil:
+    """Whether `key` (a `_SEEN_` bit) is read for the first time in its object, marking it read."""
+    if seen[0] & key:
+        return False
+    seen[0] |= key
+    return True
+
+
 cdef inline const uchar* _next(const uchar* p, const uchar* end, bint* last) noexcept nogil:
     """After a member's value: past its comma (`last` False) or its object's closing brace (True), or NULL."""
     p = _ws(p, end)
@@ -308,20 +316,13 @@ cdef const uchar* _choices(const uchar* p, const uchar* end, _Content* content) 
         if p == NULL:
             return NULL
         if _named(key, length, b"delta", 5):
-            if seen & _SEEN_DELTA:
-                return NULL
-            seen |= _SEEN_DELTA
-            p = _delta(p, end, content)
+            p = _delta(p, end, content) if _once(&seen, _SEEN_DELTA) else NULL
         elif _named(key, length, b"index", 5):
-            if seen & _SEEN_INDEX:
+            if not _once(&seen, _SEEN_INDEX):
                 return NULL
-            seen |= _SEEN_INDEX
             p = p + 1 if p < end and p[0] == 48 else _word(p, end, b"null", 4)
         elif _named(key, length, b"finish_reason", 13):
-            if seen & _SEEN_FINISH:
-                return NULL
-            seen |= _SEEN_FINISH
-            p = _word(p, end, b"null", 4)
+            p = _word(p, end, b"null", 4) if _once(&seen, _SEEN_FINISH) else NULL
         else:
             p = _value(p, end, 3)
         if p == NULL:
@@ -351,20 +352,11 @@ cdef bint _scan(const uchar* p, const uchar* end, _Content* content) noexcept no
         if p == NULL:
             return False
         if _named(key, length, b"choices", 7):
-            if seen & _SEEN_CHOICES:
-                return False
-            seen |= _SEEN_CHOICES
-            p = _choices(p, end, content)
+            p = _choices(p, end, content) if _once(&seen, _SEEN_CHOICES) else NULL
         elif _named(key, length, b"usage", 5):
-            if seen & _SEEN_USAGE:
-                return False
-            seen |= _SEEN_USAGE
-            p = _word(p, end, b"null", 4)
+            p = _word(p, end, b"null", 4) if _once(&seen, _SEEN_USAGE) else NULL
         elif _named(key, length, b"error", 5):
-            if seen & _SEEN_ERROR:
-                return False
-            seen |= _SEEN_ERROR
-            p = _word(p, end, b"null", 4)
+            p = _word(p, end, b"null", 4) if _once(&seen, _SEEN_ERROR) else NULL
         else:
             p = _value(p, end, 1)
         if p == NULL:
