@@ -1,6 +1,6 @@
 """Pure-Python twin of `_deltas`: `text_delta`, the same scan step by step on a bytes object's indices.
 
-See `_deltas.pyx` for why it exists and when it answers None; the two give the same results and
+See the compiled `_deltas` for why it exists and when it answers None; the two give the same results and
 every test runs against both. Keep them in sync. Positions are ints, and -1 stands for the
 compiled module's NULL ("this scan cannot vouch for the event").
 """
