@@ -6,6 +6,8 @@
 #   e.g. benchmarks/instructions_per_request.sh 2000 CLEX_METRICS_ENABLED=0
 #   REFUSED=1 benchmarks/instructions_per_request.sh 2000   # the refused call: a key no account holds (401)
 #   STREAM=1 benchmarks/instructions_per_request.sh 2000    # the admitted call, streamed (SSE)
+#   API=responses STREAM=1 benchmarks/instructions_per_request.sh 1000   # another ingress (chat, responses,
+#                                                     # messages; TOKENS=N asks the demo upstream for N tokens)
 #
 # The gateway runs under callgrind with instrumentation off until a warm-up is done; only the
 # measured requests are counted (non-streaming, concurrency 8, the demo upstream in its own process).
@@ -32,6 +34,11 @@ KEY=$(cat "$WORK/data/demo_key")
 [ -n "${REFUSED:-}" ] && KEY=clex_$(printf 'x%.0s' $(seq 1 43))
 MODE=--no-stream; [ -n "${STREAM:-}" ] && MODE=--stream
 load() {
+  if [ -n "${API:-}" ]; then
+    "$PY" benchmarks/protocol_calls.py --port $PORT --key "$KEY" --api "$API" --requests "$1" \
+      ${STREAM:+--stream} ${TOKENS:+--tokens "$TOKENS"}
+    return
+  fi
   "$PY" benchmarks/load.py --url http://127.0.0.1:$PORT/v1 --key "$KEY" \
     --model meta/llama-3.1-8b-instruct --requests "$1" --concurrency 8 --quiet "$MODE" >/dev/null
 }
@@ -41,4 +48,4 @@ load "$N"
 callgrind_control -i off $gw >/dev/null 2>&1
 callgrind_control -d $gw >/dev/null 2>&1
 total=$(cat "$WORK"/callgrind.out.* | awk '/^totals:/ {s += $2} END {print s}')
-echo "instructions per ${REFUSED:+refused }${STREAM:+streamed }request: $((total / N)) ($N requests${*:+, $*})"
+echo "instructions per ${REFUSED:+refused }${STREAM:+streamed }${API:+$API }request: $((total / N)) ($N requests${*:+, $*})"
