@@ -66,6 +66,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """The CPU time of `pid` and of every live process below it: a supervisor and its workers."""
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    total += tree_cpu_seconds(int(child))
+    return total
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -179,6 +190,13 @@ http {{
 """)
         return self.spawn("nginx", ["nginx", "-c", str(conf), "-p", str(self.work)], port, LOAD_CPU)
 
+    def slow_upstream(self, delay_ms: float) -> Server:
+        """A static chat completion `delay_ms` after each request (`slow_upstream.py`): (j)'s sustained load."""
+        port = free_port()
+        return self.spawn("slow-upstream", [PY, str(BENCH / "slow_upstream.py"), "--port", str(port),
+                                            "--delay-ms", str(delay_ms)], port, LOAD_CPU,
+                          url=f"http://127.0.0.1:{port}/v1")
+
     def demo_upstream(self) -> Server:
         port = free_port()
         return self.spawn("demo-upstream", [PY, "-m", "clexproxy", "demo-upstream", "--port", str(port)], port,
@@ -232,10 +250,10 @@ http {{
     def measure(self, server: Server | None, url: str, connections: int, **kw: Any) -> dict[str, float]:
         """A wrk run plus the proxy's CPU time per request and its RSS afterwards."""
         pid = server.proc.pid if server else None
-        before = cpu_seconds(pid) if pid else 0.0
+        before = tree_cpu_seconds(pid) if pid else 0.0
         result = self.wrk(url, connections, **kw)
         if pid:
-            result["cpu_us"] = (cpu_seconds(pid) - before) / max(1, result["requests"]) * 1e6
+            result["cpu_us"] = (tree_cpu_seconds(pid) - before) / max(1, result["requests"]) * 1e6
             result["rss_mb"] = rss_mb(pid)
         return result
 
@@ -427,6 +445,74 @@ def scenario_redis(bench: Bench) -> list[Row]:
     return rows
 
 
+WORKERS_ROW = "clexproxy --workers 2 --redis"
+WORKERS_TARGET = 0.05  # issue 14: two workers with Redis cost at most 5 % more CPU a request than one alone
+
+
+def scenario_workers(bench: Bench) -> list[Row]:
+    """(i) two workers sharing limits through Redis against one worker alone, both on the one core: CPU a request.
+
+    One key, (a)'s workload, in turns. The two workers share the port and the core, so the
+    difference is what a second process and the shared limits cost, not extra CPU.
+    """
+    nginx = bench.nginx()
+    upstream = f"http://127.0.0.1:{nginx.port}/json/v1"
+    port = free_port()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("bench: redis-server is not installed (make test-tools installs it)")
+    bench.spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(bench.work),
+                          "--appendonly", "yes", "--appendfsync", "always", "--save", ""], port, LOAD_CPU)
+    alone = bench.clexproxy(upstream, bench.work / "data-i1")
+    two = bench.clexproxy(upstream, bench.work / "data-i2",
+                          env={"CLEX_REDIS_URL": f"redis://127.0.0.1:{port}/0", "CLEX_WORKERS": "2"})
+    rows = interleaved(bench, [("clexproxy", alone, alone.url, {"CLEX_KEY": demo_key(bench.work / "data-i1")}),
+                               (WORKERS_ROW, two, two.url, {"CLEX_KEY": demo_key(bench.work / "data-i2")})],
+                       64, False)
+    bench.stop_all()
+    return rows
+
+
+SUSTAINED_DELAY_MS = 20
+SUSTAINED_P99_MS = 1000.0
+SUSTAINED_ERRORS = 0.001
+
+
+def sustained(bench: Bench, name: str, server: Server | None, url: str, env: dict[str, str]) -> Row:
+    """The most requests/s `url` sustains at p99 < 1 s and < 0.1 % errors, connections doubled until it does not.
+
+    The public gateway boards' method: the upstream answers in a fixed 20 ms, so connections pile up
+    as in production, and the ceiling is the last load the gateway still serves in time.
+    """
+    levels = (64, 256) if bench.quick else (32, 64, 128, 256, 512, 1024, 2048, 4096)
+    best: Row | None = None
+    ramp = []
+    for connections in levels:
+        result = bench.measure(server, url, connections, env=env)
+        share = (result["non2xx"] + result["errors"]) / max(1, result["requests"])
+        held = result["p99_ms"] < SUSTAINED_P99_MS and share < SUSTAINED_ERRORS
+        ramp.append(f"{connections}: {result['rps']:,.0f}/s p99 {result['p99_ms']:,.0f} ms"
+                    + ("" if held else f" ({share:.2%} errors) — not held"))
+        if held and (best is None or result["rps"] > best["rps"]):
+            best = {**result, "connections": connections, "error_share": share}
+        if not held or result["rps"] < 0.9 * best["rps"]:  # past the knee
+            break
+    row = best or {"rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "connections": 0, "error_share": 1.0, "non2xx": 0}
+    return {**row, "target": name, "ramp": "; ".join(ramp)}
+
+
+def scenario_sustained(bench: Bench) -> list[Row]:
+    """(j) sustained requests/s behind an upstream that answers in 20 ms, at p99 < 1 s and < 0.1 % errors."""
+    upstream = bench.slow_upstream(SUSTAINED_DELAY_MS)
+    base = bench.baseline(upstream.url)
+    data = bench.work / "data-j"
+    clex = bench.clexproxy(upstream.url, data)
+    rows = [sustained(bench, "direct", None, upstream.url, {}), sustained(bench, "baseline", base, base.url, {}),
+            sustained(bench, "clexproxy", clex, clex.url, {"CLEX_KEY": demo_key(data)})]
+    bench.stop_all()
+    return rows
+
+
 PROTOCOL_APIS = ("chat", "responses", "messages")
 PROTOCOL_TARGETS = {False: 0.8, True: 0.7}  # issue 13: x the chat row's requests/s, non-stream and stream
 
@@ -595,6 +681,10 @@ def report(results: dict[str, list[Row]], quick: bool, started: float) -> str:
         "g": "(g) limits shared through Redis (`--workers 1 --redis`) against the same gateway alone, 64 connections",
         "h": "(h) protocols: chat completions, Responses and Messages ingress on the same chat-completions upstream "
              f"(JSON, and streams of {STREAM_CHUNKS} chunks), 64 connections, in turns",
+        "i": "(i) two workers sharing limits through Redis (`--workers 2 --redis`) against one worker alone, "
+             "both on the one core, 64 connections",
+        "j": f"(j) sustained load: an upstream that answers in {SUSTAINED_DELAY_MS} ms, connections doubled while "
+             "p99 < 1 s and errors < 0.1 %; the best load held",
     }
     for name, rows in results.items():
         lines += [f"## {titles[name]}", ""]
@@ -607,7 +697,20 @@ def report(results: dict[str, list[Row]], quick: bool, started: float) -> str:
                          fmt(r.get("cpu_us", "-"), 0), f"{r['cpu_x_chat']:.2f}", fmt(r.get("rss_mb", "-"), 0),
                          fmt(r["non2xx"]), fmt(r["errors"])]
                 lines.append("| " + " | ".join(cells) + " |")
-        elif name in "abcdfg":
+        elif name == "j":
+            baseline = next((r["rps"] for r in rows if r["target"] == "baseline"), None)
+            head = ("| target | requests/s held | x baseline | connections | p50 ms | p99 ms | errors | CPU µs/request "
+                    "| RSS MB |")
+            lines += [head, "|" + "---|" * (head.count("|") - 1)]
+            for r in rows:
+                ratio = f"{r['rps'] / baseline:.2f}" if baseline else "-"
+                cells = [r["target"], fmt(r["rps"], 0), ratio, fmt(r["connections"]), fmt(r["p50_ms"], 1),
+                         fmt(r["p99_ms"], 1), f"{r['error_share']:.3%}", fmt(r.get("cpu_us", "-"), 0),
+                         fmt(r.get("rss_mb", "-"), 0)]
+                lines.append("| " + " | ".join(cells) + " |")
+            lines += ["", "The ramps, connections: requests/s and p99:", ""]
+            lines += [f"- {r['target']}: {r['ramp']}" for r in rows]
+        elif name in "abcdfgi":
             baseline = next((r["rps"] for r in rows if r["target"] == "baseline"), None)
             head = "| target | requests/s | p50 ms | p99 ms | x baseline | CPU µs/request | RSS MB | non-2xx |"
             if name == "c":
@@ -681,6 +784,19 @@ def targets_section(results: dict[str, list[Row]]) -> list[str]:
         if g and alone:
             lines.append(f"- (g) with Redis (`--workers 1 --redis`): {g / alone - 1:+.1%} requests/s against the "
                          "same gateway without it, in turns (measured, no target)")
+    if "i" in results:
+        two, alone = (next((r for r in results["i"] if r["target"] == t), None) for t in (WORKERS_ROW, "clexproxy"))
+        if two and alone and two.get("cpu_us") and alone.get("cpu_us"):
+            extra = two["cpu_us"] / alone["cpu_us"] - 1
+            lines.append(f"- (i) `--workers 2 --redis` within {WORKERS_TARGET:.0%} of one worker's CPU µs/request: "
+                         f"{extra:+.1%} ({two['cpu_us']:.0f} vs {alone['cpu_us']:.0f}) — "
+                         f"{'met' if two['cpu_us'] <= alone['cpu_us'] * (1 + WORKERS_TARGET) else 'not met'}")
+    if "j" in results:
+        rows = {r["target"]: r for r in results["j"]}
+        clex, base, direct = (rows.get(t, {}).get("rps", 0.0) for t in ("clexproxy", "baseline", "direct"))
+        lines.append(f"- (j) sustained at p99 < 1 s, < 0.1 % errors (measured, no target): clexproxy {clex:,.0f}/s, "
+                     f"{clex / base if base else 0:.2f} x baseline; the mock upstream alone {direct:,.0f}/s "
+                     f"({direct / clex if clex else 0:.1f} x clexproxy)")
     for r in results.get("h", []):
         if r["api"] == "chat":
             continue
@@ -729,6 +845,8 @@ SCENARIOS = {
     "f": lambda b, peers: scenario_flood(b),
     "g": lambda b, peers: scenario_redis(b),
     "h": lambda b, peers: scenario_protocols(b),
+    "i": lambda b, peers: scenario_workers(b),
+    "j": lambda b, peers: scenario_sustained(b),
 }
 
 
@@ -744,7 +862,7 @@ def workdir() -> Iterator[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="clexproxy benchmarks (see benchmarks/README.md)")
     parser.add_argument("--quick", action="store_true", help="short runs and smaller scenarios (a smoke test)")
-    parser.add_argument("--only", default="abcdefgh", help="scenarios to run, e.g. 'ab' (default: all)")
+    parser.add_argument("--only", default="abcdefghij", help="scenarios to run, e.g. 'ab' (default: all)")
     parser.add_argument("--peers", default="", help="also measure peer gateways in (a) and (b): litellm,portkey")
     parser.add_argument("--out", default=str(BENCH), help="where RESULTS.md and results.png go")
     args = parser.parse_args()

@@ -76,6 +76,6 @@ def test_h_is_in_the_default_run() -> None:
     bench = load_bench()
     assert "h" in bench.SCENARIOS
     default = re.search(r'"--only", default="(\w+)"', (ROOT / "benchmarks" / "bench.py").read_text())
-    assert default and default.group(1) == "abcdefgh"
+    assert default and default.group(1) == "abcdefghij"
     assert re.search(r"^bench: bench-tools\n\t\$\(PY\) benchmarks/bench.py\n", (ROOT / "Makefile").read_text(), re.M)
     assert bench.API_PATHS == {"chat": "/chat/completions", "responses": "/responses", "messages": "/messages"}
