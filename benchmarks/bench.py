@@ -197,6 +197,16 @@ http {{
                                             "--delay-ms", str(delay_ms)], port, LOAD_CPU,
                           url=f"http://127.0.0.1:{port}/v1")
 
+    def redis(self) -> Server:
+        """A Redis that writes every command to disk before answering, as (g) and (i)'s shared limits expect."""
+        port = free_port()
+        binary = shutil.which("redis-server")
+        if binary is None:
+            sys.exit("bench: redis-server is not installed (make test-tools installs it)")
+        return self.spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(self.work),
+                                    "--appendonly", "yes", "--appendfsync", "always", "--save", ""], port, LOAD_CPU,
+                          url=f"redis://127.0.0.1:{port}/0")
+
     def demo_upstream(self) -> Server:
         port = free_port()
         return self.spawn("demo-upstream", [PY, "-m", "clexproxy", "demo-upstream", "--port", str(port)], port,
@@ -430,14 +440,9 @@ def scenario_redis(bench: Bench) -> list[Row]:
     """
     nginx = bench.nginx()
     upstream = f"http://127.0.0.1:{nginx.port}/json/v1"
-    port = free_port()
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("bench: redis-server is not installed (make test-tools installs it)")
-    bench.spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(bench.work),
-                          "--appendonly", "yes", "--appendfsync", "always", "--save", ""], port, LOAD_CPU)
+    redis = bench.redis()
     alone = bench.clexproxy(upstream, bench.work / "data-g1")
-    shared = bench.clexproxy(upstream, bench.work / "data-g2", env={"CLEX_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    shared = bench.clexproxy(upstream, bench.work / "data-g2", env={"CLEX_REDIS_URL": redis.url})
     rows = interleaved(bench, [("clexproxy", alone, alone.url, {"CLEX_KEY": demo_key(bench.work / "data-g1")}),
                                (REDIS_ROW, shared, shared.url, {"CLEX_KEY": demo_key(bench.work / "data-g2")})],
                        64, False)
@@ -457,15 +462,10 @@ def scenario_workers(bench: Bench) -> list[Row]:
     """
     nginx = bench.nginx()
     upstream = f"http://127.0.0.1:{nginx.port}/json/v1"
-    port = free_port()
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("bench: redis-server is not installed (make test-tools installs it)")
-    bench.spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(bench.work),
-                          "--appendonly", "yes", "--appendfsync", "always", "--save", ""], port, LOAD_CPU)
+    redis = bench.redis()
     alone = bench.clexproxy(upstream, bench.work / "data-i1")
     two = bench.clexproxy(upstream, bench.work / "data-i2",
-                          env={"CLEX_REDIS_URL": f"redis://127.0.0.1:{port}/0", "CLEX_WORKERS": "2"})
+                          env={"CLEX_REDIS_URL": redis.url, "CLEX_WORKERS": "2"})
     rows = interleaved(bench, [("clexproxy", alone, alone.url, {"CLEX_KEY": demo_key(bench.work / "data-i1")}),
                                (WORKERS_ROW, two, two.url, {"CLEX_KEY": demo_key(bench.work / "data-i2")})],
                        64, False)
