@@ -87,8 +87,23 @@ def _type_name(value: Any) -> str:
     )
 
 
+def _object(body: Any) -> dict[str, Any]:
+    """The request body, which must be a JSON object."""
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"The request body must be a JSON object, got {_type_name(body)}.")
+    return body
+
+
+def _required(body: dict[str, Any], name: str) -> Any:
+    """The body's `name`, which must be there (and not null)."""
+    value = body.get(name)
+    if value is None:
+        raise InvalidRequest(f"Missing required parameter: '{name}'.", extra={"param": name})
+    return value
+
+
 def _require_model(body: dict[str, Any]) -> str:
-    model = body.get("model")
+    model = body.get("model")  # `_required` written out: every call comes through here
     if model is None:
         raise InvalidRequest("Missing required parameter: 'model'.", extra={"param": "model"})
     if not isinstance(model, str) or not model:
@@ -151,7 +166,7 @@ def _bad_role(where: str, role: Any) -> InvalidRequest:
 
 def check_chat(body: Any) -> tuple[str, bool | None, bool]:
     """Check a chat body without changing it: (model, stream or None when absent, client_wants_usage)."""
-    if not isinstance(body, dict):
+    if not isinstance(body, dict):  # `_object` written out: the hot path's check
         raise InvalidRequest(f"The request body must be a JSON object, got {_type_name(body)}.")
     model = _require_model(body)
     _check_messages(body.get("messages"))
@@ -161,12 +176,9 @@ def check_chat(body: Any) -> tuple[str, bool | None, bool]:
 
 def check_completions(body: Any) -> tuple[str, bool | None, bool]:
     """Check a legacy completions body as `check_chat` checks a chat one: `prompt` instead of `messages`."""
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"The request body must be a JSON object, got {_type_name(body)}.")
+    body = _object(body)
     model = _require_model(body)
-    prompt = body.get("prompt")
-    if prompt is None:
-        raise InvalidRequest("Missing required parameter: 'prompt'.", extra={"param": "prompt"})
+    prompt = _required(body, "prompt")
     if not isinstance(prompt, str):
         ok = isinstance(prompt, list) and bool(prompt) and (
             all(isinstance(p, str) for p in prompt) or _token_array(prompt)
@@ -227,12 +239,9 @@ def validate_chat(body: Any, stream_default: bool = True) -> tuple[str, bool, bo
 
 
 def validate_embeddings(body: Any) -> str:
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"The request body must be a JSON object, got {_type_name(body)}.")
+    body = _object(body)
     model = _require_model(body)
-    data = body.get("input")
-    if data is None:
-        raise InvalidRequest("Missing required parameter: 'input'.", extra={"param": "input"})
+    data = _required(body, "input")
     if isinstance(data, str):
         return model
     if not isinstance(data, list) or not data:
