@@ -29,7 +29,7 @@ from clexproxy.cors import ALLOW_ORIGIN, REQUEST_HEADERS, REQUEST_METHOD, CorsPo
 from clexproxy.errors import ApiError, InternalError, MethodNotAllowed, NotFound, RequestTooLarge
 from clexproxy.gateway import Gateway
 from clexproxy.handlers import admin, health, key, models
-from clexproxy.handlers.common import ADMIN_TOKEN, CATALOG, GATEWAY, request_id
+from clexproxy.handlers.common import ADMIN_TOKEN, CATALOG, GATEWAY, PROXIED_HANDLERS, request_id
 from clexproxy.handlers.ingress import PROXIED_PATHS
 from clexproxy.handlers.protocol_endpoints import make_count_tokens, stored_response
 from clexproxy.handlers.proxy import make_handler
@@ -65,6 +65,13 @@ def guarded(handler: Handler, cors: CorsPolicy | None = None) -> Handler:
 
     wrapped.__name__ = getattr(handler, "__name__", "handler")
     return wrapped
+
+
+async def _served_by_connection(request: web.Request) -> web.Response:
+    """A proxied call that reached the router: the app runs without `GatewayRunner`, whose connections serve them."""
+    rid = request_id(request)
+    log.error("a proxied call reached aiohttp's router: serve the app with GatewayRunner, request_id=%s", rid)
+    return InternalError("The gateway failed to handle this request.").to_response({"X-Request-Id": rid})
 
 
 async def _not_found(request: web.Request) -> web.Response:
@@ -219,10 +226,12 @@ def build_app(settings: Settings, clock: Clock | None = None, access_stream: Bin
         ingress.api: make_handler(ingress, settings.server.max_body_bytes, settings.sse.json_user_agents, policy)
         for ingress in PROXIED_PATHS.values()
     }
+    app[PROXIED_HANDLERS] = {path: handlers[ingress.api] for path, ingress in PROXIED_PATHS.items()}
     bearer: set[str] = set()
-    for path, ingress in PROXIED_PATHS.items():
-        # A GET gets a JSON 405 that says what to send (_json_for_unrouted).
-        bearer.add(router.add_post(path, handlers[ingress.api]).resource.canonical)  # type: ignore[union-attr]
+    for path in PROXIED_PATHS:
+        # The POST route is never called (the connection serves these calls); it names the method for the
+        # preflights and the 405s, and a GET gets a JSON 405 that says what to send (_json_for_unrouted).
+        bearer.add(router.add_post(path, _served_by_connection).resource.canonical)  # type: ignore[union-attr]
     for path, handler in BEARER_GETS.items():
         bearer.add(router.add_get(path, guarded(handler, cors)).resource.canonical)  # type: ignore[union-attr]
     count_tokens = guarded(make_count_tokens(settings.server.max_body_bytes), cors)

@@ -8,7 +8,7 @@ provider URL, a credential or a stack trace.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import orjson
 from aiohttp import web
@@ -164,7 +164,13 @@ CUT = web.RequestKey("clexproxy_cut_by_shutdown", bool)
 SHUTDOWN = "shutdown"  # the access line's `error` for a call the shutdown cut
 
 
-def cut_by_shutdown(request: web.BaseRequest) -> bool:
+class Marked(Protocol):
+    """A request that carries per-call marks (aiohttp's `Request`, the gateway's `ProxiedRequest`)."""
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+
+def cut_by_shutdown(request: Marked) -> bool:
     """Whether the cancellation this request's handler sees is the shutdown's cut, not the client leaving."""
     return bool(request.get(CUT))
 

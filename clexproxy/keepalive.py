@@ -9,8 +9,9 @@ process and closes it at stop.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from aiohttp import web
+from clexproxy.answer_wire import StreamAnswer
 
 KEEPALIVE = b": keep-alive\n\n"
 
@@ -30,7 +31,7 @@ class KeepAlives:
         self._waiting: dict[_KeepAlive, float] = {}
         self._handle: asyncio.TimerHandle | None = None
 
-    def watch(self, request: web.Request, response: web.StreamResponse) -> _KeepAlive:
+    def watch(self, request: Any, response: StreamAnswer) -> _KeepAlive:
         keep = _KeepAlive(self, request, response)
         loop = asyncio.get_running_loop()
         self._waiting[keep] = loop.time() + self.interval
@@ -67,7 +68,7 @@ class _KeepAlive:
 
     __slots__ = ("_owner", "_request", "_response", "_task", "_waiting")
 
-    def __init__(self, owner: KeepAlives, request: web.Request, response: web.StreamResponse) -> None:
+    def __init__(self, owner: KeepAlives, request: Any, response: StreamAnswer) -> None:
         self._owner = owner
         self._request = request
         self._response = response

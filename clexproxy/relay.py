@@ -16,13 +16,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from clexproxy.errors import SHUTDOWN, ApiError, ServiceUnavailable, cut_by_shutdown, shutdown_error
+from clexproxy.answer_wire import StreamAnswer
+from clexproxy.errors import SHUTDOWN, ApiError, Marked, ServiceUnavailable, cut_by_shutdown, shutdown_error
 from clexproxy.keepalive import KeepAlives
 from clexproxy.outcome import CallOutcome
 from clexproxy.protocols.chunks import ChatEncoder, Chunk, OpenAIDecoder, StreamEncoder
@@ -35,6 +36,7 @@ DONE_EVENT = b"data: [DONE]\n\n"
 # Renders an error as the client's protocol answers it before any stream: SPEC's JSON (`ApiError.to_response`)
 # or, on `/v1/messages`, Anthropic's.
 ErrorRenderer = Callable[[ApiError, Mapping[str, str]], web.Response]
+S = TypeVar("S", bound=StreamAnswer)  # the stream the caller gave, handed back
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -42,21 +44,10 @@ def error_event(error: ApiError) -> bytes:
     return b"data: " + error.to_bytes() + b"\n\n" + DONE_EVENT
 
 
-class SSEResponse(web.StreamResponse):
-    """A stream whose headers leave with its first bytes: one write, not two, per short answer.
-
-    aiohttp's StreamResponse sends its headers the moment it is prepared; a whole answer that
-    arrives in one upstream read then costs three writes to the client (headers, events, the
-    chunked terminator). Held headers make it one.
-    """
-
-    _send_headers_immediately = False
-
-
 async def stream(
-    request: web.Request,
+    request: Marked,
+    response: S,
     send: Awaitable[UpstreamReply],
-    headers: dict[str, str],
     wants_usage: bool,
     keepalives: KeepAlives,
     outcome: CallOutcome,
@@ -65,8 +56,8 @@ async def stream(
     answer_headers: Callable[[], Mapping[str, str]] | None = None,
     encoder: StreamEncoder | None = None,
     render: ErrorRenderer = ApiError.to_response,
-) -> web.StreamResponse:
-    """Relay an SSE answer. `on_error(error)` settles a failure and returns the headers to send with it.
+) -> S | web.Response:
+    """Relay an SSE answer to `response`. `on_error(error)` settles a failure and returns the headers to send with it.
 
     `answer_headers()`, when given, is called once the upstream has answered (after any retry or
     fallback) and before the response goes out; what it returns joins the response headers. It is
@@ -78,7 +69,6 @@ async def stream(
     stream from an OpenAI provider is relayed as bytes (`Frames`), any other through chat chunks
     (`TranslatingFrames`).
     """
-    response = SSEResponse(status=200, headers={**headers, **SSE_HEADERS})
     shape = _Shape(encoder, render)
     try:
         return await _relay_stream(request, response, send, wants_usage, keepalives, outcome, on_error,
@@ -104,7 +94,7 @@ class _Shape:
         self.render = render
 
 
-async def _cut(response: web.StreamResponse, outcome: CallOutcome, on_error: Any, shape: _Shape) -> web.StreamResponse:
+async def _cut(response: S, outcome: CallOutcome, on_error: Any, shape: _Shape) -> S | web.Response:
     """The gateway is shutting down and the stream outlived the grace (`cut_by_shutdown`): SPEC's 503, as an event
     once the stream has started, then `[DONE]` and the end of the response."""
     error = shutdown_error()
@@ -118,8 +108,8 @@ async def _cut(response: web.StreamResponse, outcome: CallOutcome, on_error: Any
 
 
 async def _relay_stream(
-    request: web.Request,
-    response: web.StreamResponse,
+    request: Marked,
+    response: S,
     send: Awaitable[UpstreamReply],
     wants_usage: bool,
     keepalives: KeepAlives,
@@ -127,7 +117,7 @@ async def _relay_stream(
     on_error: Any,
     answer_headers: Callable[[], Mapping[str, str]] | None,
     shape: _Shape,
-) -> web.StreamResponse:
+) -> S | web.Response:
     started = time.monotonic()
     keep = keepalives.watch(request, response)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -20,11 +21,14 @@ from clexproxy.catalog import Catalog
 from clexproxy.errors import InvalidRequest, RequestTooLarge
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.validation import MAX_DEPTH, too_deep
+from clexproxy.proxied_request import ProxiedHandler, ProxiedRequest
 
 GATEWAY = web.AppKey("gateway", Gateway)
 CATALOG = web.AppKey("catalog", Catalog)  # the one the gateway serves (with `--demo`, every model on the demo)
 ADMIN_TOKEN = web.AppKey("admin_token", str)  # "" when the admin API is off
 REQUEST_ID = web.RequestKey("request_id", str)
+# The proxied endpoints' handlers by path, served by the connection itself (`ProxyConnection`), not the router.
+PROXIED_HANDLERS: web.AppKey[Mapping[str, ProxiedHandler]] = web.AppKey("proxied_handlers")
 MAX_CLIENT_REQUEST_ID = 128
 # The codings aiohttp decodes on a request body; any other is its own 4xx before a handler runs.
 CONTENT_CODINGS = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
@@ -44,7 +48,7 @@ _new_prefix()
 os.register_at_fork(after_in_child=_new_prefix)
 
 
-def request_id(request: web.Request) -> str:
+def request_id(request: web.Request | ProxiedRequest) -> str:
     """The request's id, chosen once (see `pick_request_id`) and kept on the request."""
     rid = request.get(REQUEST_ID)
     if rid is None:
@@ -59,7 +63,7 @@ def pick_request_id(sent: str | None) -> str:
     return f"{_prefix}{next(_counter):x}"
 
 
-async def read_json(request: web.Request, max_bytes: int) -> Any:
+async def read_json(request: web.Request | ProxiedRequest, max_bytes: int) -> Any:
     """One read and one parse of the body, with SPEC's 413 and 400s.
 
     The body comes off the stream, not from `request.read()`, which keeps a copy on the request
@@ -93,7 +97,7 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
     return doc
 
 
-def _undecodable(request: web.Request) -> InvalidRequest:
+def _undecodable(request: web.Request | ProxiedRequest) -> InvalidRequest:
     """The 400 for a body aiohttp could not decode (a `Content-Encoding` it is not in, or broken framing).
 
     The connection cannot carry another request (its parser stopped mid-body): the handler's answer
@@ -110,7 +114,7 @@ def _undecodable(request: web.Request) -> InvalidRequest:
     return InvalidRequest("The request body could not be read: its framing is malformed.")
 
 
-def body_unreadable(request: web.Request) -> bool:
+def body_unreadable(request: web.Request | ProxiedRequest) -> bool:
     """The request's body could not be read to its end: its answer must close the connection."""
     return request.content.exception() is not None
 

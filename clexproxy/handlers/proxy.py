@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -89,6 +89,7 @@ from clexproxy.limits.base import Admission
 from clexproxy.observability.accesslog import text_value
 from clexproxy.outcome import CallOutcome
 from clexproxy.protocols.chunks import Translation
+from clexproxy.proxied_request import Answer, ProxiedRequest
 from clexproxy.web.session import api_session
 
 log = logging.getLogger("clexproxy.proxy")
@@ -121,7 +122,7 @@ def _refused(gateway: Gateway, call: CallOutcome, error: ApiError, headers: dict
     return render(error, headers)
 
 
-def _stream_default(request: web.Request, plan: Plan, json_agents: tuple[str, ...]) -> bool:
+def _stream_default(request: ProxiedRequest, plan: Plan, json_agents: tuple[str, ...]) -> bool:
     """SSE or JSON for a chat call that left `stream` out (`default_stream`)."""
     headers = request.headers
     return default_stream(headers.get("Accept"), headers.get("User-Agent"), json_agents, plan.default_stream)
@@ -141,9 +142,9 @@ def _bug(call: CallOutcome) -> InternalError:
     return InternalError("The gateway failed to handle this request.")
 
 
-async def _console_account(request: web.Request, gateway: Gateway) -> Account | None:
+async def _console_account(request: ProxiedRequest, gateway: Gateway) -> Account | None:
     """The account of a signed-in console user calling without a key; None without a session."""
-    user = await api_session(request)
+    user = await api_session(await request.web_request())
     if user is None:
         return None
     if user.account_id is None:
@@ -156,8 +157,8 @@ async def _console_account(request: web.Request, gateway: Gateway) -> Account | 
 
 
 async def handle(
-    request: web.Request, ingress: Ingress, max_body_bytes: int, json_agents: tuple[str, ...], cors: CorsPolicy
-) -> web.StreamResponse:
+    request: ProxiedRequest, ingress: Ingress, max_body_bytes: int, json_agents: tuple[str, ...], cors: CorsPolicy
+) -> Answer:
     """Serve one call of `ingress` (chat completions, embeddings, legacy completions, Responses, Messages)."""
     gateway = request.app[GATEWAY]
     rid = request[REQUEST_ID] = pick_request_id(request.headers.get(X_REQUEST_ID))
@@ -264,7 +265,8 @@ async def handle(
             gateway.metrics.stream_opened()
             try:
                 return await relay.stream(
-                    request, send, headers, wants_usage, gateway.keepalives, call, settle_error, answer_headers=served,
+                    request, request.sse_answer({**headers, **relay.SSE_HEADERS}), send, wants_usage,
+                    gateway.keepalives, call, settle_error, answer_headers=served,
                     encoder=None if translation is None else translation.encoder(), render=render,
                 )
             finally:
@@ -278,7 +280,7 @@ async def handle(
         call.answer_started = True
         overhead = time.monotonic() - call.started - call.upstream_seconds
         headers[OVERHEAD_MS] = f"{overhead * 1000:.3f}"
-        return web.Response(body=raw, content_type="application/json", headers=headers)
+        return request.json_answer(raw, headers)
     except asyncio.CancelledError:
         if cut_by_shutdown(request) and not call.stream:  # the shutdown's grace ended before the answer
             cut = shutdown_error()
@@ -288,7 +290,7 @@ async def handle(
         call.disconnected = True
         raise
     except Exception:
-        if call.answer_started or request.writer.output_size:  # bytes of an answer left: none other can follow
+        if call.answer_started or request.output_size:  # bytes of an answer left: none other can follow
             call.status = 500 if call.status == 200 else call.status
             raise
         failure = _bug(call)
@@ -300,7 +302,7 @@ async def handle(
         finish_call(gateway, call, admission)
 
 
-def _parse(request: web.Request, ingress: Ingress, body: Any, gateway: Gateway, account: Account,
+def _parse(request: ProxiedRequest, ingress: Ingress, body: Any, gateway: Gateway, account: Account,
            json_agents: tuple[str, ...]) -> tuple[Model, dict[str, Any], Translation | None, bool]:
     """A legacy completions call or a translated one (Responses, Messages): its model, the body to send, the
     translation (None for legacy completions, sent as it is) and whether the client asked for the usage chunk."""
@@ -323,7 +325,7 @@ def _parse(request: web.Request, ingress: Ingress, body: Any, gateway: Gateway, 
     return model, body, translation, wants_usage
 
 
-def _metering_headers(request: web.Request) -> Mapping[str, str]:
+def _metering_headers(request: ProxiedRequest) -> Mapping[str, str]:
     """The metering headers for a 500 that escaped `handle`; none when the request's key is not good.
 
     The key is looked up again here, so the normal path keeps no account on the request.
@@ -338,7 +340,7 @@ def _metering_headers(request: web.Request) -> Mapping[str, str]:
 
 def make_handler(
     ingress: Ingress, max_body_bytes: int, json_user_agents: str, cors: CorsPolicy
-) -> Callable[[web.Request], Any]:
+) -> Callable[[ProxiedRequest], Awaitable[Answer]]:
     """The handler of `ingress`'s calls, whose bodies may be `max_body_bytes` long.
 
     `json_user_agents` is the `sse_json_user_agents` setting: the User-Agent prefixes whose chat
@@ -347,7 +349,7 @@ def make_handler(
     """
     json_agents = user_agent_prefixes(json_user_agents)
 
-    async def handler(request: web.Request) -> web.StreamResponse:
+    async def handler(request: ProxiedRequest) -> Answer:
         try:
             return await handle(request, ingress, max_body_bytes, json_agents, cors)
         except Exception:  # a bug, not a refusal: SPEC's 500, never a trace

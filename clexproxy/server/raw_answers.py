@@ -16,16 +16,12 @@ integration test holds both equal to what the full path wrote to a socket, byte 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from typing import cast
 
 from aiohttp import hdrs, web
-from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import HttpVersion11
-from aiohttp.http_writer import _serialize_headers
-from multidict import CIMultiDict
 
+from clexproxy.answer_wire import http_date, response_bytes
 from clexproxy.catalog import Plan
 from clexproxy.clock import seconds_to_utc_midnight
 from clexproxy.errors import ApiError, RateLimited, retry_after_values
@@ -44,69 +40,12 @@ from clexproxy.limits.headers import metering_headers, openai_duration, retry_wh
 MAX_TEMPLATES = 256  # plans replaced by configuration reloads, messages: a bound, never reached in practice
 
 
-class _Date:
-    """The Date header's value as aiohttp writes it, encoded once a second."""
-
-    second = -1
-    value = b""
-
-    @classmethod
-    def now(cls) -> bytes:
-        second = int(time.time())
-        if second != cls.second:
-            cls.second, cls.value = second, rfc822_formatted_time().encode()
-        return cls.value
-
-
-class _Wire:
-    """The request and payload writer `StreamResponse.prepare` talks to: a keep-alive HTTP/1.1 POST.
-
-    It keeps the head aiohttp serializes, with the values aiohttp adds itself (`Date`, a
-    `Content-Length` that varies) replaced by `late`'s, in place, under aiohttp's own names.
-    """
-
-    version = HttpVersion11
-    method = hdrs.METH_POST
-    keep_alive = True
-    length: int | None = None  # set by `prepare`
-
-    def __init__(self, late: Mapping[str, str]) -> None:
-        self._late = late
-        self.head = b""
-
-    @property
-    def _payload_writer(self) -> _Wire:
-        return self
-
-    async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        return None
-
-    async def write_headers(self, status_line: str, headers: CIMultiDict[str]) -> None:
-        late = self._late
-        self.head = _serialize_headers(status_line, CIMultiDict((k, late.get(k, v)) for k, v in headers.items()))
-
-    def send_headers(self) -> None:
-        return None
-
-
 def wire_bytes(response: web.Response, late: Mapping[str, str] | None = None) -> bytes:
     """`response` as aiohttp writes it on a keep-alive HTTP/1.1 connection: its head, then its body.
 
     `late` replaces values aiohttp adds while preparing (`hdrs.DATE`, `hdrs.CONTENT_LENGTH`).
-    Nothing in `prepare` waits for I/O here, so its coroutine finishes at its first step.
     """
-    wire = _Wire(late or {})
-    step = response.prepare(cast(web.BaseRequest, wire))
-    try:
-        step.send(None)
-    except StopIteration:
-        pass
-    else:
-        step.close()
-        raise RuntimeError("StreamResponse.prepare waited for I/O while rendering a template")
-    body = response.body
-    assert isinstance(body, bytes)
-    return wire.head + body
+    return response_bytes(response, HttpVersion11, True, late)[0]
 
 
 def _as_format(response: web.Response, slots: tuple[tuple[str, bytes], ...], late: Mapping[str, str]) -> bytes:
@@ -157,7 +96,7 @@ class RateLimitAnswers:
         when = retry_when(retry_after).encode()
         return head % (
             remaining, seconds_to_utc_midnight(wall), bucket.remaining, openai_duration(bucket.reset_after).encode(),
-            seconds, ms, request_id.encode(), length + len(when), _Date.now(), when,
+            seconds, ms, request_id.encode(), length + len(when), http_date(), when,
         )
 
     def _template(self, plan: Plan) -> tuple[bytes, int]:
@@ -199,4 +138,4 @@ def raw_response(error: ApiError, request_id: str) -> bytes:
             _FIXED.clear()
         response = error.to_response({**error.headers, REQUEST_ID: _ID})
         template = _FIXED[type(error), error.message] = _as_format(response, _FIXED_SLOTS, {hdrs.DATE: _DATE})
-    return template % (request_id.encode(), _Date.now())
+    return template % (request_id.encode(), http_date())

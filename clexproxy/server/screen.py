@@ -13,7 +13,8 @@ is screened (so answers never overtake one another), and only while some call wa
 moment ago (`RecentRefusals`): otherwise the bytes go to aiohttp untouched.
 
 The connection is a `ClientConnection`: SPEC's JSON for malformed HTTP,
-time limits, the cap on connections. `GatewayRunner` sets those from the `client_*` settings.
+time limits, the cap on connections. `GatewayRunner` sets those from the `client_*` settings, and
+makes `ProxyConnection`s, which serve the proxied calls that pass the screen.
 """
 
 from __future__ import annotations
@@ -21,19 +22,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from clexproxy.errors import ApiError, RateLimited
 from clexproxy.fastpath.scan import plain_request
 from clexproxy.gateway import Gateway
-from clexproxy.handlers.common import GATEWAY, pick_request_id
+from clexproxy.handlers.common import pick_request_id
 from clexproxy.handlers.ingress import SCREENED_PATHS, Ingress
 from clexproxy.handlers.settle import finish_call
 from clexproxy.outbox import Outbox
 from clexproxy.outcome import CallOutcome
-from clexproxy.server.connections import ClientConnection, ClientServer, ConnectionLimits
-from clexproxy.server.fdlimit import open_file_limit
+from clexproxy.server.connections import ClientConnection, ClientServer
 from clexproxy.server.raw_answers import RateLimitAnswers, raw_response
 
 _SCREENED_LINES: dict[bytes, Ingress] = {f"POST {path} HTTP/1.1".encode(): i for path, i in SCREENED_PATHS.items()}
@@ -139,22 +138,3 @@ class ScreeningServer(ClientServer):
 
     def __call__(self) -> RequestHandler:
         return ScreeningRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-class GatewayRunner(web.AppRunner):
-    """The AppRunner `serve` (and the tests) use: the app's server, with refused calls screened.
-
-    Its connections' limits come from the gateway's settings (the app has started by now), so a
-    runner made with aiohttp's arguments alone gets them; the keep-alive timeout is one of them.
-    """
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        gateway = self.app[GATEWAY]
-        limits = ConnectionLimits.from_settings(gateway.settings, open_file_limit())
-        kwargs = {**server._kwargs, "keepalive_timeout": limits.keepalive_timeout}
-        return ScreeningServer(
-            server.request_handler, request_factory=server.request_factory,
-            handler_cancellation=server.handler_cancellation, loop=server._loop, gateway=gateway, limits=limits,
-            **kwargs,
-        )

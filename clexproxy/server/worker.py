@@ -24,7 +24,7 @@ from clexproxy.observability.logsetup import configure_logging
 from clexproxy.observability.snapshots import reset_metrics_dir
 from clexproxy.server.fdlimit import raise_open_file_limit, upstream_connection_cap
 from clexproxy.server.ports import CannotListen, PortClaim, claim_port
-from clexproxy.server.screen import GatewayRunner
+from clexproxy.server.proxy_connection import GatewayRunner
 from clexproxy.server.shutdown import CUT_SECONDS, drain
 from clexproxy.server.supervisor import Supervisor, worker_settings
 from clexproxy.signals import STOP_SIGNALS, wait_for_stop_signal

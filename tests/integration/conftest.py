@@ -25,7 +25,7 @@ from clexproxy.demo.recorder import DemoRecorder
 from clexproxy.demo.upstream import DemoServer
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY
-from clexproxy.server.screen import GatewayRunner
+from clexproxy.server.proxy_connection import GatewayRunner
 from tests.pg_server import PgServer, PostgresNotInstalled, find_bindir, postgres_server
 
 # 2026-11-25 12:00:00 UTC: twelve hours from either midnight.

@@ -310,8 +310,11 @@ async def relaying(upstream: DemoServer) -> AsyncIterator[tuple[str, list[int]]]
             calls.append(int(call.fallback))
             return {"X-Answered-By": call.served_model}
 
-        return await relay.stream(request, send, {"X-Request-Id": "rid-1"}, False, keepalives[request.path], call,
-                                  lambda error: {}, answer_headers=answer_headers)
+        response = web.StreamResponse(status=200, headers={"X-Request-Id": "rid-1", **relay.SSE_HEADERS})
+        answer = await relay.stream(request, response, send, False, keepalives[request.path], call,
+                                    lambda error: {}, answer_headers=answer_headers)
+        assert isinstance(answer, web.StreamResponse)
+        return answer
 
     app = web.Application()
     app.router.add_post("/relay", handler)

@@ -1,0 +1,133 @@
+"""A proxied call's request as the connection parsed it: no `web.Request`, no router, no response object.
+
+The proxied endpoints are the gateway's traffic, and aiohttp's web framework cost about half of an
+admitted call's CPU: a `Request` built per call, a task per call, the router's walk, a `Response`
+with its own case-insensitive header dict, its `prepare` and payload writer. `ProxiedRequest` holds
+what the one path (`handlers.proxy.handle`) reads of a request, straight from aiohttp's parser:
+the headers (the parser's own `CIMultiDictProxy`), the body's stream (the parser's `StreamReader`,
+so every framing aiohttp accepts, chunked or compressed, arrives as before), the app, the peer, and
+a dict for per-call marks (the request id, the shutdown's `CUT`). Answers leave through `send`:
+the server's `Outbox`, and the socket's flow control for a stream.
+
+The console's signed-in API Explorer (`/api/chat` without a key) reads cookies and the origin the
+way the console's pages do: for that one branch `web_request` builds aiohttp's `Request`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.helpers import set_exception
+from aiohttp.http import HttpVersion
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.http_writer import StreamWriter
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDictProxy
+
+from clexproxy.answer_wire import SSEAnswer, json_answer
+from clexproxy.outbox import Outbox
+
+if TYPE_CHECKING:
+    from aiohttp.web_protocol import RequestHandler
+
+
+class ProxiedRequest:
+    """One call to a proxied endpoint, read by its connection; see the module's docstring."""
+
+    __slots__ = ("_marks", "_outbox", "_protocol", "app", "content", "headers", "message", "output_size", "path")
+
+    def __init__(self, message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
+                 app: web.Application, path: str, outbox: Outbox) -> None:
+        self.message = message
+        self.headers: CIMultiDictProxy[str] = message.headers
+        self.content = payload
+        self.app = app
+        self.path = path  # the endpoint's path, as the routes name it (no query)
+        self.output_size = 0  # bytes of the answer written: once any left, no other answer can follow
+        self._protocol = protocol
+        self._outbox = outbox
+        self._marks: dict[Any, Any] = {}
+
+    # what the path reads -------------------------------------------------------------------------
+
+    @property
+    def method(self) -> str:
+        return self.message.method
+
+    @property
+    def version(self) -> HttpVersion:
+        return self.message.version
+
+    @property
+    def keep_alive(self) -> bool:
+        return not self.message.should_close
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return None if value is None else int(value)  # the parser let through digits only
+
+    @property
+    def remote(self) -> str | None:
+        transport = self._protocol.transport
+        peer = None if transport is None else transport.get_extra_info("peername")
+        if peer is None:
+            return None
+        return str(peer[0]) if isinstance(peer, (list, tuple)) else str(peer)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._marks.get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._marks[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._marks[key] = value
+
+    def _cancel(self, exc: BaseException) -> None:
+        """The connection was lost: a read of the body fails with `exc` (as aiohttp's `Request._cancel`)."""
+        set_exception(self.content, exc)
+
+    async def web_request(self) -> web.Request:
+        """aiohttp's `Request` for this call, routed as the app would (its `app` is read through the route).
+
+        For code that reads a request the way the console's pages do.
+        """
+        protocol = self._protocol
+        writer = StreamWriter(protocol, protocol._loop)
+        task = asyncio.current_task()
+        assert task is not None
+        request = self.app._make_request(self.message, self.content, protocol, writer, task)
+        match_info = await self.app.router.resolve(request)
+        match_info.add_app(self.app)
+        match_info.freeze()
+        request._match_info = match_info
+        return request
+
+    # answers -------------------------------------------------------------------------------------
+
+    def json_answer(self, body: bytes, headers: dict[str, str]) -> bytes:
+        """A whole 200 JSON answer with `headers`, as bytes for the connection to send."""
+        return json_answer(self.message.version, self.keep_alive, headers, body)
+
+    def sse_answer(self, headers: dict[str, str]) -> SSEAnswer:
+        """A 200 event stream with `headers` (which may still change until its first write)."""
+        return SSEAnswer(self, headers)
+
+    async def send(self, data: bytes) -> None:
+        """Queue `data` for the client; wait while its socket's buffer is full. ConnectionResetError once it left."""
+        protocol = self._protocol
+        transport = protocol.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("Cannot write to closing transport")
+        self._outbox.write(transport, data)
+        if protocol._paused:
+            await protocol._drain_helper()
+
+
+# A proxied endpoint's answer: a whole one as bytes, a stream it wrote, or an error for the connection to write.
+Answer = bytes | SSEAnswer | web.StreamResponse
+ProxiedHandler = Callable[[ProxiedRequest], Awaitable[Answer]]
