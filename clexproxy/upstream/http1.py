@@ -124,8 +124,6 @@ class Origin:
         for attempt in (0, 1):
             conn, reused = await self._acquire()
             try:
-                conn.set_response_params(auto_decompress=False, read_timeout=self._read_timeout,
-                                         read_bufsize=READ_BUFSIZE)
                 transport = conn.transport
                 if transport is None:
                     raise ServerDisconnectedError()
@@ -266,6 +264,11 @@ class Origin:
                             lambda: ResponseHandler(loop), address[0], address[1], family=family, proto=proto,
                             ssl=self._ssl, server_hostname=self._host if self._ssl else None,
                         )
+                        # Once per connection, not per request (as ClientSession does): the parameters never
+                        # change, and the response parser reads one answer after another on a kept-alive
+                        # connection; a connection whose answer was not read to its end is never reused.
+                        conn.set_response_params(auto_decompress=False, read_timeout=self._read_timeout,
+                                                 read_bufsize=READ_BUFSIZE)
                         return conn
                     except OSError as exc:
                         last = exc
