@@ -79,7 +79,7 @@ async def stream(
         return response
     except asyncio.CancelledError:
         if not cut_by_shutdown(request):
-            raise  # the client left: aiohttp cancelled the handler
+            raise  # the client left: its connection's loop was cancelled, and the call with it
         return await _cut(response, outcome, on_error, shape)
 
 

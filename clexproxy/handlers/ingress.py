@@ -57,7 +57,8 @@ RESPONSES = Ingress("responses", "/chat/completions", "chat", translate=response
 MESSAGES = Ingress("messages", "/chat/completions", "chat", translate=messages.translate, render=anthropic_error,
                    key_header="x-api-key")
 
-# The proxied paths, as clients send them, and the ingress each is: the router and the screen read this one table.
+# The proxied paths, as clients send them, and the ingress each is: the connection that serves them, the
+# router (for their 405s and preflights) and the screen read this one table.
 PROXIED_PATHS: Mapping[str, Ingress] = {
     "/v1/chat/completions": CHAT,
     "/api/chat": CHAT,

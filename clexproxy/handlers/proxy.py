@@ -35,6 +35,11 @@ translation (`relay.unary`'s `answer`, `relay.stream`'s `encoder`), and its erro
 its protocol's shape (`Ingress.render`). Credits, limits, settlement and the metering headers are
 the same code for all, so every ingress is charged and counted alike.
 
+The call is a `ProxiedRequest`, served in its connection's own loop (`ProxyConnection`), never a
+`web.Request`: `handle` returns the answer for the connection to write, a whole JSON answer as
+bytes (`ProxiedRequest.json_answer`), a stream it has written (`SSEAnswer`), or an error's
+`web.Response` as the ingress renders it.
+
 The handler reads no settings: `make_handler` gives it the body limit, the User-Agent prefixes
 that get JSON by default, parsed once, and the CORS policy.
 """

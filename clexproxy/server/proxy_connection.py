@@ -94,6 +94,9 @@ class ProxyConnection(ScreeningRequestHandler):
                 if route is not None:
                     keep_alive = await self._serve(cast(RawRequestMessage, message), payload, *route)
                 else:
+                    # aiohttp's path writes to the socket itself (at once, with an eager task): the answers
+                    # still in the outbox, this connection's included, leave first.
+                    self._outbox.flush()
                     start = loop.time() if self._logging_enabled else None
                     writer = StreamWriter(self, loop)
                     if isinstance(message, _ErrInfo):
