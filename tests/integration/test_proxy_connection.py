@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from .conftest import RunningGateway
-from .test_hardening_http import BODY, CHEAP, Answer, assert_spec_error, closed, connect, read_answer, request
+from .test_hardening_http import BODY, CHEAP, Answer, assert_spec_error, connect, read_answer, request
 
 STREAM_BODY = orjson.dumps({"model": CHEAP, "messages": [{"role": "user", "content": "Hello!"}], "stream": True})
 
