@@ -1,9 +1,9 @@
-"""Refused calls answered from the raw request, before aiohttp builds a Request for them.
+"""Refused calls answered from the raw request, before aiohttp's parser sees it.
 
 A flood of calls with a bad key or a spent per-minute limit must cost the gateway little: it
-is what a misbehaving client or an attack looks like. Through aiohttp's full path each such
-call still gets parsed, a Request, a handler task, a router lookup and a Response (~180 µs of
-CPU on the benchmark machine, as much as two thirds of an admitted call). Here the bytes of a
+is what a misbehaving client or an attack looks like. On the full path (`ProxyConnection`) each
+such call is still parsed into a message, a body stream and a `ProxiedRequest`, run through
+`handle` and answered from a rendered `web.Response`. Here the bytes of a
 request are looked at as they arrive: when the key or the limit refuses it, the 429 or 401 is
 written to the socket at once, with the same headers, body, metrics and access line as the
 full path would give; every other request goes to aiohttp's parser unchanged.
