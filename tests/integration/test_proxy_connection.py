@@ -9,6 +9,8 @@ bare path (a query, an escaped character, the absolute form).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -17,6 +19,16 @@ from .conftest import RunningGateway
 from .test_hardening_http import BODY, CHEAP, Answer, assert_spec_error, connect, read_answer, request
 
 STREAM_BODY = orjson.dumps({"model": CHEAP, "messages": [{"role": "user", "content": "Hello!"}], "stream": True})
+
+
+@contextlib.asynccontextmanager
+async def opened(gw: RunningGateway) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A raw connection to the gateway, closed at the end."""
+    reader, writer = await connect(gw)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
 
 
 def assert_chat_answer(answer: Answer) -> None:
@@ -28,17 +40,13 @@ def assert_chat_answer(answer: Answer) -> None:
 
 
 async def exchange(gw: RunningGateway, data: bytes, answers: int = 1) -> list[Answer]:
-    reader, writer = await connect(gw)
-    try:
+    async with opened(gw) as (reader, writer):
         writer.write(data)
         return [(await read_answer(reader))[0] for _ in range(answers)]
-    finally:
-        writer.close()
 
 
 async def test_expect_100_continue_gets_its_100_before_the_body_is_sent(gw: RunningGateway, key: str) -> None:
-    reader, writer = await connect(gw)
-    try:
+    async with opened(gw) as (reader, writer):
         full = request(key, extra="Expect: 100-continue\r\n")
         head, body = full[: full.index(b"\r\n\r\n") + 4], full[full.index(b"\r\n\r\n") + 4:]
         writer.write(head)
@@ -46,13 +54,10 @@ async def test_expect_100_continue_gets_its_100_before_the_body_is_sent(gw: Runn
         writer.write(body)
         answer, _ = await read_answer(reader)
         assert_chat_answer(answer)
-    finally:
-        writer.close()
 
 
 async def test_another_expectation_is_a_417_and_the_connection_serves_on(gw: RunningGateway, key: str) -> None:
-    reader, writer = await connect(gw)
-    try:
+    async with opened(gw) as (reader, writer):
         writer.write(request(key, extra="Expect: something-else\r\n"))
         answer, _ = await read_answer(reader)
         assert_spec_error(answer, 417)
@@ -60,26 +65,20 @@ async def test_another_expectation_is_a_417_and_the_connection_serves_on(gw: Run
         writer.write(request(key))
         answer, _ = await read_answer(reader)
         assert_chat_answer(answer)
-    finally:
-        writer.close()
 
 
 async def test_http_1_0_gets_an_http_1_0_answer_and_the_connection_ends(gw: RunningGateway, key: str) -> None:
-    reader, writer = await connect(gw)
-    try:
+    async with opened(gw) as (reader, writer):
         writer.write(request(key, line="POST /v1/chat/completions HTTP/1.0"))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.0 200 OK\r\n")
         assert b"\r\nConnection:" not in head  # HTTP/1.0 without keep-alive closes: nothing to say
         rest = await asyncio.wait_for(reader.read(), 10)  # to the end: the gateway closed the connection
         assert orjson.loads(rest)["object"] == "chat.completion"
-    finally:
-        writer.close()
 
 
 async def test_an_http_1_0_stream_is_not_chunked_and_ends_with_the_connection(gw: RunningGateway, key: str) -> None:
-    reader, writer = await connect(gw)
-    try:
+    async with opened(gw) as (reader, writer):
         writer.write(request(key, line="POST /v1/chat/completions HTTP/1.0", extra="Connection: keep-alive\r\n",
                              body=STREAM_BODY))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -87,33 +86,25 @@ async def test_an_http_1_0_stream_is_not_chunked_and_ends_with_the_connection(gw
         assert b"Transfer-Encoding" not in head and b"Connection: keep-alive" not in head
         rest = await asyncio.wait_for(reader.read(), 10)
         assert rest.startswith(b"data: {") and rest.endswith(b"data: [DONE]\n\n")
-    finally:
-        writer.close()
 
 
 async def test_an_http_1_0_call_kept_alive_is_answered_and_kept(gw: RunningGateway, key: str) -> None:
-    reader, writer = await connect(gw)
-    try:
+    async with opened(gw) as (reader, writer):
         for _ in range(2):
             writer.write(request(key, line="POST /v1/chat/completions HTTP/1.0", extra="Connection: keep-alive\r\n"))
             answer, raw = await read_answer(reader)
             assert raw.startswith(b"HTTP/1.0 200 OK\r\n") and answer[1]["connection"] == "keep-alive"
             assert_chat_answer(answer)
-    finally:
-        writer.close()
 
 
 async def test_connection_close_is_answered_then_closed(gw: RunningGateway, key: str) -> None:
     for body in (BODY, STREAM_BODY):
-        reader, writer = await connect(gw)
-        try:
+        async with opened(gw) as (reader, writer):
             writer.write(request(key, extra="Connection: close\r\n", body=body))
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nConnection: close\r\n" in head
             rest = await asyncio.wait_for(reader.read(), 10)
             assert rest.endswith(b"}" if body is BODY else b"0\r\n\r\n")
-        finally:
-            writer.close()
 
 
 async def test_pipelined_calls_and_other_requests_are_answered_in_order(gw: RunningGateway, key: str) -> None:
