@@ -131,3 +131,15 @@ def test_the_targets_of_i_and_j() -> None:
 def test_a_process_tree_costs_at_least_its_root() -> None:
     bench = load("bench")
     assert bench.tree_cpu_seconds(os.getpid()) >= bench.cpu_seconds(os.getpid()) > 0
+
+
+def test_the_p99_target_of_c_is_judged_against_nginx_proxy_pass() -> None:
+    bench = load("bench")
+    rows = [{"target": "direct", "added_p50_ms": 0.0, "added_p99_ms": 0.0},
+            {"target": "baseline", "added_p50_ms": 0.5, "added_p99_ms": 1.7},
+            {"target": bench.NGINX_PROXY, "added_p50_ms": 0.05, "added_p99_ms": 0.25},
+            {"target": "clexproxy", "added_p50_ms": 0.3, "added_p99_ms": 0.35}]
+    assert [line for line in bench.targets_section({"c": rows}) if "p99" in line] == [
+        "- (c) p99 added ≤ nginx proxy_pass's + 0.1 ms: 0.350 ms vs 0.250 ms — met"]
+    rows[3]["added_p99_ms"] = 0.351
+    assert [line for line in bench.targets_section({"c": rows}) if "p99" in line][0].endswith("— not met")
