@@ -134,6 +134,25 @@ class Bench:
 
     # the upstreams ------------------------------------------------------------------------------
 
+    def _nginx_conf(self, name: str, http: str) -> str:
+        """One nginx worker, no access log, its files in the work folder, long keep-alive; `http` ends the block."""
+        return f"""
+daemon off;
+worker_processes 1;
+pid {self.work}/{name}.pid;
+error_log {self.work}/{name}.err warn;
+events {{ worker_connections 65536; }}
+http {{
+  access_log off;
+  client_body_temp_path {self.work};
+  proxy_temp_path {self.work};
+  fastcgi_temp_path {self.work};
+  uwsgi_temp_path {self.work};
+  scgi_temp_path {self.work};
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;{http}}}
+"""
+
     def nginx(self) -> Server:
         """A static OpenAI-compatible answer in microseconds: the upstream must never be the bottleneck."""
         port = free_port()
@@ -157,21 +176,7 @@ class Bench:
         })
         (self.work / "answer.json").write_text(answer)
         (self.work / "answer.sse").write_text(sse)
-        conf.write_text(f"""
-daemon off;
-worker_processes 1;
-pid {self.work}/nginx-{port}.pid;
-error_log {self.work}/nginx-{port}.err warn;
-events {{ worker_connections 65536; }}
-http {{
-  access_log off;
-  client_body_temp_path {self.work};
-  proxy_temp_path {self.work};
-  fastcgi_temp_path {self.work};
-  uwsgi_temp_path {self.work};
-  scgi_temp_path {self.work};
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
+        conf.write_text(self._nginx_conf(f"nginx-{port}", f"""
   client_body_buffer_size 64k;
   server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
@@ -186,8 +191,7 @@ http {{
       alias {self.work}/answer.sse;
     }}
   }}
-}}
-""")
+"""))
         return self.spawn("nginx", ["nginx", "-c", str(conf), "-p", str(self.work)], port, LOAD_CPU)
 
     def nginx_proxy(self, upstream_port: int) -> Server:
@@ -197,21 +201,7 @@ http {{
         """
         port = free_port()
         conf = self.work / f"nginx-proxy-{port}.conf"
-        conf.write_text(f"""
-daemon off;
-worker_processes 1;
-pid {self.work}/nginx-proxy-{port}.pid;
-error_log {self.work}/nginx-proxy-{port}.err warn;
-events {{ worker_connections 65536; }}
-http {{
-  access_log off;
-  client_body_temp_path {self.work};
-  proxy_temp_path {self.work};
-  fastcgi_temp_path {self.work};
-  uwsgi_temp_path {self.work};
-  scgi_temp_path {self.work};
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
+        conf.write_text(self._nginx_conf(f"nginx-proxy-{port}", f"""
   upstream static {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
   server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
@@ -222,8 +212,7 @@ http {{
       proxy_buffering off;
     }}
   }}
-}}
-""")
+"""))
         return self.spawn("nginx-proxy", ["nginx", "-c", str(conf), "-p", str(self.work)], port, PROXY_CPU,
                           url=f"http://127.0.0.1:{port}/json/v1")
 

@@ -142,4 +142,4 @@ def test_the_p99_target_of_c_is_judged_against_nginx_proxy_pass() -> None:
     assert [line for line in bench.targets_section({"c": rows}) if "p99" in line] == [
         "- (c) p99 added ≤ nginx proxy_pass's + 0.1 ms: 0.350 ms vs 0.250 ms — met"]
     rows[3]["added_p99_ms"] = 0.351
-    assert [line for line in bench.targets_section({"c": rows}) if "p99" in line][0].endswith("— not met")
+    assert next(line for line in bench.targets_section({"c": rows}) if "p99" in line).endswith("— not met")
