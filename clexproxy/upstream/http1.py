@@ -35,6 +35,33 @@ FINISH_TIMEOUT = 5.0
 _Idle = tuple[ResponseHandler, float]
 
 
+class UpstreamProtocol(ResponseHandler):
+    """aiohttp's client protocol with one read deadline per connection, moved forward by each read.
+
+    aiohttp cancels the read timer and makes a new one on every read from the socket (an answer of
+    50 SSE chunks can be dozens of reads). Here a read only moves the deadline; the one timer, when it
+    fires early, sleeps again until it. The timeout is the same: the longest silence allowed.
+    """
+
+    _deadline = 0.0
+
+    def _reschedule_timeout(self) -> None:
+        timeout = self._read_timeout
+        if not timeout:
+            self._drop_timeout()
+            return
+        self._deadline = self._loop.time() + timeout
+        if self._read_timeout_handle is None:
+            self._read_timeout_handle = self._loop.call_at(self._deadline, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        if self._loop.time() < self._deadline:  # a read came since the timer was set
+            self._read_timeout_handle = self._loop.call_at(self._deadline, self._on_deadline)
+            return
+        self._read_timeout_handle = None
+        self._on_read_timeout()
+
+
 class UpstreamResponse:
     """The status, headers and body stream of one answer; `release()` or `close()` ends it."""
 
@@ -261,7 +288,7 @@ class Origin:
                 for family, _, proto, _, address in await self._resolve(loop):
                     try:
                         _, conn = await loop.create_connection(
-                            lambda: ResponseHandler(loop), address[0], address[1], family=family, proto=proto,
+                            lambda: UpstreamProtocol(loop), address[0], address[1], family=family, proto=proto,
                             ssl=self._ssl, server_hostname=self._host if self._ssl else None,
                         )
                         # Once per connection, not per request (as ClientSession does): the parameters never

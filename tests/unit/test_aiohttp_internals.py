@@ -1,10 +1,11 @@
 """The aiohttp internals clexproxy builds on still exist: an aiohttp upgrade that moves one fails here first.
 
 `ClientConnection` and `ScreeningRequestHandler` subclass aiohttp's connection protocol
-(`RequestHandler`) and read its private state; `drain` walks it at shutdown; `RateLimitAnswers`
-and `raw_response` render through `StreamResponse.prepare` and aiohttp's header serializer; the
-relay holds a stream's headers back (`SSEResponse`) and drains a broken body; the upstream client
-(`Origin`) drives aiohttp's client protocol (`ResponseHandler`) itself. pyproject.toml pins aiohttp
+(`RequestHandler`) and read its private state; `drain` walks it at shutdown; `RateLimitAnswers`,
+`raw_response` and the proxied calls' error answers render through `StreamResponse.prepare` and
+aiohttp's header serializer (`response_bytes`); the relay drains a broken body; the upstream client
+(`Origin`) drives aiohttp's client protocol (`ResponseHandler`) itself, and `UpstreamProtocol`
+replaces its read timer; `ProxyConnection.start` is a copy of aiohttp's request loop. pyproject.toml pins aiohttp
 below the next minor release and points here: before raising the pin, make this file pass.
 """
 
@@ -25,13 +26,14 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
-from aiohttp.web_response import StreamResponse
 
 from clexproxy.server.raw_answers import wire_bytes
 
 # `ClientConnection._handle_request` is a copy of this method with SPEC's answers added: when
 # aiohttp changes it, carry the change over to the copy, then record the new digest here.
 HANDLE_REQUEST_SHA256 = "a88a34ee65a2714c6b392d23963ba9a80e7d50d4889905cd949a94d479102d8f"
+# `ProxyConnection.start` is a copy of aiohttp's request loop with the proxied calls' branch: the same rule.
+START_SHA256 = "2e565fd40c8e04fb3afb481d5ba52691a61d28396573b4b8a4cf3b168782288e"
 
 
 def params(function: Callable[..., Any]) -> list[str]:
@@ -63,6 +65,13 @@ def test_handle_request_is_still_the_one_client_connection_copies() -> None:
     source = inspect.getsource(RequestHandler._handle_request)
     assert hashlib.sha256(source.encode()).hexdigest() == HANDLE_REQUEST_SHA256, (
         "aiohttp's RequestHandler._handle_request changed: merge it into ClientConnection._handle_request"
+    )
+
+
+def test_start_is_still_the_loop_proxy_connection_copies() -> None:
+    source = inspect.getsource(RequestHandler.start)
+    assert hashlib.sha256(source.encode()).hexdigest() == START_SHA256, (
+        "aiohttp's RequestHandler.start changed: merge it into ProxyConnection.start"
     )
 
 
@@ -135,9 +144,6 @@ def test_responses_render_through_prepare_and_the_header_serializer() -> None:
     assert lines[0] == b"HTTP/1.1 200 OK" and body == b"{}"
     assert [line.split(b":")[0] for line in lines[1:]] == [b"X-Request-Id", b"Content-Type", b"Content-Length",
                                                           b"Date", b"Server"]
-    # `SSEResponse` holds its headers back until its first write with this switch.
-    assert StreamResponse._send_headers_immediately is True
-    assert "_send_headers_immediately" in inspect.getsource(StreamResponse._write_headers)
 
 
 async def test_the_stream_reader_and_the_client_protocol_keep_what_the_upstream_client_calls() -> None:
@@ -148,6 +154,10 @@ async def test_the_stream_reader_and_the_client_protocol_keep_what_the_upstream_
     assert {"auto_decompress", "read_timeout", "read_bufsize"} <= set(params(ResponseHandler.set_response_params))
     conn.set_response_params(auto_decompress=False, read_timeout=1.0, read_bufsize=2**16)
     assert params(ResponseHandler.start_timeout) == ["self"] and inspect.iscoroutinefunction(ResponseHandler.read)
+    # `UpstreamProtocol` replaces the read timer's rescheduling and calls these.
+    for name in ("_reschedule_timeout", "_drop_timeout", "_on_read_timeout"):
+        assert params(getattr(ResponseHandler, name)) == ["self"], name
+    assert conn._read_timeout == 1.0 and conn._read_timeout_handle is None
     assert conn.should_close is False and conn.is_connected() is False and conn.transport is None
     conn.close()
     reader = StreamReader(BaseProtocol(loop), 2**16, loop=loop)

@@ -54,6 +54,14 @@ class Server:
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + BODY)
                     await writer.drain()
                     await asyncio.Event().wait()  # the rest never comes
+                if self.mode == "trickle":  # the body a byte at a time, 0.1 s apart
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY))
+                    for byte in BODY:
+                        await writer.drain()
+                        await asyncio.sleep(0.1)
+                        writer.write(bytes([byte]))
+                    await writer.drain()
+                    continue
                 if self.mode == "garbage":
                     writer.write(b"NOT HTTP AT ALL\r\n\r\n")
                 elif self.mode == "truncated":
@@ -228,6 +236,29 @@ async def test_read_timeout_raises_timeout_error(server: Server) -> None:
     with pytest.raises(TimeoutError):
         await origin.post(origin.request_head("/x", {}), b"", b"{}")
     assert origin.open_connections == 0
+    await origin.close()
+
+
+async def test_a_body_that_stops_arriving_times_out(server: Server) -> None:
+    server.mode = "partial"
+    origin = origin_for(server.url, read_timeout=0.2)
+    response = await origin.post(origin.request_head("/x", {}), b"", b"{}")
+    with pytest.raises(TimeoutError):
+        await response.read()
+    response.close()
+    assert origin.open_connections == 0
+    await origin.close()
+
+
+async def test_a_body_that_keeps_arriving_never_times_out(server: Server) -> None:
+    """The read timeout is the longest silence, not the whole answer's time: each read moves the deadline."""
+    server.mode = "trickle"
+    origin = origin_for(server.url, read_timeout=0.35)
+    for _ in range(2):  # and again on the same connection: the deadline of the first answer is gone
+        response = await origin.post(origin.request_head("/x", {}), b"", b"{}")
+        assert await response.read() == BODY  # 1.1 s in all, never 0.35 s without a byte
+        response.release()
+    assert server.connections == 1
     await origin.close()
 
 
