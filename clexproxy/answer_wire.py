@@ -171,7 +171,7 @@ class SSEAnswer:
     `prepare`, `write`, `write_eof`.
     """
 
-    __slots__ = ("_chunked", "_eof", "_head", "_request", "headers", "keep_alive", "output_size", "prepared")
+    __slots__ = ("_chunked", "_eof", "_head", "_request", "headers", "keep_alive", "prepared")
 
     def __init__(self, request: Client, headers: dict[str, str]) -> None:
         self._request = request
@@ -183,7 +183,6 @@ class SSEAnswer:
         # HTTP/1.0 has no chunked coding: the stream ends with the connection (aiohttp's rule).
         self._chunked = version >= HttpVersion11
         self.keep_alive = request.keep_alive and self._chunked
-        self.output_size = 0
 
     @property
     def eof_sent(self) -> bool:
@@ -225,7 +224,6 @@ class SSEAnswer:
         head, self._head = self._head, b""
         if head:
             data = head + data
-        self.output_size += len(data)
         request = self._request
         request.output_size += len(data)
         await request.send(data)
