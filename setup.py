@@ -12,7 +12,7 @@ import os
 from setuptools import Extension, setup
 
 NO_EXTENSIONS = os.environ.get("CLEXPROXY_NO_EXTENSIONS", "") not in ("", "0")
-CONCEPTS = ("sse", "limits", "keys", "scan", "deltas")
+CONCEPTS = ("sse", "limits", "keys", "scan", "deltas", "h1")
 
 if NO_EXTENSIONS:
     ext_modules: list[Extension] = []

@@ -133,7 +133,6 @@ async def _relay_stream(
         await keep.stop()  # the upstream has spoken: from here on, only its bytes go out
         outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
         upstream = reply.response
-        content = upstream.content
         frames = _frames(reply, wants_usage, outcome, shape.encoder)
         failure: ApiError | None = None
         complete = False
@@ -163,9 +162,9 @@ async def _relay_stream(
                 if failure is not None:
                     break
                 try:
-                    chunk = await content.readany()
+                    chunk = await upstream.readany()  # what came before a failure is read before it is raised
                 except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                    chunk = _salvage(content)
+                    chunk = b""
                     kind = "timeout" if isinstance(exc, TimeoutError) else "midstream_drop"
                     outcome.upstream_failures.append((outcome.provider, kind))
                     failure = ServiceUnavailable("The upstream connection was lost mid-stream.",
@@ -202,18 +201,6 @@ def _frames(reply: UpstreamReply, wants_usage: bool, outcome: CallOutcome,
         return Frames(reply, wants_usage, outcome)
     decoder = OpenAIDecoder() if wire is None else wire.decoder(reply.model.id)
     return TranslatingFrames(reply, decoder, encoder or ChatEncoder(wants_usage), outcome)
-
-
-def _salvage(content: aiohttp.StreamReader) -> bytes:
-    """What aiohttp had buffered when the upstream connection broke.
-
-    `readany` raises as soon as the payload error is set, even with data still buffered; the
-    events the upstream did send before the drop belong to the client.
-    """
-    try:
-        return content._read_nowait(-1)  # no public way to drain past a set exception
-    except Exception:
-        return b""
 
 
 async def unary(send: Awaitable[UpstreamReply], outcome: CallOutcome,

@@ -116,8 +116,9 @@ def _error_message(raw: bytes) -> str:
 
 
 def retry_after(headers: Mapping[str, str]) -> float:
-    """The upstream's `Retry-After` in seconds, delay or HTTP-date, between 1 s and a day (1 s when unusable)."""
-    value = headers.get("Retry-After")
+    """The upstream's `Retry-After` (`headers` by lower-case name) in seconds, delay or HTTP-date, between 1 s
+    and a day (1 s when unusable)."""
+    value = headers.get("retry-after")
     if value is None:
         return 1.0
     try:
@@ -138,13 +139,14 @@ def retry_after(headers: Mapping[str, str]) -> float:
 async def classify(response: UpstreamResponse, provider: Provider, deployment: Deployment, target: Model,
                    scrub: Scrubber) -> Failure:
     """Read a non-200 answer's error (64 KiB at most), release the connection, and say what kind of failure it is."""
+    status = response.status
+    headers = response.headers if status in OVERLOADED else {}  # read before the connection goes back to the pool
     try:
-        raw = await response.content.read(MAX_ERROR_BODY)
+        raw = await response.read(MAX_ERROR_BODY)
     except (TimeoutError, aiohttp.ClientError):
         raw = b""
     finally:
         response.release()
-    status = response.status
     message = scrub(_error_message(raw), deployment.model, target.id)
     is_missing = status == 404 or b"model_not_found" in raw
     log.warning("upstream %s answered %d", provider.name, status)
@@ -153,7 +155,7 @@ async def classify(response: UpstreamResponse, provider: Provider, deployment: D
     if status in (401, 403):
         return Failure("auth", status)
     if status in OVERLOADED:
-        return Failure("overloaded", status, retry_after(response.headers))
+        return Failure("overloaded", status, retry_after(headers))
     if status in RETRYABLE:
         return Failure("failed", status)
     return Failure("invalid", status, message=message)

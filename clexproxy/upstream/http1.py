@@ -1,13 +1,11 @@
-"""Keep-alive HTTP/1.1 connections to one provider origin, on aiohttp's client protocol.
+"""Keep-alive HTTP/1.1 connections to one provider origin (`Origin`) and the answers read from them.
 
 Why not `aiohttp.ClientSession`: per call it builds a ClientRequest and a ClientResponse,
 runs tracing hooks, the cookie jar, timeout contexts and header defaults, and looks the
 connection up through the connector — about half of a bare pass-through's CPU per request on
 the benchmark machine (the benchmarks' results). clexproxy needs none of it: it POSTs JSON to a
-handful of fixed URLs. This module keeps aiohttp's `ResponseHandler` (its C response parser,
-flow control and `StreamReader` payload, so a body is read exactly as a ClientResponse's
-`content` would be) and replaces only the per-call wrapping: the request head is prebuilt per
-URL, and a connection is taken from and returned to a LIFO list of idle ones.
+handful of fixed URLs. The request head is prebuilt per URL, a connection is taken from and
+returned to a LIFO list of idle ones, and its answers are read by `UpstreamConnection`.
 """
 
 from __future__ import annotations
@@ -20,64 +18,51 @@ import time
 from typing import Any
 
 from aiohttp.client_exceptions import ClientConnectionError, ClientOSError, ClientPayloadError, ServerDisconnectedError
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.streams import StreamReader
-from multidict import CIMultiDictProxy
 from yarl import URL
 
 from clexproxy.outbox import Outbox
+from clexproxy.upstream.connection import UpstreamConnection
 
-READ_BUFSIZE = 2**16
 DNS_TTL = 300.0
 # How long a connection whose answer is complete for the client may take to end its body before it is
 # dropped instead of pooled (an upstream that sends bytes after `[DONE]`, or never ends its chunked body).
 FINISH_TIMEOUT = 5.0
-_Idle = tuple[ResponseHandler, float]
-
-
-class UpstreamProtocol(ResponseHandler):
-    """aiohttp's client protocol with one read deadline per connection, moved forward by each read.
-
-    aiohttp cancels the read timer and makes a new one on every read from the socket (an answer of
-    50 SSE chunks can be dozens of reads). Here a read only moves the deadline; the one timer, when it
-    fires early, sleeps again until it. The timeout is the same: the longest silence allowed.
-    """
-
-    _deadline = 0.0
-
-    def _reschedule_timeout(self) -> None:
-        timeout = self._read_timeout
-        if not timeout:
-            self._drop_timeout()
-            return
-        self._deadline = self._loop.time() + timeout
-        if self._read_timeout_handle is None:
-            self._read_timeout_handle = self._loop.call_at(self._deadline, self._on_deadline)
-
-    def _on_deadline(self) -> None:
-        if self._loop.time() < self._deadline:  # a read came since the timer was set
-            self._read_timeout_handle = self._loop.call_at(self._deadline, self._on_deadline)
-            return
-        self._read_timeout_handle = None
-        self._on_read_timeout()
+_Idle = tuple[UpstreamConnection, float]
 
 
 class UpstreamResponse:
-    """The status, headers and body stream of one answer; `release()` or `close()` ends it."""
+    """The status of one answer and its body as it arrives; `release()` or `close()` ends it."""
 
-    __slots__ = ("_conn", "_origin", "content", "headers", "status")
+    __slots__ = ("_conn", "_origin", "status")
 
-    def __init__(self, origin: Origin, conn: ResponseHandler, status: int,
-                 headers: CIMultiDictProxy[str], content: StreamReader) -> None:
+    def __init__(self, origin: Origin, conn: UpstreamConnection, status: int) -> None:
         self._origin = origin
-        self._conn: ResponseHandler | None = conn
+        self._conn: UpstreamConnection | None = conn
         self.status = status
-        self.headers = headers
-        self.content = content
 
-    async def read(self) -> bytes:
-        """The whole body (the connection is released by the caller)."""
-        return await self.content.read()
+    @property
+    def headers(self) -> dict[str, str]:
+        """The answer's headers by lower-case name (built when asked for)."""
+        return self._conn.headers if self._conn is not None else {}
+
+    async def readany(self) -> bytes:
+        """The body bytes that came since the last read; b"" at the body's end.
+
+        Raises `ClientPayloadError` (the body broke off or broke HTTP's framing), `ServerTimeoutError`
+        (a `TimeoutError`: the provider fell silent), once the bytes that came before it are read.
+        """
+        if self._conn is None:
+            raise ClientConnectionError("the answer was already released")
+        return await self._conn.readany()
+
+    async def read(self, limit: int = -1) -> bytes:
+        """The whole body (or its first `limit` bytes); the connection is released by the caller."""
+        if self._conn is None:
+            raise ClientConnectionError("the answer was already released")
+        return await self._conn.read(limit)
+
+    def at_eof(self) -> bool:
+        return self._conn is None or self._conn.at_eof()
 
     def release(self) -> None:
         """Done reading: a fully read answer on a keep-alive connection returns it to the pool."""
@@ -98,7 +83,7 @@ class UpstreamResponse:
         is read and thrown away in the background, for at most `FINISH_TIMEOUT`, so the connection can
         be pooled again; the caller's response never waits for it and never fails because of it.
         """
-        if self.content.is_eof():
+        if self.at_eof():
             self.release()
         else:
             self._origin.finish_later(self)
@@ -145,7 +130,7 @@ class Origin:
         """Send `head` + `tail` (the per-call headers, each ending in CRLF) + Content-Length + `body`.
 
         Raises aiohttp's client errors (ClientConnectionError, ClientOSError, ServerDisconnectedError),
-        TimeoutError, or `HttpProcessingError` for an answer that is not HTTP.
+        TimeoutError, or `HttpProcessingError` for an answer that is not HTTP/1.1.
         """
         request = b"%s%sContent-Length: %d\r\n\r\n" % (head, tail, len(body))
         for attempt in (0, 1):
@@ -157,12 +142,9 @@ class Origin:
                 outbox = self._outbox
                 if outbox is None:
                     outbox = self._outbox = Outbox(asyncio.get_running_loop())
+                conn.begin()
                 outbox.write(transport, request + body)
-                conn.start_timeout()
-                while True:
-                    message, payload = await conn.read()
-                    if not 100 <= message.code < 200:
-                        break
+                status = await conn.head()
             except (ServerDisconnectedError, ClientOSError):
                 self.discard(conn)
                 if reused and attempt == 0:
@@ -171,11 +153,11 @@ class Origin:
             except BaseException:
                 self.discard(conn)
                 raise
-            return UpstreamResponse(self, conn, message.code, message.headers, payload)
+            return UpstreamResponse(self, conn, status)
         raise AssertionError("unreachable")
 
-    def release(self, conn: ResponseHandler) -> None:
-        if self._closed or conn.should_close or not conn.is_connected():
+    def release(self, conn: UpstreamConnection) -> None:
+        if self._closed or not conn.reusable:
             self.discard(conn)
             return
         now = time.monotonic()
@@ -183,7 +165,7 @@ class Origin:
         self._idle.append((conn, now))
         self._wake()
 
-    def discard(self, conn: ResponseHandler) -> None:
+    def discard(self, conn: UpstreamConnection) -> None:
         conn.close()
         self._open -= 1
         self._wake()
@@ -200,15 +182,14 @@ class Origin:
         self._finishing.pop(task, None)
 
     async def _finish(self, response: UpstreamResponse) -> None:
-        content = response.content
         try:
             async with asyncio.timeout(FINISH_TIMEOUT):
-                while not content.is_eof() and await content.readany():
+                while not response.at_eof() and await response.readany():
                     pass
         except (TimeoutError, ClientPayloadError, ClientConnectionError):
             pass
         finally:
-            if content.is_eof():
+            if response.at_eof():
                 response.release()
             else:
                 response.close()
@@ -235,14 +216,14 @@ class Origin:
 
     # connections ---------------------------------------------------------------------------------
 
-    async def _acquire(self) -> tuple[ResponseHandler, bool]:
+    async def _acquire(self) -> tuple[UpstreamConnection, bool]:
         idle = self._idle
         if idle:
             now = time.monotonic()
             self._expire(now)
             while idle:
                 conn, _ = idle.pop()
-                if conn.is_connected() and not conn.should_close:
+                if conn.reusable:
                     return conn, True
                 self.discard(conn)
         while self._open >= self._limit:
@@ -256,7 +237,7 @@ class Origin:
                 raise
             if idle:
                 conn, _ = idle.pop()
-                if conn.is_connected() and not conn.should_close:
+                if conn.reusable:
                     return conn, True
                 self.discard(conn)
         self._open += 1
@@ -280,7 +261,7 @@ class Origin:
                 waiter.set_result(None)
                 return
 
-    async def _connect(self) -> ResponseHandler:
+    async def _connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -288,14 +269,10 @@ class Origin:
                 for family, _, proto, _, address in await self._resolve(loop):
                     try:
                         _, conn = await loop.create_connection(
-                            lambda: UpstreamProtocol(loop), address[0], address[1], family=family, proto=proto,
-                            ssl=self._ssl, server_hostname=self._host if self._ssl else None,
+                            lambda: UpstreamConnection(loop, self._read_timeout), address[0], address[1],
+                            family=family, proto=proto, ssl=self._ssl,
+                            server_hostname=self._host if self._ssl else None,
                         )
-                        # Once per connection, not per request (as ClientSession does): the parameters never
-                        # change, and the response parser reads one answer after another on a kept-alive
-                        # connection; a connection whose answer was not read to its end is never reused.
-                        conn.set_response_params(auto_decompress=False, read_timeout=self._read_timeout,
-                                                 read_bufsize=READ_BUFSIZE)
                         return conn
                     except OSError as exc:
                         last = exc

@@ -26,7 +26,6 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import StreamReader
 from yarl import URL
 
 from clexproxy.catalog import Catalog, Deployment, Model, Provider
@@ -99,7 +98,7 @@ def _error_of(data: bytes) -> Any:
 
 
 async def _read_to_first_event(
-    content: StreamReader, parser: SSEParser, chunk: bytes, events: list[SSEEvent]
+    response: UpstreamResponse, parser: SSEParser, chunk: bytes, events: list[SSEEvent]
 ) -> tuple[bytes, list[SSEEvent]]:
     """Go on reading a stream whose first read (`chunk`, parsed into `events`) did not start with a data event.
 
@@ -114,7 +113,7 @@ async def _read_to_first_event(
     while chunk:
         if size > MAX_PREAMBLE:
             raise _NoAnswer("bad_answer", f"no SSE data event in its first {size} bytes")
-        chunk = await content.readany()
+        chunk = await response.readany()
         events = parser.feed(chunk)
         chunks.append(chunk)
         seen += events
@@ -265,16 +264,16 @@ class UpstreamPool:
                 try:
                     if call.stream:  # read up to the first data event; usually the first read starts with it
                         parser = SSEParser()
-                        received = await response.content.readany()
+                        received = await response.readany()
                         events = parser.feed(received)
                         if events and events[0].data is not None:
                             _check_first(events[0].data)
                         else:
-                            received, events = await _read_to_first_event(response.content, parser, received, events)
+                            received, events = await _read_to_first_event(response, parser, received, events)
                         if wire is not None:  # a refusal to answer (a safety block) raises an ApiError: no retry
                             wire.check_first(next(e.data for e in events if e.data is not None))
                     else:  # read here, inline: this is every JSON call's path
-                        received = await response.content.read()
+                        received = await response.read()
                         doc = orjson.loads(received)
                         if type(doc) is not dict or doc.get("error") is not None:
                             raise _NoAnswer("bad_answer", "a JSON body that is not an answer")

@@ -21,7 +21,7 @@ NO_EXTENSIONS = os.environ.get("CLEXPROXY_NO_EXTENSIONS", "") not in ("", "0")
 
 COMPILED = "c"
 PURE = "py"
-CONCEPTS = ("sse", "limits", "keys", "scan", "deltas")
+CONCEPTS = ("sse", "limits", "keys", "scan", "deltas", "h1")
 
 
 def module_name(concept: str, impl: str) -> str:
@@ -104,3 +104,13 @@ def deltas(impl: str) -> ModuleType:
 @pytest.fixture(scope="session")
 def deltas_other(other_impl: str) -> ModuleType:
     return load("deltas", other_impl)
+
+
+@pytest.fixture(scope="session")
+def h1(impl: str) -> ModuleType:
+    return load("h1", impl)
+
+
+@pytest.fixture(scope="session")
+def h1_other(other_impl: str) -> ModuleType:
+    return load("h1", other_impl)

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_EXTENSIONS = os.environ.get("CLEXPROXY_NO_EXTENSIONS", "") not in ("", "0")
-CONCEPTS = ("sse", "limits", "keys", "scan", "deltas")  # each one's fixture gives its module for `impl`
+CONCEPTS = ("sse", "limits", "keys", "scan", "deltas", "h1")  # each one's fixture gives its module for `impl`
 
 # Prints whether the package says it uses the extensions, and the module every public name of the selector comes from.
 PROBE = """

@@ -15,7 +15,7 @@ from aiohttp.client_exceptions import ClientConnectionError, ClientOSError, Clie
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
-from clexproxy.upstream.http1 import Origin
+from clexproxy.upstream.http1 import Origin, UpstreamResponse
 
 BODY = b'{"ok":true}'
 
@@ -31,6 +31,7 @@ class Server:
     requests: list[bytes] = field(default_factory=list)
     server: asyncio.Server | None = None
     hold: asyncio.Event = field(default_factory=asyncio.Event)
+    script: list[bytes] = field(default_factory=list)  # mode "script": each piece written apart, then a close
 
     @property
     def url(self) -> URL:
@@ -62,6 +63,12 @@ class Server:
                         writer.write(bytes([byte]))
                     await writer.drain()
                     continue
+                if self.mode == "script":
+                    for piece in self.script:
+                        writer.write(piece)
+                        await writer.drain()
+                        await asyncio.sleep(0.01)  # each piece its own read on the other side
+                    break
                 if self.mode == "garbage":
                     writer.write(b"NOT HTTP AT ALL\r\n\r\n")
                 elif self.mode == "truncated":
@@ -302,3 +309,111 @@ async def test_tls_certificate_is_verified(tmp_path: Path) -> None:
         await origin.close()
         server.close()
         await server.wait_closed()
+
+
+# --- answers as upstreams frame them ------------------------------------------------------------
+
+
+async def post(origin: Origin) -> UpstreamResponse:
+    return await origin.post(origin.request_head("/x", {}), b"", b"{}")
+
+
+async def test_a_chunked_answer_with_extensions_and_trailers_is_read_and_pooled(server: Server) -> None:
+    server.mode = "keepalive"
+    origin = origin_for(server.url)
+    assert await call(origin) == BODY
+    server.mode = "script"
+    server.script = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhel",
+                     b"lo\r\nA\r\n, world!!!\r\n0\r\nX-Trailer: 1\r\n\r\n"]
+    response = await post(origin)
+    assert await response.read() == b"hello, world!!!"
+    response.release()
+    assert origin.idle_connections == 1  # the answer ended where its framing said: the connection is reusable
+    await origin.close()
+
+
+async def test_a_body_that_runs_to_the_close_is_read_and_never_pooled(server: Server) -> None:
+    server.mode = "script"
+    server.script = [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"a\":", b"1}"]
+    origin = origin_for(server.url)
+    response = await post(origin)
+    assert await response.read() == b'{"a":1}'
+    response.release()
+    assert origin.open_connections == 0
+    await origin.close()
+
+
+async def test_bytes_past_the_answer_keep_the_connection_out_of_the_pool(server: Server) -> None:
+    server.mode = "script"
+    server.script = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n"]
+    origin = origin_for(server.url)
+    response = await post(origin)
+    assert await response.read() == b"ok"
+    response.release()
+    assert origin.open_connections == 0
+    await origin.close()
+
+
+async def test_an_interim_answer_is_skipped_and_headers_are_read_by_lower_case_name(server: Server) -> None:
+    server.mode = "script"
+    server.script = [b"HTTP/1.1 100 Continue\r\n\r\n",
+                     b"HTTP/1.1 503 Busy\r\nRetry-After:  7 \r\nContent-Length: 2\r\n\r\n{}"]
+    origin = origin_for(server.url)
+    response = await post(origin)
+    assert response.status == 503 and response.headers["retry-after"] == "7"
+    assert await response.read() == b"{}"
+    response.release()
+    await origin.close()
+
+
+async def test_what_came_before_a_broken_chunk_is_read_before_the_error(server: Server) -> None:
+    server.mode = "script"
+    server.script = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                     b"f\r\ndata: {\"a\":1}\n\n\r\nZZ\r\n"]  # the events, then a chunk size that is not one
+    origin = origin_for(server.url)
+    response = await post(origin)
+    assert await response.readany() == b'data: {"a":1}\n\n'
+    with pytest.raises(ClientPayloadError):
+        await response.readany()
+    response.close()
+    assert origin.open_connections == 0
+    await origin.close()
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",  # bare LF: never a head, cut by the close
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n folded\r\n\r\nok",  # obs-fold
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nok",  # CL and TE
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",  # two lengths
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",  # an upgrade nobody asked for
+])
+async def test_a_head_that_breaks_http_framing_is_a_processing_error(server: Server, head: bytes) -> None:
+    server.mode = "script"
+    server.script = [head]
+    origin = origin_for(server.url)
+    with pytest.raises(HttpProcessingError):
+        await post(origin)
+    assert origin.open_connections == 0
+    await origin.close()
+
+
+async def test_a_slow_reader_pauses_the_socket_and_the_silence_it_causes_is_not_a_timeout(server: Server) -> None:
+    """A client that reads slower than its provider writes pauses the upstream socket; while it is paused, the
+    provider is not silent, so the read timeout does not run."""
+    big = bytes(range(256)) * 4096  # 1 MiB
+    server.mode = "script"
+    server.script = [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big]
+    origin = origin_for(server.url, read_timeout=0.2)
+    response = await post(origin)
+    got = [await response.readany()]
+    for _ in range(200):  # bounded: until the body's bytes held unread have paused the socket
+        if response._conn is not None and response._conn._paused:
+            break
+        await asyncio.sleep(0.01)
+    assert response._conn is not None and response._conn._paused
+    await asyncio.sleep(0.5)  # longer than the read timeout, while paused
+    while chunk := await response.readany():
+        got.append(chunk)
+    assert b"".join(got) == big
+    response.close()
+    await origin.close()
