@@ -136,7 +136,11 @@ class UpstreamConnection(asyncio.Protocol):
         while not parser.status:
             if self._failure is not None:
                 raise self._failure
-            await self._wait()
+            waiter = self._waiter = self._loop.create_future()  # inline, not a helper: a frame less per waiting call
+            try:
+                await waiter
+            finally:
+                self._waiter = None
         return parser.status
 
     @property
@@ -151,7 +155,11 @@ class UpstreamConnection(asyncio.Protocol):
                 raise self._failure
             if not self._answering:
                 return b""
-            await self._wait()
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
@@ -196,13 +204,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(ServerDisconnectedError())
 
     # ---------------------------------------------------------------------------------------------
-
-    async def _wait(self) -> None:
-        waiter = self._waiter = self._loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -15,6 +15,7 @@ import collections
 import socket
 import ssl
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp.client_exceptions import ClientConnectionError, ClientOSError, ClientPayloadError, ServerDisconnectedError
@@ -45,15 +46,16 @@ class UpstreamResponse:
         """The answer's headers by lower-case name (built when asked for)."""
         return self._conn.headers if self._conn is not None else {}
 
-    async def readany(self) -> bytes:
-        """The body bytes that came since the last read; b"" at the body's end.
+    def readany(self) -> Coroutine[Any, Any, bytes]:
+        """The body bytes that came since the last read; b"" at the body's end (the connection's own
+        coroutine, not one wrapping it: a stream holds one frame less while it waits).
 
         Raises `ClientPayloadError` (the body broke off or broke HTTP's framing), `ServerTimeoutError`
         (a `TimeoutError`: the provider fell silent), once the bytes that came before it are read.
         """
         if self._conn is None:
             raise ClientConnectionError("the answer was already released")
-        return await self._conn.readany()
+        return self._conn.readany()
 
     async def read(self, limit: int = -1) -> bytes:
         """The whole body (or its first `limit` bytes); the connection is released by the caller."""
