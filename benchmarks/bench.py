@@ -393,6 +393,12 @@ def peer_targets(bench: Bench, peers: list[str], upstream: str) -> list[tuple[st
 
 
 NGINX_PROXY = "nginx proxy_pass"  # (c)'s floor for what a reverse proxy adds on one core
+LEAN_TARGET, LEAN_STRETCH = 1.7, 2.3  # (a) and (b) against the bare aiohttp floor: agentgateway's, Busbar's per core
+SLOW_STREAMS_RSS_MB = 200  # (e): 20 KB a stream
+# The public board "On the Bench" (GetBusbar/benchmarking, 2026 snapshot: 4 Graviton3 cores, an instant mock
+# upstream): requests/s on its 4 cores and p99 added at one connection (ms). Not measured here.
+PEERS_BOARD = (("LiteLLM (Rust core)", 42_560, 0.107), ("Busbar", 46_497, 0.116), ("agentgateway", 29_719, 0.186),
+               ("LiteLLM (Python proxy)", 588, 8.0))
 
 
 def scenario_latency(bench: Bench) -> list[Row]:
@@ -764,6 +770,7 @@ def report(results: dict[str, list[Row]], quick: bool, started: float) -> str:
                       f"{r['elapsed_s']} |"]
         lines.append("")
     lines += targets_section(results)
+    lines += peers_section(results)
     micro = BENCH / "micro_fastpath.py"
     if micro.exists():
         done = subprocess.run([PY, str(micro), "--markdown", *(["--quick"] if quick else [])],
@@ -772,6 +779,28 @@ def report(results: dict[str, list[Row]], quick: bool, started: float) -> str:
             lines += ["## `fastpath` compiled vs its pure-Python twins", "", done.stdout.strip(), ""]
     text = "\n".join(lines) + "\n"
     return text
+
+
+def peers_section(results: dict[str, list[Row]]) -> list[str]:
+    """The board's peers per core beside this run's rows on one core: the machines differ, so the honest
+    comparison is each one's ratio to a floor measured beside it (the targets), and this table is context."""
+    rows = {r["target"]: r for r in results.get("a", [])}
+    latency = {r["target"]: r for r in results.get("c", [])}
+    if "clexproxy" not in rows:
+        return []
+    lines = ["## Peers per core", "",
+             "The board's figures are its own (4 Graviton3 cores, divided by 4 here); ours are (a) and (c) above, "
+             "on one core of this machine.", "",
+             "| gateway | requests/s per core | p99 added at one connection, ms | where |", "|---|---|---|---|"]
+    for name, total, p99 in PEERS_BOARD:
+        lines.append(f"| {name} | {total / 4:,.0f} | {p99:.3f} | the board |")
+    for target in ("clexproxy", NGINX_PROXY, "baseline"):
+        if target in rows or target in latency:
+            r, c = rows.get(target, {}), latency.get(target, {})
+            per_core = fmt(r["rps"], 0) if "rps" in r else "-"
+            added = f"{c['added_p99_ms']:.3f}" if "added_p99_ms" in c else "-"
+            lines.append(f"| {target} | {per_core} | {added} | this run |")
+    return [*lines, ""]
 
 
 def _versus_a(value: float, a: float | None, ratio: bool = False) -> str:
@@ -790,8 +819,10 @@ def targets_section(results: dict[str, list[Row]]) -> list[str]:
     for name in ("a", "b"):
         clex, base = rps(name, "clexproxy"), rps(name, "baseline")
         if clex and base:
-            lines.append(f"- ({name}) clexproxy ≥ 0.9 x baseline: {clex / base:.2f} x — "
-                         f"{'met' if clex >= 0.9 * base else 'not met'}")
+            x = clex / base
+            lines.append(f"- ({name}) clexproxy ≥ {LEAN_TARGET} x the bare aiohttp floor (stretch {LEAN_STRETCH} x): "
+                         f"{x:.2f} x — {'met' if x >= LEAN_TARGET else 'not met'}"
+                         + (", stretch met" if x >= LEAN_STRETCH else ""))
     if "c" in results:
         rows = {r["target"]: r for r in results["c"]}
         added, floor = rows["clexproxy"]["added_p50_ms"], rows["baseline"]["added_p50_ms"]
@@ -807,9 +838,9 @@ def targets_section(results: dict[str, list[Row]]) -> list[str]:
                      f"in turns — {'met' if d >= 0.95 * one else 'not met'}" + _versus_a(d, rps("a", "clexproxy")))
     if "e" in results:
         r = results["e"][0]
-        ok = r["completed"] == r["streams"] and r["rss_peak_mb"] <= 400
-        lines.append(f"- (e) every stream completes, RSS ≤ 400 MB: {r['completed']:,}/{r['streams']:,}, "
-                     f"{r['rss_peak_mb']:.0f} MB — {'met' if ok else 'not met'}")
+        ok = r["completed"] == r["streams"] and r["rss_peak_mb"] <= SLOW_STREAMS_RSS_MB
+        lines.append(f"- (e) every stream completes, RSS ≤ {SLOW_STREAMS_RSS_MB} MB: "
+                     f"{r['completed']:,}/{r['streams']:,}, {r['rss_peak_mb']:.0f} MB — {'met' if ok else 'not met'}")
     if "f" in results:
         f, one = results["f"][0]["rps"], rps("f", ONE_KEY) or 1.0
         lines.append(f"- (f) requests/s ≥ 3 x (a): {f / one:.2f} x one key on the same gateway, in turns — "

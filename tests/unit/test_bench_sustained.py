@@ -143,3 +143,18 @@ def test_the_p99_target_of_c_is_judged_against_nginx_proxy_pass() -> None:
         "- (c) p99 added ≤ nginx proxy_pass's + 0.1 ms: 0.350 ms vs 0.250 ms — met"]
     rows[3]["added_p99_ms"] = 0.351
     assert next(line for line in bench.targets_section({"c": rows}) if "p99" in line).endswith("— not met")
+
+
+def test_the_lean_path_targets_and_the_peers_table_read_a_run() -> None:
+    """(a) and (b) are judged against issue 14's 1.7 x (and its stretch), and the board's peers sit beside our rows."""
+    bench = load("bench")
+    rows = [{"target": "baseline", "rps": 2_000.0}, {"target": "clexproxy", "rps": 4_700.0}]
+    latency = [{"target": "clexproxy", "added_p50_ms": 0.3, "added_p99_ms": 0.6},
+               {"target": "baseline", "added_p50_ms": 0.4, "added_p99_ms": 1.5}]
+    lines = bench.targets_section({"a": rows, "b": [rows[0], {"target": "clexproxy", "rps": 3_000.0}]})
+    assert lines[2] == "- (a) clexproxy ≥ 1.7 x the bare aiohttp floor (stretch 2.3 x): 2.35 x — met, stretch met"
+    assert lines[3] == "- (b) clexproxy ≥ 1.7 x the bare aiohttp floor (stretch 2.3 x): 1.50 x — not met"
+    table = bench.peers_section({"a": rows, "c": latency})
+    assert "| Busbar | 11,624 | 0.116 | the board |" in table
+    assert "| clexproxy | 4,700 | 0.600 | this run |" in table
+    assert bench.peers_section({"c": latency}) == []  # no (a) in the run: no table
