@@ -1,9 +1,9 @@
 """One kept-alive HTTP/1.1 connection to a provider: its socket, its answer parser and the one call reading it.
 
 Why not aiohttp's client protocol: on every answer it made a message tuple, a `CIMultiDict` of
-the headers, a `StreamReader` (two deques, a wake-up future per read), a `DataQueue`, and it
-cancelled and remade a timer on every read from the socket, which together were a quarter of an
-admitted call's time and four deques of every open stream's memory. `UpstreamConnection` feeds the
+the headers, a `StreamReader` (a deque, a wake-up future per read) and a `DataQueue` (another
+deque), and it cancelled and remade a timer on every read from the socket: together a quarter
+of an admitted call's time, and two deques of every open stream's memory. `UpstreamConnection` feeds the
 socket's bytes to `ResponseParser` (strict HTTP/1.1 framing, compiled) and keeps only what a call
 reads: the status, the body bytes not yet read, and the failure to raise once those are read.
 
