@@ -7,7 +7,8 @@ what the one path (`handlers.proxy.handle`) reads of a request, straight from ai
 the headers (the parser's own `CIMultiDictProxy`), the body's stream (the parser's `StreamReader`,
 so every framing aiohttp accepts, chunked or compressed, arrives as before), the app, the peer, and
 a dict for per-call marks (the request id, the shutdown's `CUT`). Answers leave through `send`:
-the server's `Outbox`, and the socket's flow control for a stream.
+the server's `Outbox`, and the socket's flow control for a stream. Once a stream's upstream has
+answered, the head is let go (`forget_head`): a stream may be open for minutes.
 
 The console's signed-in API Explorer (`/api/chat` without a key) reads cookies and the origin the
 way the console's pages do: for that one branch `web_request` builds aiohttp's `Request`.
@@ -25,7 +26,7 @@ from aiohttp.http import HttpVersion
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import StreamReader
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from clexproxy.answer_wire import SSEAnswer, json_answer
 from clexproxy.outbox import Outbox
@@ -33,16 +34,22 @@ from clexproxy.outbox import Outbox
 if TYPE_CHECKING:
     from aiohttp.web_protocol import RequestHandler
 
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
 
 class ProxiedRequest:
     """One call to a proxied endpoint, read by its connection; see the module's docstring."""
 
-    __slots__ = ("_marks", "_outbox", "_protocol", "app", "content", "headers", "message", "output_size", "path")
+    __slots__ = ("_marks", "_message", "_outbox", "_protocol", "app", "content", "headers", "keep_alive", "method",
+                 "output_size", "path", "version")
 
     def __init__(self, message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
                  app: web.Application, path: str, outbox: Outbox) -> None:
-        self.message = message
+        self._message: RawRequestMessage | None = message
         self.headers: CIMultiDictProxy[str] = message.headers
+        self.method: str = message.method
+        self.version: HttpVersion = message.version
+        self.keep_alive: bool = not message.should_close
         self.content = payload
         self.app = app
         self.path = path  # the endpoint's path, as the routes name it (no query)
@@ -52,18 +59,6 @@ class ProxiedRequest:
         self._marks: dict[Any, Any] = {}
 
     # what the path reads -------------------------------------------------------------------------
-
-    @property
-    def method(self) -> str:
-        return self.message.method
-
-    @property
-    def version(self) -> HttpVersion:
-        return self.message.version
-
-    @property
-    def keep_alive(self) -> bool:
-        return not self.message.should_close
 
     @property
     def content_length(self) -> int | None:
@@ -87,6 +82,15 @@ class ProxiedRequest:
     def __setitem__(self, key: Any, value: Any) -> None:
         self._marks[key] = value
 
+    def forget_head(self) -> None:
+        """The call will not read its request's head again (its upstream has answered): let the parse of it go.
+
+        A stream can last minutes; the message aiohttp's parser made of the head (its headers twice
+        over, as a `CIMultiDict` and as raw pairs, and its URL) was about a sixth of an open stream's memory.
+        """
+        self._message = None
+        self.headers = _NO_HEADERS
+
     def _cancel(self, exc: BaseException) -> None:
         """The connection was lost: a read of the body fails with `exc` (as aiohttp's `Request._cancel`)."""
         set_exception(self.content, exc)
@@ -100,7 +104,9 @@ class ProxiedRequest:
         writer = StreamWriter(protocol, protocol._loop)
         task = asyncio.current_task()
         assert task is not None
-        request = self.app._make_request(self.message, self.content, protocol, writer, task)
+        if self._message is None:
+            raise RuntimeError("the request's head was already let go")
+        request = self.app._make_request(self._message, self.content, protocol, writer, task)
         match_info = await self.app.router.resolve(request)
         match_info.add_app(self.app)
         match_info.freeze()
@@ -111,7 +117,7 @@ class ProxiedRequest:
 
     def json_answer(self, body: bytes, headers: dict[str, str]) -> bytes:
         """A whole 200 JSON answer with `headers`, as bytes for the connection to send."""
-        return json_answer(self.message.version, self.keep_alive, headers, body)
+        return json_answer(self.version, self.keep_alive, headers, body)
 
     def sse_answer(self, headers: dict[str, str]) -> SSEAnswer:
         """A 200 event stream with `headers` (which may still change until its first write)."""

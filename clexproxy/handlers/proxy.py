@@ -265,6 +265,7 @@ async def handle(
         if call.stream:
 
             def served() -> Mapping[str, str]:  # once the upstream answered, before the headers leave
+                request.forget_head()  # nothing reads it again, and a stream may last minutes
                 return _charge_served(gateway, admission, call) if call.fallback else _NO_HEADERS
 
             gateway.metrics.stream_opened()

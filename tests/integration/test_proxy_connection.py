@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 import orjson
 import pytest
+from aiohttp.http_parser import RawRequestMessage
 
 from .conftest import RunningGateway
 from .test_hardening_http import BODY, CHEAP, Answer, assert_spec_error, connect, read_answer, request
@@ -142,3 +144,19 @@ async def test_a_chunked_body_is_read_as_aiohttp_reads_it(gw: RunningGateway, ke
             "Transfer-Encoding: chunked\r\n\r\n").encode()
     [answer] = await exchange(gw, head + chunked)
     assert_chat_answer(answer)
+
+
+async def test_an_open_stream_lets_go_of_the_parse_of_its_request_head(gw: RunningGateway, key: str) -> None:
+    """A stream can last minutes: once its upstream has answered, aiohttp's message of its head is not held."""
+    probe = "/v1/chat/completions?probe=head"  # a target no other call of the suite uses
+    async with opened(gw) as (reader, writer):
+        writer.write(request(key, line=f"POST {probe} HTTP/1.1", body=STREAM_BODY, extra="x-demo-delay-ms: 200\r\n"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)  # the upstream has answered
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        gc.collect()
+        held = [m for m in gc.get_objects() if isinstance(m, RawRequestMessage) and m.path == probe]
+        assert held == []
+        rest = b""
+        while not rest.endswith(b"0\r\n\r\n"):  # the stream still runs to its end
+            rest += await asyncio.wait_for(reader.read(65536), 10)
+        assert b"data: [DONE]" in rest
