@@ -95,17 +95,29 @@ class ResponseParser:
         try:
             while pos < len(buf):
                 state = self._state
-                if state == _HEAD:
+                if state == _HEAD or state == _TRAILERS:  # a block of lines that ends in a blank one
+                    if state == _TRAILERS and not self._scan:
+                        if len(buf) - pos < 2:
+                            break
+                        if buf[pos : pos + 2] == _CRLF:  # no trailers
+                            pos += 2
+                            self._finish()
+                            continue
+                    too_large = f"the answer's {'head is' if state == _HEAD else 'trailers are'} too large"
                     end = buf.find(_END_OF_HEAD, pos + self._scan)
                     if end < 0:
                         if len(buf) - pos >= MAX_HEAD:
-                            raise ResponseError("the answer's head is too large")
+                            raise ResponseError(too_large)
                         self._scan = max(0, len(buf) - pos - 3)
                         break
                     if end + 4 - pos > MAX_HEAD:
-                        raise ResponseError("the answer's head is too large")
+                        raise ResponseError(too_large)
                     self._scan = 0
-                    self._on_head(bytes(buf[pos:end]))
+                    if state == _HEAD:
+                        self._on_head(bytes(buf[pos:end]))
+                    else:
+                        _check_trailers(bytes(buf[pos:end]).split(_CRLF))
+                        self._finish()
                     pos = end + 4
                 elif state == _LENGTH:
                     take = min(self._left, len(buf) - pos)
@@ -146,26 +158,6 @@ class ResponseParser:
                         raise ResponseError("a chunk's data is not followed by CRLF")
                     pos += 2
                     self._state = _CHUNK_SIZE
-                elif state == _TRAILERS:
-                    if not self._scan:
-                        if len(buf) - pos < 2:
-                            break
-                        if buf[pos : pos + 2] == _CRLF:
-                            pos += 2
-                            self._finish()
-                            continue
-                    end = buf.find(_END_OF_HEAD, pos + self._scan)
-                    if end < 0:
-                        if len(buf) - pos >= MAX_HEAD:
-                            raise ResponseError("the answer's trailers are too large")
-                        self._scan = max(0, len(buf) - pos - 3)
-                        break
-                    if end + 4 - pos > MAX_HEAD:
-                        raise ResponseError("the answer's trailers are too large")
-                    self._scan = 0
-                    _check_trailers(bytes(buf[pos:end]).split(_CRLF))
-                    pos = end + 4
-                    self._finish()
                 elif state == _UNTIL_CLOSE:
                     body.append(bytes(buf[pos:]))
                     pos = len(buf)
