@@ -40,8 +40,8 @@ _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 class ProxiedRequest:
     """One call to a proxied endpoint, read by its connection; see the module's docstring."""
 
-    __slots__ = ("_marks", "_message", "_outbox", "_protocol", "app", "content", "headers", "keep_alive", "method",
-                 "output_size", "path", "version")
+    __slots__ = ("_marks", "_message", "_outbox", "_protocol", "app", "chunked", "content", "headers", "keep_alive",
+                 "method", "output_size", "path", "version")
 
     def __init__(self, message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
                  app: web.Application, path: str, outbox: Outbox) -> None:
@@ -50,6 +50,7 @@ class ProxiedRequest:
         self.method: str = message.method
         self.version: HttpVersion = message.version
         self.keep_alive: bool = not message.should_close
+        self.chunked: bool = message.chunked
         self.content = payload
         self.app = app
         self.path = path  # the endpoint's path, as the routes name it (no query)

@@ -114,18 +114,6 @@ cdef Py_ssize_t _find_blank_line(const unsigned char* buf, Py_ssize_t start, Py_
         i += 2
 
 
-cdef Py_ssize_t _count_lines(const unsigned char* buf, Py_ssize_t start, Py_ssize_t end):
-    """How many CRLF-separated lines buf[start:end] holds (the twin's `len(split(CRLF))`)."""
-    cdef Py_ssize_t count = 1
-    cdef Py_ssize_t i = start
-    while True:
-        i = _find_crlf(buf, i, end)
-        if i < 0:
-            return count
-        count += 1
-        i += 2
-
-
 cdef int _field(const unsigned char* buf, Py_ssize_t start, Py_ssize_t end,
                 Py_ssize_t* colon, Py_ssize_t* vstart, Py_ssize_t* vend) except -1:
     """Check one header line buf[start:end]; set where its name ends and where its stripped value lies."""
@@ -152,9 +140,11 @@ cdef int _field(const unsigned char* buf, Py_ssize_t start, Py_ssize_t end,
 
 cdef int _check_trailers(const unsigned char* buf, Py_ssize_t start, Py_ssize_t end) except -1:
     cdef Py_ssize_t line_end, colon, vstart, vend
-    if _count_lines(buf, start, end) > _HEADERS_LIMIT:
-        raise ResponseError("the answer has too many header lines")
+    cdef Py_ssize_t count = 0
     while True:
+        count += 1
+        if count > _HEADERS_LIMIT:
+            raise ResponseError("the answer has too many header lines")
         line_end = _find_crlf(buf, start, end)
         if line_end < 0:
             line_end = end
@@ -393,6 +383,7 @@ cdef class ResponseParser:
         cdef Py_ssize_t head_start = start
         cdef Py_ssize_t line_end = _find_crlf(buf, start, end)
         cdef Py_ssize_t i, colon, vstart, vend, k
+        cdef Py_ssize_t count
         cdef int status
         cdef long long length = -1
         cdef long long value
@@ -413,9 +404,11 @@ cdef class ResponseParser:
                 raise ResponseError("the answer does not start with an HTTP/1.x status line")
         status = (buf[start + 9] - 48) * 100 + (buf[start + 10] - 48) * 10 + (buf[start + 11] - 48)
         close = buf[start + 7] == 48
-        if _count_lines(buf, start, end) - 1 > _HEADERS_LIMIT:
-            raise ResponseError("the answer has too many header lines")
+        count = 0
         while line_end < end:
+            count += 1
+            if count > _HEADERS_LIMIT:
+                raise ResponseError("the answer has too many header lines")
             start = line_end + 2
             line_end = _find_crlf(buf, start, end)
             if line_end < 0:
@@ -458,16 +451,15 @@ cdef class ResponseParser:
             return 0  # an interim answer (100 Continue, 103 Early Hints): the final head follows
         self._head = PyBytes_FromStringAndSize(<const char*>buf + head_start, end - head_start)
         self.status = status
+        self.keep_alive = not close
         if status == 204 or status == 304 or length == 0:
-            self.keep_alive = not close
             self._finish()
         elif chunked:
-            self.keep_alive = not close
             self._state = S_CHUNK_SIZE
         elif length > 0:
-            self.keep_alive = not close
             self._left = length
             self._state = S_LENGTH
         else:
+            self.keep_alive = False
             self._state = S_UNTIL_CLOSE
         return 0

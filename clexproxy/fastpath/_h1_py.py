@@ -191,9 +191,9 @@ class ResponseParser:
         length = -1
         chunked = False
         close = status_line.group(1) == b"0"
-        if len(lines) - 1 > MAX_HEADERS:
-            raise ResponseError("the answer has too many header lines")
-        for line in lines[1:]:
+        for count, line in enumerate(lines[1:], 1):
+            if count > MAX_HEADERS:
+                raise ResponseError("the answer has too many header lines")
             name, value = _field(line)
             if len(name) == 14 and name.lower() == b"content-length":
                 if _DIGITS.fullmatch(value) is None:
@@ -216,24 +216,23 @@ class ResponseParser:
             return  # an interim answer (100 Continue, 103 Early Hints): the final head follows
         self._head = head
         self.status = status
+        self.keep_alive = not close
         if status in (204, 304) or length == 0:
-            self.keep_alive = not close
             self._finish()
         elif chunked:
-            self.keep_alive = not close
             self._state = _CHUNK_SIZE
         elif length > 0:
-            self.keep_alive = not close
             self._left = length
             self._state = _LENGTH
         else:
+            self.keep_alive = False
             self._state = _UNTIL_CLOSE  # the body is what comes until the connection closes
 
 
 def _check_trailers(lines: list[bytes]) -> None:
-    if len(lines) > MAX_HEADERS:
-        raise ResponseError("the answer has too many header lines")
-    for line in lines:
+    for count, line in enumerate(lines, 1):
+        if count > MAX_HEADERS:
+            raise ResponseError("the answer has too many header lines")
         _field(line)
 
 

@@ -92,10 +92,10 @@ class ProxyConnection(ScreeningRequestHandler):
             request: BaseRequest | None = None
             try:
                 if route is not None:
-                    head = cast(RawRequestMessage, message)
-                    call, chunked = ProxiedRequest(head, payload, self, self._app, route[0], self._outbox), head.chunked
-                    del message, head  # the call holds the parsed head, and lets it go once its upstream has answered
-                    keep_alive = await self._serve(call, payload, route[1], chunked)
+                    call = ProxiedRequest(cast(RawRequestMessage, message), payload, self, self._app, route[0],
+                                          self._outbox)
+                    del message  # the call holds the parsed head, and lets it go once its upstream has answered
+                    keep_alive = await self._serve(call, payload, route[1])
                 else:
                     # aiohttp's path writes to the socket itself (at once, with an eager task): the answers
                     # still in the outbox, this connection's included, leave first.
@@ -173,14 +173,13 @@ class ProxyConnection(ScreeningRequestHandler):
                 self._outbox.flush()  # the last answer may wait in it: it leaves before the close
                 self.transport.close()
 
-    async def _serve(self, request: ProxiedRequest, payload: StreamReader, handler: ProxiedHandler,
-                     chunked: bool) -> bool:
+    async def _serve(self, request: ProxiedRequest, payload: StreamReader, handler: ProxiedHandler) -> bool:
         """Serve one proxied call and write its answer; whether the connection may carry another request."""
         self._request_in_progress = True
         try:
             self._current_request = request  # type: ignore[assignment]  # the time limits read its body
             try:
-                coding = transfer_coding_refusal(request.headers) if chunked else None
+                coding = transfer_coding_refusal(request.headers) if request.chunked else None
                 refusal = None if coding is None else self._refusal_answer(cast(BaseRequest, request), coding)
                 if refusal is None and request.version == HttpVersion11 and hdrs.EXPECT in request.headers:
                     refusal = await self._expect(request)

@@ -120,7 +120,7 @@ class UpstreamConnection(asyncio.Protocol):
     def begin(self) -> None:
         """A request is about to be written: its answer is due from now on."""
         self._parser.begin()
-        self._chunks = []
+        self._chunks.clear()
         self._buffered = 0
         self._failure = None
         self._got_bytes = False
@@ -162,7 +162,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._waiter = None
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
+        chunks.clear()
         self._buffered = 0
         if self._paused:
             self._paused = False
