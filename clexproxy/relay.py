@@ -69,10 +69,82 @@ async def stream(
     stream from an OpenAI provider is relayed as bytes (`Frames`), any other through chat chunks
     (`TranslatingFrames`).
     """
-    shape = _Shape(encoder, render)
+    # How a failure is told: the client protocol's JSON error before the stream, its error event after.
+    event: Callable[[ApiError], bytes] = error_event if encoder is None else encoder.error
     try:
-        return await _relay_stream(request, response, send, wants_usage, keepalives, outcome, on_error,
-                                   answer_headers, shape)
+        started = time.monotonic()
+        keep = keepalives.watch(request, response)
+        try:
+            try:
+                reply = await send  # returns once the upstream's first answer event is in
+            except ApiError as error:
+                await keep.stop()
+                error_headers = on_error(error)
+                if response.prepared:
+                    await response.write_eof(event(error))
+                    return response
+                return render(error, error_headers)
+            await keep.stop()  # the upstream has spoken: from here on, only its bytes go out
+            outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
+            upstream = reply.response
+            frames = _frames(reply, wants_usage, outcome, encoder)
+            failure: ApiError | None = None
+            complete = False
+            try:
+                if answer_headers is not None:
+                    extra = answer_headers()
+                    if not response.prepared:
+                        response.headers.update(extra)
+                out = frames.first(reply.received, reply.events or [])
+                reply.received, reply.events = b"", None  # a long stream need not hold its first chunk twice
+                if not response.prepared:
+                    await response.prepare(request)
+                while True:
+                    if frames.finished:
+                        # `[DONE]`: the answer is whole. Its last bytes and the end of the response go out
+                        # in one write; the upstream's own end is not waited for.
+                        await response.write_eof(out)
+                        complete = True
+                        if outcome.first_token_at is None and outcome.answer_started:
+                            outcome.first_token_at = time.monotonic()
+                        return response
+                    if out:
+                        await response.write(out)
+                        if outcome.first_token_at is None and outcome.answer_started:
+                            outcome.first_token_at = time.monotonic()
+                    failure = frames.failure or failure
+                    if failure is not None:
+                        break
+                    try:
+                        chunk = await upstream.readany()  # what came before a failure is read before it is raised
+                    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                        chunk = b""
+                        kind = "timeout" if isinstance(exc, TimeoutError) else "midstream_drop"
+                        outcome.upstream_failures.append((outcome.provider, kind))
+                        failure = ServiceUnavailable("The upstream connection was lost mid-stream.",
+                                                     error_type="upstream_error")
+                    if not chunk:
+                        out = frames.closed()  # a stream whose end of body is its end (Gemini's) is whole here
+                        if frames.finished or frames.failure is not None:
+                            continue
+                        if failure is None:
+                            outcome.upstream_failures.append((outcome.provider, "midstream_drop"))
+                            failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
+                                                         error_type="upstream_error")
+                        break
+                    out = frames.feed(chunk)
+            finally:
+                outcome.upstream_seconds = time.monotonic() - started
+                if complete:
+                    upstream.finish()
+                else:
+                    upstream.close()
+                    frames.cut()
+        finally:
+            keep.cancel()
+        on_error(failure)
+        await response.write_eof(event(failure))
+        return response
     except ConnectionResetError:
         # The client left while we wrote to it (before its disconnect cancelled us): nothing more to send.
         outcome.disconnected = True
@@ -80,116 +152,20 @@ async def stream(
     except asyncio.CancelledError:
         if not cut_by_shutdown(request):
             raise  # the client left: its connection's loop was cancelled, and the call with it
-        return await _cut(response, outcome, on_error, shape)
+        return await _cut(response, outcome, on_error, render, event)
 
 
-class _Shape:
-    """How this stream's client is told of a failure: its JSON error before the stream, its error event after."""
-
-    __slots__ = ("encoder", "event", "render")
-
-    def __init__(self, encoder: StreamEncoder | None, render: ErrorRenderer) -> None:
-        self.encoder = encoder
-        self.event: Callable[[ApiError], bytes] = error_event if encoder is None else encoder.error
-        self.render = render
-
-
-async def _cut(response: S, outcome: CallOutcome, on_error: Any, shape: _Shape) -> S | web.Response:
+async def _cut(response: S, outcome: CallOutcome, on_error: Any, render: ErrorRenderer,
+               event: Callable[[ApiError], bytes]) -> S | web.Response:
     """The gateway is shutting down and the stream outlived the grace (`cut_by_shutdown`): SPEC's 503, as an event
     once the stream has started, then `[DONE]` and the end of the response."""
     error = shutdown_error()
     error_headers = on_error(error)
     outcome.error_code = SHUTDOWN  # the access line: cut by the gateway, not left by the client
     if not response.prepared:
-        return shape.render(error, error_headers)
+        return render(error, error_headers)
     with contextlib.suppress(ConnectionResetError):
-        await response.write_eof(shape.event(error))
-    return response
-
-
-async def _relay_stream(
-    request: Marked,
-    response: S,
-    send: Awaitable[UpstreamReply],
-    wants_usage: bool,
-    keepalives: KeepAlives,
-    outcome: CallOutcome,
-    on_error: Any,
-    answer_headers: Callable[[], Mapping[str, str]] | None,
-    shape: _Shape,
-) -> S | web.Response:
-    started = time.monotonic()
-    keep = keepalives.watch(request, response)
-    try:
-        try:
-            reply = await send  # returns once the upstream's first answer event is in
-        except ApiError as error:
-            await keep.stop()
-            error_headers = on_error(error)
-            if response.prepared:
-                await response.write_eof(shape.event(error))
-                return response
-            return shape.render(error, error_headers)
-        await keep.stop()  # the upstream has spoken: from here on, only its bytes go out
-        outcome.provider, outcome.served_model = reply.provider.name, reply.model.id
-        upstream = reply.response
-        frames = _frames(reply, wants_usage, outcome, shape.encoder)
-        failure: ApiError | None = None
-        complete = False
-        try:
-            if answer_headers is not None:
-                extra = answer_headers()
-                if not response.prepared:
-                    response.headers.update(extra)
-            out = frames.first(reply.received, reply.events or [])
-            reply.received, reply.events = b"", None  # a long stream need not hold its first chunk twice
-            if not response.prepared:
-                await response.prepare(request)
-            while True:
-                if frames.finished:
-                    # `[DONE]`: the answer is whole. Its last bytes and the end of the response go out
-                    # in one write; the upstream's own end is not waited for.
-                    await response.write_eof(out)
-                    complete = True
-                    if outcome.first_token_at is None and outcome.answer_started:
-                        outcome.first_token_at = time.monotonic()
-                    return response
-                if out:
-                    await response.write(out)
-                    if outcome.first_token_at is None and outcome.answer_started:
-                        outcome.first_token_at = time.monotonic()
-                failure = frames.failure or failure
-                if failure is not None:
-                    break
-                try:
-                    chunk = await upstream.readany()  # what came before a failure is read before it is raised
-                except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                    chunk = b""
-                    kind = "timeout" if isinstance(exc, TimeoutError) else "midstream_drop"
-                    outcome.upstream_failures.append((outcome.provider, kind))
-                    failure = ServiceUnavailable("The upstream connection was lost mid-stream.",
-                                                 error_type="upstream_error")
-                if not chunk:
-                    out = frames.closed()  # a stream whose end of body is its end (Gemini's) is whole here
-                    if frames.finished or frames.failure is not None:
-                        continue
-                    if failure is None:
-                        outcome.upstream_failures.append((outcome.provider, "midstream_drop"))
-                        failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
-                                                     error_type="upstream_error")
-                    break
-                out = frames.feed(chunk)
-        finally:
-            outcome.upstream_seconds = time.monotonic() - started
-            if complete:
-                upstream.finish()
-            else:
-                upstream.close()
-                frames.cut()
-    finally:
-        keep.cancel()
-    on_error(failure)
-    await response.write_eof(shape.event(failure))
+        await response.write_eof(event(error))
     return response
 
 

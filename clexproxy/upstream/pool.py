@@ -239,7 +239,9 @@ class UpstreamPool:
                     payload = orjson.dumps(body)
                 else:
                     payload = wire.payload(body, deployment.model)
-                payloads[payload_key] = payload
+                # A copy its own length (formatting sizes it exactly): orjson's buffer is 4 KiB, and a waiting
+                # call holds its payload.
+                payload = payloads[payload_key] = b"%b" % (payload,)
             path = endpoint if wire is None else wire.path(endpoint, deployment.model, call.stream)
             origin, head = self._target(provider, path)
             tail = b"X-Request-Id: %s\r\n" % call.request_id.encode()
