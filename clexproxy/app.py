@@ -32,7 +32,7 @@ from clexproxy.handlers import admin, health, key, models
 from clexproxy.handlers.common import ADMIN_TOKEN, CATALOG, GATEWAY, PROXIED_HANDLERS, request_id
 from clexproxy.handlers.ingress import PROXIED_PATHS
 from clexproxy.handlers.protocol_endpoints import make_count_tokens, stored_response
-from clexproxy.handlers.proxy import make_handler
+from clexproxy.handlers.proxy import ProxiedEndpoint
 from clexproxy.handlers.usage import api_usage
 from clexproxy.observability.accesslog import text_value
 from clexproxy.store import open_store
@@ -223,7 +223,7 @@ def build_app(settings: Settings, clock: Clock | None = None, access_stream: Bin
     policy = CorsPolicy(settings.cors.allow_origins)
     cors = policy if policy.enabled else None
     handlers = {
-        ingress.api: make_handler(ingress, settings.server.max_body_bytes, settings.sse.json_user_agents, policy)
+        ingress.api: ProxiedEndpoint(ingress, settings.server.max_body_bytes, settings.sse.json_user_agents, policy)
         for ingress in PROXIED_PATHS.values()
     }
     app[PROXIED_HANDLERS] = {path: handlers[ingress.api] for path, ingress in PROXIED_PATHS.items()}

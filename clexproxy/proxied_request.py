@@ -17,8 +17,8 @@ way the console's pages do: for that one branch `web_request` builds aiohttp's `
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from aiohttp.helpers import set_exception
@@ -137,4 +137,13 @@ class ProxiedRequest:
 
 # A proxied endpoint's answer: a whole one as bytes, a stream it wrote, or an error for the connection to write.
 Answer = bytes | SSEAnswer | web.StreamResponse
-ProxiedHandler = Callable[[ProxiedRequest], Awaitable[Answer]]
+
+
+class ProxiedHandler(Protocol):
+    """An endpoint's calls as the connection serves them: the call's coroutine, and the 500 for what escaped it."""
+
+    def __call__(self, request: ProxiedRequest) -> Awaitable[Answer]: ...
+
+    def failed(self, request: ProxiedRequest) -> Answer:
+        """The answer when the call raised (a bug): called while the exception is being handled."""
+        ...

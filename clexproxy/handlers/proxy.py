@@ -40,7 +40,7 @@ The call is a `ProxiedRequest`, served in its connection's own loop (`ProxyConne
 bytes (`ProxiedRequest.json_answer`), a stream it has written (`SSEAnswer`), or an error's
 `web.Response` as the ingress renders it.
 
-The handler reads no settings: `make_handler` gives it the body limit, the User-Agent prefixes
+The handler reads no settings: `ProxiedEndpoint` gives it the body limit, the User-Agent prefixes
 that get JSON by default, parsed once, and the CORS policy.
 """
 
@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -344,25 +344,33 @@ def _metering_headers(request: ProxiedRequest) -> Mapping[str, str]:
         return _NO_HEADERS
 
 
-def make_handler(
-    ingress: Ingress, max_body_bytes: int, json_user_agents: str, cors: CorsPolicy
-) -> Callable[[ProxiedRequest], Awaitable[Answer]]:
-    """The handler of `ingress`'s calls, whose bodies may be `max_body_bytes` long.
+class ProxiedEndpoint:
+    """The calls of one ingress: `handle` with the endpoint's settings, and the last catch-all's 500 (`failed`).
 
     `json_user_agents` is the `sse_json_user_agents` setting: the User-Agent prefixes whose chat
     calls without `stream` get JSON (`default_stream`). `cors` says which origins' pages may read
     the answers.
+
+    The connection awaits `handle`'s own coroutine (a waiting call holds one frame fewer than with a
+    wrapper around it), and calls `failed` when something escaped it: a bug, never a refusal.
     """
-    json_agents = user_agent_prefixes(json_user_agents)
 
-    async def handler(request: ProxiedRequest) -> Answer:
-        try:
-            return await handle(request, ingress, max_body_bytes, json_agents, cors)
-        except Exception:  # a bug, not a refusal: SPEC's 500, never a trace
-            log.exception("unhandled error, request_id=%s", text_value(request_id(request)))
-            error = InternalError("The gateway failed to handle this request.")
-            headers = {**_metering_headers(request), X_REQUEST_ID: request_id(request)}
-            return ingress.render(error, {**headers, **cors.answer(request.headers.get("Origin"))})
+    __slots__ = ("__name__", "cors", "ingress", "json_agents", "max_body_bytes")
 
-    handler.__name__ = "handle_" + ingress.api
-    return handler
+    def __init__(self, ingress: Ingress, max_body_bytes: int, json_user_agents: str, cors: CorsPolicy) -> None:
+        self.ingress = ingress
+        self.max_body_bytes = max_body_bytes
+        self.json_agents = user_agent_prefixes(json_user_agents)
+        self.cors = cors
+        self.__name__ = "handle_" + ingress.api
+
+    def __call__(self, request: ProxiedRequest) -> Coroutine[Any, Any, Answer]:
+        return handle(request, self.ingress, self.max_body_bytes, self.json_agents, self.cors)
+
+    def failed(self, request: ProxiedRequest) -> web.Response:
+        """SPEC's 500 for what escaped `handle`, never a trace; called while the exception is handled (logged here)."""
+        log.exception("unhandled error, request_id=%s", text_value(request_id(request)))
+        error = InternalError("The gateway failed to handle this request.")
+        headers = {**_metering_headers(request), X_REQUEST_ID: request_id(request)}
+        return self.ingress.render(error, {**headers, **self.cors.answer(request.headers.get("Origin"))})
+

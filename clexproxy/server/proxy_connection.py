@@ -183,7 +183,13 @@ class ProxyConnection(ScreeningRequestHandler):
                 refusal = None if coding is None else self._refusal_answer(cast(BaseRequest, request), coding)
                 if refusal is None and request.version == HttpVersion11 and hdrs.EXPECT in request.headers:
                     refusal = await self._expect(request)
-                answer = await handler(request) if refusal is None else refusal
+                if refusal is None:
+                    try:
+                        answer = await handler(request)
+                    except Exception:  # a bug, not a refusal: SPEC's 500, never a trace
+                        answer = handler.failed(request)
+                else:
+                    answer = refusal
             finally:
                 self._current_request = None
             return await self._write(request, answer)
