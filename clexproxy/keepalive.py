@@ -90,6 +90,7 @@ class _KeepAlive:
                 await self._response.prepare(self._request)
             await self._response.write(KEEPALIVE)
         except Exception:
+            self._task = None  # this task: not cancelled by the cancel below, it ends here
             self.cancel()  # the client left: the relay's next write finds it out
         finally:
             self._task = None
