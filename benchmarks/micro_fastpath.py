@@ -14,7 +14,7 @@ best run is the one least disturbed by other work, which is the closest to the c
 * `has_usage` on an ordinary content chunk (``"usage":null``, the answer is no) and on the usage chunk.
 * `TokenBuckets.acquire` with a clock that moves forward, `CreditLedger.reserve` + `refund`, and
   `KeyTable.lookup` for a known key (hit) and a well-formed unknown one (miss; it still pays for the hash).
-* `plain_request` on a whole chat-completions request, as the screen scans each read during a flood.
+* `request_head` on a chat-completions request, as the lean connection scans each head.
 * `text_delta` on an ordinary content chunk, as a translated stream (Responses or Messages client, OpenAI
   provider) reads each of its events.
 
@@ -209,17 +209,17 @@ def lookup_runner(fp: ModuleType, hit: bool) -> Runner:
     return run
 
 
-def plain_request_runner(fp: ModuleType) -> Runner:
-    """The screen's scan of one whole request as a flood client sends it (`ScreeningRequestHandler`)."""
+def request_head_runner(fp: ModuleType) -> Runner:
+    """The lean connection's scan of a chat-completions head as an SDK sends it (`LeanConnection`)."""
     body = b'{"model":"meta/llama-3.1-8b-instruct","messages":[{"role":"user","content":"Hello!"}],"stream":false}'
     raw = (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer " + key(1).encode()
         + b"\r\nContent-Type: application/json\r\nAccept: application/json\r\nUser-Agent: wrk\r\n"
         + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
-    scan = fp.plain_request
-    if scan(raw) is None:
-        raise AssertionError(f"{fp.__name__}: plain_request refused the benchmark's request")
+    scan = fp.request_head
+    if not scan(raw):
+        raise AssertionError(f"{fp.__name__}: request_head refused the benchmark's request")
 
     def run(n: int) -> int:
         t0 = time.perf_counter_ns()
@@ -315,7 +315,8 @@ def operations() -> list[Operation]:
             "key_lookup_miss", "KeyTable.lookup, miss (well-formed)", "keys", lambda fp: lookup_runner(fp, False)
         ),
         Operation(
-            "plain_request", "plain_request, one whole request (the screen's scan)", "scan", plain_request_runner
+            "request_head", "request_head, a chat call's head (the lean connection's scan)", "scan",
+            request_head_runner,
         ),
         Operation(
             "text_delta", "text_delta, content chunk (its text)", "deltas", lambda fp: text_delta_runner(fp, content)

@@ -3,12 +3,13 @@
 The proxied endpoints are the gateway's traffic, and aiohttp's web framework cost about half of an
 admitted call's CPU: a `Request` built per call, a task per call, the router's walk, a `Response`
 with its own case-insensitive header dict, its `prepare` and payload writer. `ProxiedRequest` holds
-what the one path (`handlers.proxy.handle`) reads of a request, straight from aiohttp's parser:
-the headers (the parser's own `CIMultiDictProxy`), the body's stream (the parser's `StreamReader`,
-so every framing aiohttp accepts, chunked or compressed, arrives as before), the app, the peer, and
-a dict for per-call marks (the request id, the shutdown's `CUT`). Answers leave through `send`:
-the server's `Outbox`, and the socket's flow control for a stream. Once a stream's upstream has
-answered, the head is let go (`forget_head`): a stream may be open for minutes.
+what the one path (`handlers.proxy.handle`) reads of a request, from whichever connection parsed it:
+the lean connection's (`LeanConnection`: its own scan of a plain head and a `LeanBody`) or aiohttp's
+(the parser's `CIMultiDictProxy` and `StreamReader`, so every framing aiohttp accepts, chunked or
+compressed, arrives as before). With them: the app, the peer, and a dict for per-call marks (the
+request id, the shutdown's `CUT`). Answers leave through `send`: the server's `Outbox`, and the
+socket's flow control for a stream; `write_answer` sends the handler's answer. Once a stream's
+upstream has answered, the head is let go (`forget_head`): a stream may be open for minutes.
 
 The console's signed-in API Explorer (`/api/chat` without a key) reads cookies and the origin the
 way the console's pages do: for that one branch `web_request` builds aiohttp's `Request`.
@@ -18,23 +19,40 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiohttp import web
-from aiohttp.helpers import set_exception
 from aiohttp.http import HttpVersion
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.http_writer import StreamWriter
-from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from clexproxy.answer_wire import SSEAnswer, json_answer
+from clexproxy.answer_wire import SSEAnswer, json_answer, response_bytes
 from clexproxy.outbox import Outbox
 
-if TYPE_CHECKING:
-    from aiohttp.web_protocol import RequestHandler
-
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+class Body(Protocol):
+    """A request body as the path reads it: aiohttp's `StreamReader`, or the lean connection's `LeanBody`."""
+
+    total_bytes: int
+
+    async def readany(self) -> bytes: ...
+    def is_eof(self) -> bool: ...
+    def exception(self) -> BaseException | None: ...
+    def set_exception(self, exc: BaseException) -> None: ...
+    def feed_eof(self) -> None: ...
+
+
+class ClientSide(Protocol):
+    """What a call reads of its client connection (aiohttp's `RequestHandler` or a `LeanConnection`)."""
+
+    transport: asyncio.Transport | None
+    _loop: asyncio.AbstractEventLoop
+    _paused: bool
+
+    async def _drain_helper(self) -> None: ...
 
 
 class ProxiedRequest:
@@ -43,15 +61,16 @@ class ProxiedRequest:
     __slots__ = ("_marks", "_message", "_outbox", "_protocol", "app", "chunked", "content", "headers", "keep_alive",
                  "method", "output_size", "path", "version")
 
-    def __init__(self, message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
-                 app: web.Application, path: str, outbox: Outbox) -> None:
-        self._message: RawRequestMessage | None = message
-        self.headers: CIMultiDictProxy[str] = message.headers
-        self.method: str = message.method
-        self.version: HttpVersion = message.version
-        self.keep_alive: bool = not message.should_close
-        self.chunked: bool = message.chunked
-        self.content = payload
+    def __init__(self, headers: CIMultiDictProxy[str], version: HttpVersion, keep_alive: bool, chunked: bool,
+                 content: Body, protocol: ClientSide, app: web.Application, path: str, outbox: Outbox,
+                 message: RawRequestMessage | None = None) -> None:
+        self._message = message  # aiohttp's parse, for `web_request`
+        self.headers = headers
+        self.method = "POST"
+        self.version = version
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.content = content
         self.app = app
         self.path = path  # the endpoint's path, as the routes name it (no query)
         self.output_size = 0  # bytes of the answer written: once any left, no other answer can follow
@@ -94,20 +113,20 @@ class ProxiedRequest:
 
     def _cancel(self, exc: BaseException) -> None:
         """The connection was lost: a read of the body fails with `exc` (as aiohttp's `Request._cancel`)."""
-        set_exception(self.content, exc)
+        self.content.set_exception(exc)
 
     async def web_request(self) -> web.Request:
         """aiohttp's `Request` for this call, routed as the app would (its `app` is read through the route).
 
         For code that reads a request the way the console's pages do.
         """
-        protocol = self._protocol
+        protocol = cast(Any, self._protocol)  # only aiohttp's connection parses a head into a message
         writer = StreamWriter(protocol, protocol._loop)
         task = asyncio.current_task()
         assert task is not None
         if self._message is None:
-            raise RuntimeError("the request's head was already let go")
-        request = self.app._make_request(self._message, self.content, protocol, writer, task)
+            raise RuntimeError("the request's head was not parsed by aiohttp, or was already let go")
+        request = self.app._make_request(self._message, cast(Any, self.content), protocol, writer, task)
         match_info = await self.app.router.resolve(request)
         match_info.add_app(self.app)
         match_info.freeze()
@@ -133,6 +152,30 @@ class ProxiedRequest:
         self._outbox.write(transport, data)
         if protocol._paused:
             await protocol._drain_helper()
+
+
+async def write_answer(request: ProxiedRequest, answer: Answer) -> bool:
+    """Send the handler's answer (a stream has written itself); whether the connection may carry another request."""
+    if isinstance(answer, bytes):
+        keep_alive = request.keep_alive
+        data = answer
+    elif isinstance(answer, SSEAnswer):
+        if not answer.eof_sent:  # the client left mid-stream: the relay stopped writing
+            return False
+        keep_alive = answer.keep_alive
+        data = b""
+    else:
+        if answer.prepared:
+            raise RuntimeError("a proxied handler's error answer was prepared elsewhere")
+        data, keep_alive = response_bytes(cast(web.Response, answer), request.version, request.keep_alive)
+    if data:
+        try:
+            await request.send(data)
+        except ConnectionResetError:
+            return False
+    if not keep_alive:
+        request._outbox.flush()  # before the connection closes the socket
+    return keep_alive
 
 
 # A proxied endpoint's answer: a whole one as bytes, a stream it wrote, or an error for the connection to write.

@@ -1,5 +1,9 @@
 """Type stub for the compiled `_scan` extension; `_scan_py` is its pure-Python twin."""
 
-__all__ = ("plain_request",)
+__all__ = ("request_head",)
 
-def plain_request(data: bytes) -> tuple[bytes, bytes | None, bytes | None] | None: ...
+INCOMPLETE: int
+MAX_LEAN_HEAD: int
+MAX_LEAN_HEADERS: int
+
+def request_head(data: bytes) -> tuple[int, str, list[tuple[str, str]], int, bool] | int | None: ...

@@ -1,33 +1,46 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled `plain_request`: the few header values the screen reads from one whole, plain request.
+"""Compiled `request_head`: the lean connection's scan of a request head.
 
-The screen (`ScreeningRequestHandler`) runs this on every read during a flood of refused calls,
-so it walks the raw bytes once with lookup tables and memchr and makes only the objects it
+It walks the raw bytes once with lookup tables and memchr and makes only the objects it
 returns. `_scan_py` is the pure-Python twin with the same results, and every test runs against
 both. Keep them in sync.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memchr
+from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
+from libc.string cimport memchr, memcmp
 
-__all__ = ("plain_request",)
+__all__ = ("request_head",)
 
-# The header names the screen reads or must see at most once; any other name is only checked.
+INCOMPLETE = 0
+MAX_LEAN_HEAD = 8190
+MAX_LEAN_HEADERS = 100
+
 cdef enum:
-    _H_OTHER = 0
-    _H_AUTHORIZATION = 1
-    _H_REQUEST_ID = 2
-    _H_CONTENT_LENGTH = 4
-    _H_TRANSFER_ENCODING = 8
-    _H_HOST = 16
-    _H_CONNECTION = 32
-    _H_EXPECT = 64
-    _H_ORIGIN = 128
     _TAB = 9
     _LF = 10
     _CR = 13
     _SPACE = 32
     _COLON = 58
+    _HEAD_LIMIT = 8190
+    _HEADERS_LIMIT = 100
+
+# What `request_head` makes of a header name: one it reads, one aiohttp's parser lets appear once (each
+# its own bit in the mask of names seen), or one that sends the request to aiohttp (a framing, coding
+# or protocol the lean path does not take, or a console session's cookie).
+cdef enum:
+    _L_OTHER = 0
+    _L_CONTENT_LENGTH = 1
+    _L_HOST = 2
+    _L_CONNECTION = 3
+    _L_CONTENT_TYPE = 4
+    _L_USER_AGENT = 5
+    _L_CONTENT_LOCATION = 6
+    _L_CONTENT_RANGE = 7
+    _L_ETAG = 8
+    _L_MAX_FORWARDS = 9
+    _L_SERVER = 10
+    _L_REFUSED = 11
 
 # RFC 9110's token characters (header names) and field-value characters (visible ASCII,
 # space, tab and obs-text): anything else goes to aiohttp, which answers it with a 400.
@@ -62,34 +75,6 @@ cdef inline bint _same_name(const unsigned char* p, Py_ssize_t n, const char* lo
     return True
 
 
-cdef int _header_kind(const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    if _same_name(p, n, b"authorization", 13):
-        return _H_AUTHORIZATION
-    if _same_name(p, n, b"x-request-id", 12):
-        return _H_REQUEST_ID
-    if _same_name(p, n, b"content-length", 14):
-        return _H_CONTENT_LENGTH
-    if _same_name(p, n, b"transfer-encoding", 17):
-        return _H_TRANSFER_ENCODING
-    if _same_name(p, n, b"host", 4):
-        return _H_HOST
-    if _same_name(p, n, b"connection", 10):
-        return _H_CONNECTION
-    if _same_name(p, n, b"expect", 6):
-        return _H_EXPECT
-    if _same_name(p, n, b"origin", 6):
-        return _H_ORIGIN
-    return _H_OTHER
-
-
-cdef bint _says_close(const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n - 4):
-        if _same_name(p + i, 5, b"close", 5):
-            return True
-    return False
-
-
 cdef const unsigned char* _find_blank_line(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     """The CRLFCRLF that ends a request head, or NULL."""
     cdef const unsigned char* end = p + n
@@ -103,14 +88,48 @@ cdef const unsigned char* _find_blank_line(const unsigned char* p, Py_ssize_t n)
         q += 1
 
 
-def plain_request(data):
-    """The request line, Authorization and X-Request-Id of `data` when it is one whole, plain request.
+cdef int _lean_kind(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    if _same_name(p, n, b"content-length", 14):
+        return _L_CONTENT_LENGTH
+    if _same_name(p, n, b"host", 4):
+        return _L_HOST
+    if _same_name(p, n, b"connection", 10):
+        return _L_CONNECTION
+    if _same_name(p, n, b"content-type", 12):
+        return _L_CONTENT_TYPE
+    if _same_name(p, n, b"user-agent", 10):
+        return _L_USER_AGENT
+    if _same_name(p, n, b"content-location", 16):
+        return _L_CONTENT_LOCATION
+    if _same_name(p, n, b"content-range", 13):
+        return _L_CONTENT_RANGE
+    if _same_name(p, n, b"etag", 4):
+        return _L_ETAG
+    if _same_name(p, n, b"max-forwards", 12):
+        return _L_MAX_FORWARDS
+    if _same_name(p, n, b"server", 6):
+        return _L_SERVER
+    if (_same_name(p, n, b"transfer-encoding", 17) or _same_name(p, n, b"content-encoding", 16)
+            or _same_name(p, n, b"expect", 6) or _same_name(p, n, b"upgrade", 7)
+            or _same_name(p, n, b"cookie", 6) or _same_name(p, n, b"sec-websocket-key1", 18)):
+        return _L_REFUSED
+    return _L_OTHER
 
-    None for anything the screen must leave to aiohttp's parser, which knows every case: part of
-    a request or more than one, a body framed other than by one Content-Length, a repeated
-    header the screen reads, a folded or malformed line, a control character, `Expect`,
-    `Connection: close` (the full path closes such a connection after its answer), or `Origin`
-    (a browser's call: its refusal needs the CORS headers only the full path adds).
+
+def request_head(data):
+    """The head at the start of `data` when it is a plain `POST` with a `Content-Length` body, else None.
+
+    Returns `INCOMPLETE` (0) while the head's blank line has not arrived within `MAX_LEAN_HEAD`
+    bytes, and for a plain head `(head_size, target, headers, content_length, keep_alive)`:
+    `head_size` counts the blank line, `headers` are `(name, value)` pairs as aiohttp's parser
+    decodes them (values stripped of surrounding spaces and tabs, UTF-8 with surrogateescape).
+    None for anything the lean connection leaves to aiohttp's parser, which knows every case and
+    its answer: another method or version, a request line or header that is not plain (a control
+    character, a bare CR or LF, a folded line, white space before a colon), no or a repeated
+    Content-Length, a repeated header aiohttp allows once, no Host, more than `MAX_LEAN_HEADERS`
+    headers, a Connection other than `keep-alive` or `close`, and Transfer-Encoding,
+    Content-Encoding, Expect, Upgrade or Cookie (aiohttp's framing, decoding and protocol
+    switches; a console session's cookie).
     """
     cdef const unsigned char* base
     cdef const unsigned char* p
@@ -119,61 +138,75 @@ def plain_request(data):
     cdef const unsigned char* colon
     cdef const unsigned char* v
     cdef const unsigned char* ve
-    cdef Py_ssize_t size, head, length = 0
-    cdef int kind, seen = 0
-    cdef object authorization = None, request_id = None
+    cdef const unsigned char* target
+    cdef const unsigned char* d
+    cdef Py_ssize_t size, length = -1, count = 0
+    cdef int kind
+    cdef bint keep_alive = True
+    cdef unsigned int seen = 0
     if not PyBytes_CheckExact(data):
         return None
     base = <const unsigned char*>PyBytes_AS_STRING(data)
     size = PyBytes_GET_SIZE(data)
-    end = _find_blank_line(base, size)
-    if end == NULL or end == base:
+    end = _find_blank_line(base, size if size < _HEAD_LIMIT + 4 else _HEAD_LIMIT + 4)
+    if end == NULL:
+        return None if size >= _HEAD_LIMIT + 4 else INCOMPLETE
+    if end - base < 16 or memcmp(base, b"POST ", 5) != 0:
         return None
-    head = end - base
-    p = base
-    while p < end and _value_char[p[0]] and p[0] != _TAB:
+    target = base + 5
+    p = target
+    while p < end and 33 <= p[0] <= 126:
         p += 1
-    if p[0] != _CR or p[1] != _LF:
+    if p == target or end - p < 11 or memcmp(p, b" HTTP/1.1\r\n", 11) != 0:
         return None
-    request_line = PyBytes_FromStringAndSize(<const char*>base, p - base)
-    p += 2
+    path = PyUnicode_DecodeASCII(<const char*>target, p - target, NULL)
+    p += 11
+    headers = []
     while p < end:
         colon = p
         while colon < end and _token_char[colon[0]]:
             colon += 1
         if colon == p or colon[0] != _COLON:
-            return None  # no name, a folded line, white space before the colon, or a bad character
+            return None
         eol = colon + 1
         while eol < end and _value_char[eol[0]]:
             eol += 1
         if eol[0] != _CR or eol[1] != _LF:
-            return None  # a control character, or a bare CR or LF
-        kind = _header_kind(p, colon - p)
-        if kind != _H_OTHER:
-            if seen & kind or kind == _H_TRANSFER_ENCODING or kind == _H_EXPECT or kind == _H_ORIGIN:
-                return None  # `Origin`: a browser's call, whose refusal needs the full path's CORS headers
-            seen |= kind
-            v = colon + 1
-            ve = eol
-            while v < ve and (v[0] == _SPACE or v[0] == _TAB):
-                v += 1
-            while ve > v and ((ve - 1)[0] == _SPACE or (ve - 1)[0] == _TAB):
-                ve -= 1
-            if kind == _H_AUTHORIZATION:
-                authorization = PyBytes_FromStringAndSize(<const char*>v, ve - v)
-            elif kind == _H_REQUEST_ID:
-                request_id = PyBytes_FromStringAndSize(<const char*>v, ve - v)
-            elif kind == _H_CONTENT_LENGTH:
+            return None
+        count += 1
+        if count > _HEADERS_LIMIT:
+            return None
+        v = colon + 1
+        ve = eol
+        while v < ve and (v[0] == _SPACE or v[0] == _TAB):
+            v += 1
+        while ve > v and ((ve - 1)[0] == _SPACE or (ve - 1)[0] == _TAB):
+            ve -= 1
+        kind = _lean_kind(p, colon - p)
+        if kind != _L_OTHER:
+            if kind == _L_REFUSED or seen & (1u << kind):
+                return None
+            seen |= 1u << kind
+            if kind == _L_CONTENT_LENGTH:
                 if ve == v or ve - v > 18:
                     return None
-                while v < ve:
-                    if not (48 <= v[0] <= 57):
+                length = 0
+                d = v
+                while d < ve:
+                    if not (48 <= d[0] <= 57):
                         return None
-                    length = length * 10 + (v[0] - 48)
-                    v += 1
-            elif kind == _H_CONNECTION and _says_close(v, ve - v):
-                return None
+                    length = length * 10 + (d[0] - 48)
+                    d += 1
+            elif kind == _L_CONNECTION:
+                if ve - v == 5 and _same_name(v, 5, b"close", 5):
+                    keep_alive = False
+                elif not (ve - v == 10 and _same_name(v, 10, b"keep-alive", 10)):
+                    return None
+        headers.append((
+            PyUnicode_DecodeASCII(<const char*>p, colon - p, NULL),
+            PyUnicode_DecodeUTF8(<const char*>v, ve - v, b"surrogateescape"),
+        ))
         p = eol + 2
-    if size != head + 4 + length:
+    if length < 0 or not seen & (1u << _L_HOST):
         return None
-    return request_line, authorization, request_id
+    return (end - base) + 4, path, headers, length, keep_alive

@@ -8,7 +8,7 @@ their own bodies; Responses and Messages are translated onto chat completions by
 `clexproxy.protocols`), how its errors look (SPEC's JSON, or Anthropic's on `/v1/messages`),
 and which header may carry the key (Anthropic's SDKs send `x-api-key`).
 
-The screen (`ScreeningRequestHandler`) answers refused calls from prebuilt SPEC-shaped bytes
+The screen (`Screen`) answers refused calls from prebuilt SPEC-shaped bytes
 and reads only the Authorization header: it screens the ingresses whose errors are SPEC's and
 whose key is in that header (`SCREENED_PATHS`).
 """

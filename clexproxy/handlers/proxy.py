@@ -355,14 +355,13 @@ class ProxiedEndpoint:
     wrapper around it), and calls `failed` when something escaped it: a bug, never a refusal.
     """
 
-    __slots__ = ("__name__", "cors", "ingress", "json_agents", "max_body_bytes")
+    __slots__ = ("cors", "ingress", "json_agents", "max_body_bytes")
 
     def __init__(self, ingress: Ingress, max_body_bytes: int, json_user_agents: str, cors: CorsPolicy) -> None:
         self.ingress = ingress
         self.max_body_bytes = max_body_bytes
         self.json_agents = user_agent_prefixes(json_user_agents)
         self.cors = cors
-        self.__name__ = "handle_" + ingress.api
 
     def __call__(self, request: ProxiedRequest) -> Coroutine[Any, Any, Answer]:
         return handle(request, self.ingress, self.max_body_bytes, self.json_agents, self.cors)

@@ -1,8 +1,8 @@
 """The end of every proxied call, however it ended: its credits settled, then one metrics pass and one log line.
 
 Three kinds of call end here: one the full path (`handle`) refused before it reached an
-upstream, one it admitted (with its `Admission`), and one the screen (`ScreeningRequestHandler`)
-refused from the raw bytes. They all end in `finish_call`, so a screened refusal counts and logs
+upstream, one it admitted (with its `Admission`), and one the screen (`Screen`)
+refused from a template. They all end in `finish_call`, so a screened refusal counts and logs
 exactly as the full path's does, and an admitted call's outcome says what it was charged.
 
 It is synchronous: it runs in the handler's `finally`, and a client that leaves (which cancels

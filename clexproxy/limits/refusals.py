@@ -3,8 +3,8 @@
 The full path (`handle`) notes what it refuses and the screen reads it; both reach it through
 `Gateway.refusals`, so it lives below both, with the limits.
 
-Screening a call (`ScreeningRequestHandler`) means authenticating it and looking at its per-minute
-bucket before aiohttp builds a Request; for a call that is then admitted, that work is done a
+Screening a call (`Screen`) means authenticating it and looking at its per-minute
+bucket before `handle` runs; for a call that is then admitted, that work is done a
 second time on the full path. Refusals come in floods from the same few keys, so the screen
 looks only at calls whose exact Authorization header was refused within the last `ttl`
 seconds: every other call pays one hash and one dict lookup. A hash collision only sends an

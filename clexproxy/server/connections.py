@@ -11,12 +11,13 @@ text answers aiohttp builds after parsing (its router's 404 for a path no route 
 as one with `%0A`): SPEC's JSON, the client's X-Request-Id.
 
 Time limits (`ConnectionLimits`, the `client_*` settings):
-- keep-alive: aiohttp's own timer closes a connection idle that long (its default is an hour);
+- keep-alive: a connection idle that long is closed (aiohttp's own timer for its connections, whose
+  default is an hour; the server's look for a lean one, within half the smallest limit after it);
 - header: a request head must arrive whole within it of its first byte, or the client gets a 408;
 - body: a body silent that long fails the call with a 408 (the handler's read raises it).
 
 The head and body limits add nothing to the request path: one timer for the whole server looks at
-every connection every half of the smaller limit (`ClientServer._tick`, `ClientConnection._look`;
+every connection every half of the smallest limit (`ClientServer._tick`, `ClientConnection._look`;
 a timer per connection cost ~0.5 KB of each of 10,000 open streams) at what the path records
 anyway: whether bytes came since the last look (`_at_boundary`, set by `data_received`), how many
 heads aiohttp parsed, and the body's byte count. A head is cut at one to one and a half header
@@ -85,6 +86,8 @@ class ConnectionLimits:
 
     >>> ConnectionLimits(header_timeout=10.0, body_timeout=30.0).look_every
     5.0
+    >>> ConnectionLimits(keepalive_timeout=0.5).look_every
+    0.25
     """
 
     keepalive_timeout: float = 75.0
@@ -103,8 +106,8 @@ class ConnectionLimits:
 
     @property
     def look_every(self) -> float:
-        """Seconds between two looks at a connection: a limit is overrun by half of it at most."""
-        return min(self.header_timeout, self.body_timeout) / 2
+        """Seconds between two looks at a connection: a limit is overrun by half of the smallest at most."""
+        return min(self.header_timeout, self.body_timeout, self.keepalive_timeout) / 2
 
 
 def parser_refusal(exc: HttpProcessingError, handler: RequestHandler) -> ApiError:
@@ -192,6 +195,16 @@ def http_exception_refusal(exc: web.HTTPException) -> ApiError:
     return error
 
 
+def time_out_head(transport: asyncio.Transport | None, limits: ConnectionLimits, peer: str) -> None:
+    """The 408 for a head that did not come whole within the header timeout (the caller closes the connection)."""
+    error = RequestTimeout(f"The request's head did not arrive whole within {limits.header_timeout:g} seconds.")
+    error.headers.update(_CLOSE)
+    rid = pick_request_id(None)
+    if transport is not None and not transport.is_closing():
+        transport.write(raw_response(error, rid))
+    log.info("request head timed out from %s: 408 (request_id=%s)", peer, rid)
+
+
 def _request_id(request: BaseRequest) -> str:
     """`request_id` for the requests aiohttp hands the protocol: the app's request factory makes web.Requests."""
     return request_id(cast(web.Request, request))
@@ -223,8 +236,7 @@ class ClientServer(web.Server):
     def _tick(self) -> None:
         self._ticker = None
         for conn in list(self._connections):
-            if isinstance(conn, ClientConnection):
-                conn._look()
+            conn._look()  # type: ignore[attr-defined]  # every connection is ours: a ClientConnection or lean
         if self._connections:
             self.watch()
 
@@ -329,15 +341,7 @@ class ClientConnection(RequestHandler):
             self._look_at_body(now)
 
     def _time_out_head(self) -> None:
-        error = RequestTimeout(
-            f"The request's head did not arrive whole within {self._limits.header_timeout:g} seconds."
-        )
-        error.headers.update(_CLOSE)
-        rid = pick_request_id(None)
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(raw_response(error, rid))
-        log.info("request head timed out from %s: 408 (request_id=%s)", self._peer(), rid)
+        time_out_head(self.transport, self._limits, self._peer())
         self.force_close()
 
     def _look_at_body(self, now: float) -> None:

@@ -1,20 +1,22 @@
-"""The gateway's client connection: proxied calls served from the parsed message, everything else by aiohttp.
+"""aiohttp's client connection, for what the lean one hands over: proxied calls served from the parsed message too.
 
-aiohttp's connection protocol runs one loop per connection (`RequestHandler.start`): it takes each
-message its C parser produced, builds a `web.Request`, runs the app in a new task (the router, the
-handler, the response's `prepare`), then keeps the connection alive or closes it. `ProxyConnection`
-keeps that loop, aiohttp's parser and its framing rules, and branches once per message: a POST to a
-proxied endpoint (the router's own match: the path as `path_safe` reads it) is served in the loop
-itself, from a `ProxiedRequest`, by the endpoint's handler, and its answer is written from a head
-built directly (`answer_wire`); no task, no router, no `Response`. Every other request (the console,
-the admin API, models, health, a 404 or 405, a request the parser refused) takes aiohttp's path as
-before.
+A connection starts lean (`LeanConnection`); one whose request the lean scan does not take (an
+endpoint aiohttp serves, a framing, coding or protocol switch, a malformed head) becomes a
+`ProxyConnection` for the rest of its life. aiohttp's connection protocol runs one loop per
+connection (`RequestHandler.start`): it takes each message its C parser produced, builds a
+`web.Request`, runs the app in a new task (the router, the handler, the response's `prepare`),
+then keeps the connection alive or closes it. `ProxyConnection` keeps that loop, aiohttp's parser
+and its framing rules, and branches once per message: a POST to a proxied endpoint (the router's
+own match: the path as `path_safe` reads it) is served in the loop itself, from a
+`ProxiedRequest`, by the endpoint's handler, and its answer is written from a head built directly
+(`answer_wire`); no task, no router, no `Response`. Every other request (the console, the admin
+API, models, health, a 404 or 405, a request the parser refused) takes aiohttp's path as before.
 
 What aiohttp does around a handler the branch does too: the 501 or 400 for a transfer coding other
 than chunked alone, `Expect: 100-continue` (and 417 for any other expectation), the body's rest read
-off after the answer (lingering), keep-alive, and the bookkeeping the time limits, the screen and the
-shutdown read (`_current_request`, `_request_in_progress`, `_answered`, `_handler_waiter`). A client
-that leaves cancels the connection's loop, and with it the call (`handler_cancellation`).
+off after the answer (lingering), keep-alive, and the bookkeeping the time limits and the shutdown
+read (`_current_request`, `_request_in_progress`, `_answered`, `_handler_waiter`). A client that
+leaves cancels the connection's loop, and with it the call (`handler_cancellation`).
 """
 
 from __future__ import annotations
@@ -33,18 +35,21 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import _PAYLOAD_ACCESS_ERROR, ERROR, RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
-from clexproxy.answer_wire import SSEAnswer, response_bytes
 from clexproxy.errors import InvalidRequest
+from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import GATEWAY, PROXIED_HANDLERS
-from clexproxy.proxied_request import Answer, ProxiedHandler, ProxiedRequest
-from clexproxy.server.connections import ConnectionLimits, transfer_coding_refusal
+from clexproxy.handlers.ingress import SCREENED_PATHS
+from clexproxy.outbox import Outbox
+from clexproxy.proxied_request import ProxiedHandler, ProxiedRequest, write_answer
+from clexproxy.server.connections import ClientConnection, ClientServer, ConnectionLimits, transfer_coding_refusal
 from clexproxy.server.fdlimit import open_file_limit
-from clexproxy.server.screen import ScreeningRequestHandler, ScreeningServer
+from clexproxy.server.lean_connection import LeanConnection, LeanRoute
+from clexproxy.server.screen import Screen
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class ProxyConnection(ScreeningRequestHandler):
+class ProxyConnection(ClientConnection):
     """aiohttp's request loop with the proxied endpoints served in it; see the module's docstring."""
 
     def __init__(self, manager: ProxyServer, **kwargs: Any) -> None:
@@ -92,8 +97,10 @@ class ProxyConnection(ScreeningRequestHandler):
             request: BaseRequest | None = None
             try:
                 if route is not None:
-                    call = ProxiedRequest(cast(RawRequestMessage, message), payload, self, self._app, route[0],
-                                          self._outbox)
+                    parsed = cast(RawRequestMessage, message)
+                    call = ProxiedRequest(parsed.headers, parsed.version, not parsed.should_close, parsed.chunked,
+                                          payload, self, self._app, route[0], self._outbox, parsed)
+                    del parsed
                     del message  # the call holds the parsed head, and lets it go once its upstream has answered
                     keep_alive = await self._serve(call, payload, route[1])
                 else:
@@ -192,7 +199,7 @@ class ProxyConnection(ScreeningRequestHandler):
                     answer = refusal
             finally:
                 self._current_request = None
-            return await self._write(request, answer)
+            return await write_answer(request, answer)
         finally:
             self._request_in_progress = False
             if self._handler_waiter is not None:
@@ -215,39 +222,37 @@ class ProxyConnection(ScreeningRequestHandler):
         error.status = 417  # type: ignore[misc]
         return self._refusal_answer(cast(BaseRequest, request), error, close=False)
 
-    async def _write(self, request: ProxiedRequest, answer: Answer) -> bool:
-        """Send the handler's answer (a stream has written itself); whether the connection is still good."""
-        if isinstance(answer, bytes):
-            keep_alive = request.keep_alive
-            data = answer
-        elif isinstance(answer, SSEAnswer):
-            if not answer.eof_sent:  # the client left mid-stream: the relay stopped writing
-                return False
-            keep_alive = answer.keep_alive
-            data = b""
-        else:
-            if answer.prepared:
-                raise RuntimeError("a proxied handler's error answer was prepared elsewhere")
-            data, keep_alive = response_bytes(cast(web.Response, answer), request.version, request.keep_alive)
-        if data:
-            try:
-                await request.send(data)
-            except ConnectionResetError:
-                return False
-        if not keep_alive:
-            self._outbox.flush()  # before the loop closes the socket
-        return keep_alive
 
+class ProxyServer(ClientServer):
+    """aiohttp's low-level server making `LeanConnection`s, which hand what they do not serve to `ProxyConnection`s.
 
-class ProxyServer(ScreeningServer):
-    """aiohttp's low-level server making `ProxyConnection`s; `proxied` maps each endpoint path to its handler."""
+    `proxied` maps each endpoint path to its handler. The server holds what its connections
+    share: the gateway, the screen, and the outbox their answers leave through.
+    """
 
-    def __init__(self, *args: Any, app: web.Application, proxied: Mapping[str, ProxiedHandler], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gateway: Gateway, app: web.Application, proxied: Mapping[str, ProxiedHandler],
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.gateway = gateway
+        self.screen = Screen(gateway)
+        self.outbox = Outbox(self._loop)  # answers leave at the end of the loop's turn
         self.app = app
         self.proxied = {path: (path, handler) for path, handler in proxied.items()}
+        self.lean_routes: dict[str, LeanRoute] = {
+            path: (path, handler, SCREENED_PATHS.get(path)) for path, handler in proxied.items()
+        }
+        self.max_body_bytes = gateway.settings.server.max_body_bytes
+
+    @property
+    def screened(self) -> int:
+        """Calls the screen answered, since start."""
+        return self.screen.screened
 
     def __call__(self) -> RequestHandler:
+        return cast(RequestHandler, LeanConnection(self))
+
+    def aiohttp_connection(self) -> ProxyConnection:
+        """The connection that takes over from a lean one (aiohttp's parser and request loop)."""
         return ProxyConnection(self, loop=self._loop, **self._kwargs)
 
 

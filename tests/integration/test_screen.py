@@ -1,9 +1,9 @@
-"""Refused calls answered from the raw request (`ScreeningRequestHandler`): same answer, same counts, in order.
+"""Refused calls answered by the screen (`Screen`): same answer, same counts, in order.
 
-Requests go over raw sockets so the tests control what shares a connection: a request alone on
-an idle connection, whose Authorization header was refused a moment ago, is screened; one sent
-with `Connection: close` always takes the full path, which is what the screened answer is
-compared with.
+Requests go over raw sockets so the tests control what shares a connection: a request whose
+Authorization header was refused a moment ago, and whose body came with its head, is screened
+once every request before it on its connection is answered; one sent with `Connection: close`
+always takes the full path, which is what the screened answer is compared with.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from clexproxy.clock import ManualClock
-from clexproxy.server.screen import ScreeningServer
+from clexproxy.server.proxy_connection import ProxyServer
 from tests.metrics_samples import sample_total
 
 from .conftest import GatewayFactory, RunningGateway
@@ -84,7 +84,7 @@ async def spend_rpm(gw: RunningGateway, key: str) -> None:
 
 def screened(gw: RunningGateway) -> int:
     server = gw.runner.server
-    assert isinstance(server, ScreeningServer)
+    assert isinstance(server, ProxyServer)
     return server.screened
 
 
@@ -226,7 +226,7 @@ async def test_answers_keep_their_order_behind_a_call_in_flight(make_gateway: Ga
         second = await read_response(reader)
         assert (first[0], first[1]["x-request-id"]) == (200, "slow")
         assert (second[0], second[1]["x-request-id"]) == (429, "refused")
-        assert screened(gw) == 0
+        assert screened(gw) == 1  # looked at once the slow call's answer was written, not before
     finally:
         writer.close()
 
@@ -237,7 +237,7 @@ async def test_pipelined_requests_are_answered_in_order(make_gateway: GatewayFac
     await exchange(gw, request(flooder, close=True))
     answers = await exchange(gw, request(fine, rid="a"), request(flooder, rid="b"), request(fine, rid="c"))
     assert [(a[0], a[1]["x-request-id"]) for a in answers] == [(200, "a"), (429, "b"), (200, "c")]
-    assert screened(gw) == 0
+    assert screened(gw) == 1  # "b", screened after "a" was answered; "c" waited for it
 
 
 async def test_body_split_across_packets_takes_the_full_path(make_gateway: GatewayFactory,

@@ -1,7 +1,8 @@
 """The aiohttp internals clexproxy builds on still exist: an aiohttp upgrade that moves one fails here first.
 
-`ClientConnection` and `ScreeningRequestHandler` subclass aiohttp's connection protocol
-(`RequestHandler`) and read its private state; `drain` walks it at shutdown; `RateLimitAnswers`,
+`ClientConnection` and `ProxyConnection` subclass aiohttp's connection protocol (`RequestHandler`)
+and read its private state; `LeanConnection` lives in aiohttp's server's table of connections
+beside them, and hands itself over to one; `drain` walks them at shutdown; `RateLimitAnswers`,
 `raw_response` and the proxied calls' error answers render through `StreamResponse.prepare` and
 aiohttp's header serializer (`response_bytes`); `ProxyConnection.start` is a copy of aiohttp's request
 loop. pyproject.toml pins aiohttp below the next minor release and points here: before raising the
@@ -18,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 from aiohttp import http_parser, web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import LineTooLong
@@ -38,7 +40,7 @@ def params(function: Callable[..., Any]) -> list[str]:
 
 
 def test_the_connection_protocol_keeps_the_state_the_server_reads() -> None:
-    """`ClientConnection`, `ScreeningRequestHandler` and `drain` read and write these on every connection."""
+    """`ClientConnection`, `ProxyConnection` and `drain` read and write these on every connection."""
     for name in (
         "_request_count", "_force_close", "_close", "_keepalive_timeout", "_next_keepalive_close_time",
         "_waiter", "_handler_waiter", "_task_handler", "_current_request", "_request_in_progress",
@@ -141,3 +143,82 @@ def test_responses_render_through_prepare_and_the_header_serializer() -> None:
     assert lines[0] == b"HTTP/1.1 200 OK" and body == b"{}"
     assert [line.split(b":")[0] for line in lines[1:]] == [b"X-Request-Id", b"Content-Type", b"Content-Length",
                                                           b"Date", b"Server"]
+
+
+async def test_the_server_treats_its_connections_as_the_lean_one_expects() -> None:
+    """`LeanConnection` is not a `RequestHandler`: aiohttp's server must ask only for what it provides."""
+    calls: list[str] = []
+
+    class Duck:
+        _task_handler = None
+
+        def close(self) -> None:
+            calls.append("close")
+
+        async def shutdown(self, timeout: float | None) -> None:
+            calls.append(f"shutdown {timeout}")
+
+    server = web.Server(lambda request: None)  # type: ignore[arg-type,return-value]
+    duck: Any = Duck()
+    transport: Any = object()
+    server.connection_made(duck, transport)
+    assert server._connections == {duck: transport} and server.connections == [duck]
+    server.pre_shutdown()
+    await server.shutdown(2.5)
+    assert calls == ["close", "shutdown 2.5"] and server._connections == {}
+    server.connection_made(duck, transport)
+    server.connection_lost(duck, None)  # no call in flight: gone at once
+    assert server._connections == {}
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_transport_takes_a_new_protocol(loop_kind: str) -> None:
+    """The lean connection hands its transport to aiohttp's connection (`set_protocol`) mid-connection.
+
+    On both loops: the tests run on asyncio's, `serve` on uvloop's.
+    """
+    loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(_hand_over_once()) == b"onetwo"
+    finally:
+        loop.close()
+
+
+async def _hand_over_once() -> bytes:
+    got: list[bytes] = []
+
+    class First(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            second = Second()
+            self.transport.set_protocol(second)  # type: ignore[attr-defined]
+            second.data_received(data)
+
+    class Second(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            got.append(data)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(First, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"one")
+        await writer.drain()
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        writer.write(b"two")
+        await writer.drain()
+        for _ in range(100):
+            if len(got) > 1 or b"".join(got) == b"onetwo":
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        return b"".join(got)
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -32,7 +32,7 @@ OPERATIONS = {
     "ledger_reserve_refund",
     "key_lookup_hit",
     "key_lookup_miss",
-    "plain_request",
+    "request_head",
     "text_delta",
 }
 SSE = {"sse_events", "sse_tcp"}
