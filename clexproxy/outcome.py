@@ -6,7 +6,7 @@ Settlement, the metrics and the access log all read this one object, so each fac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(slots=True)
@@ -33,14 +33,31 @@ class CallOutcome:
     served_model: str = ""
     fallback: bool = False
     retries: int = 0  # upstream attempts beyond the first
-    upstream_failures: list[tuple[str, str]] = field(default_factory=list)  # (provider, kind)
+    # (provider, kind); a list once there is one (an open stream holds no empty list: `upstream_failed`)
+    upstream_failures: list[tuple[str, str]] | tuple[()] = ()
     # (provider, seconds from send to response headers) for every attempt that got an answer, errors included
-    upstream_ttfbs: list[tuple[str, float]] = field(default_factory=list)
+    upstream_ttfbs: list[tuple[str, float]] | tuple[tuple[str, float]] | tuple[()] = ()
     upstream_seconds: float = 0.0  # the upstream's share of the call
     first_token_at: float | None = None  # monotonic, when the first data event went to the client
     finished_at: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+    def upstream_failed(self, provider: str, kind: str) -> None:
+        """Note an upstream attempt's failure (the metrics count them by provider and kind)."""
+        failures = self.upstream_failures
+        if isinstance(failures, list):
+            failures.append((provider, kind))
+        else:
+            self.upstream_failures = [(provider, kind)]
+
+    def upstream_answered(self, provider: str, seconds: float) -> None:
+        """Note how long an attempt waited for its answer's head; the first is held alone (the usual call)."""
+        ttfbs = self.upstream_ttfbs
+        if not ttfbs:
+            self.upstream_ttfbs = ((provider, seconds),)
+        else:
+            self.upstream_ttfbs = [*ttfbs, (provider, seconds)]
 
     @property
     def total_seconds(self) -> float:

@@ -58,8 +58,8 @@ class ClientSide(Protocol):
 class ProxiedRequest:
     """One call to a proxied endpoint, read by its connection; see the module's docstring."""
 
-    __slots__ = ("_marks", "_message", "_outbox", "_protocol", "app", "chunked", "content", "headers", "keep_alive",
-                 "method", "output_size", "path", "version")
+    __slots__ = ("_mark", "_mark_value", "_marks", "_message", "_outbox", "_protocol", "app", "chunked", "content",
+                 "headers", "keep_alive", "method", "output_size", "path", "version")
 
     def __init__(self, headers: CIMultiDictProxy[str], version: HttpVersion, keep_alive: bool, chunked: bool,
                  content: Body, protocol: ClientSide, app: web.Application, path: str, outbox: Outbox,
@@ -76,7 +76,10 @@ class ProxiedRequest:
         self.output_size = 0  # bytes of the answer written: once any left, no other answer can follow
         self._protocol = protocol
         self._outbox = outbox
-        self._marks: dict[Any, Any] = {}
+        # The first mark set (the request id, on every call) in two slots; a dict only for more (a shutdown's cut).
+        self._mark: Any = None
+        self._mark_value: Any = None
+        self._marks: dict[Any, Any] | None = None
 
     # what the path reads -------------------------------------------------------------------------
 
@@ -94,12 +97,24 @@ class ProxiedRequest:
         return str(peer[0]) if isinstance(peer, (list, tuple)) else str(peer)
 
     def get(self, key: Any, default: Any = None) -> Any:
-        return self._marks.get(key, default)
+        if key is self._mark:
+            return self._mark_value
+        marks = self._marks
+        return default if marks is None else marks.get(key, default)
 
     def __getitem__(self, key: Any) -> Any:
+        if key is self._mark:
+            return self._mark_value
+        if self._marks is None:
+            raise KeyError(key)
         return self._marks[key]
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        if self._mark is None or key is self._mark:
+            self._mark, self._mark_value = key, value
+            return
+        if self._marks is None:
+            self._marks = {}
         self._marks[key] = value
 
     def forget_head(self) -> None:

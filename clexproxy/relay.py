@@ -77,6 +77,7 @@ async def stream(
         try:
             try:
                 reply = await send  # returns once the upstream's first answer event is in
+                del send  # the finished call's frame is not held for the rest of the stream
             except ApiError as error:
                 await keep.stop()
                 error_headers = on_error(error)
@@ -120,7 +121,7 @@ async def stream(
                     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                         chunk = b""
                         kind = "timeout" if isinstance(exc, TimeoutError) else "midstream_drop"
-                        outcome.upstream_failures.append((outcome.provider, kind))
+                        outcome.upstream_failed(outcome.provider, kind)
                         failure = ServiceUnavailable("The upstream connection was lost mid-stream.",
                                                      error_type="upstream_error")
                     if not chunk:
@@ -128,7 +129,7 @@ async def stream(
                         if frames.finished or frames.failure is not None:
                             continue
                         if failure is None:
-                            outcome.upstream_failures.append((outcome.provider, "midstream_drop"))
+                            outcome.upstream_failed(outcome.provider, "midstream_drop")
                             failure = ServiceUnavailable("The upstream ended the stream before it was complete.",
                                                          error_type="upstream_error")
                         break

@@ -250,12 +250,8 @@ async def handle(
     if cors_headers:
         headers.update(cors_headers)
 
-    def settle_error(error: ApiError) -> dict[str, str]:
-        call.status, call.error_code = error.status, error.code
-        if not call.answer_started:
-            limits.refund(admission)
-        return {**headers, **error.headers}
-
+    settle = _Settle(gateway, call, admission, headers, request)
+    settle_error = settle.error
     if call.stream:
         options = body.get("stream_options")
         body["stream_options"] = {**options, "include_usage": True} if options else {"include_usage": True}
@@ -263,18 +259,15 @@ async def handle(
     del body  # the upstream call holds it until sent; a long stream should not keep it after
     try:
         if call.stream:
-
-            def served() -> Mapping[str, str]:  # once the upstream answered, before the headers leave
-                request.forget_head()  # nothing reads it again, and a stream may last minutes
-                return _charge_served(gateway, admission, call) if call.fallback else _NO_HEADERS
-
+            relaying = relay.stream(
+                request, request.sse_answer({**headers, **relay.SSE_HEADERS}), send, wants_usage,
+                gateway.keepalives, call, settle_error, answer_headers=settle.served,
+                encoder=None if translation is None else translation.encoder(), render=render,
+            )
+            del send  # the relay drops the upstream call once it has answered: a stream may last minutes
             gateway.metrics.stream_opened()
             try:
-                return await relay.stream(
-                    request, request.sse_answer({**headers, **relay.SSE_HEADERS}), send, wants_usage,
-                    gateway.keepalives, call, settle_error, answer_headers=served,
-                    encoder=None if translation is None else translation.encoder(), render=render,
-                )
+                return await relaying
             finally:
                 gateway.metrics.stream_closed()
         try:
@@ -306,6 +299,38 @@ async def handle(
         raise
     finally:
         finish_call(gateway, call, admission)
+
+
+class _Settle:
+    """An admitted call's two callbacks for the relay: its error's headers (and refund), and its answer's.
+
+    An object rather than two closures: a closure per call keeps a cell for each name it reads
+    for as long as the call runs, and a stream may run for minutes.
+    """
+
+    __slots__ = ("admission", "call", "gateway", "headers", "request")
+
+    def __init__(self, gateway: Gateway, call: CallOutcome, admission: Admission, headers: dict[str, str],
+                 request: ProxiedRequest) -> None:
+        self.gateway = gateway
+        self.call = call
+        self.admission = admission
+        self.headers = headers
+        self.request = request
+
+    def error(self, error: ApiError) -> dict[str, str]:
+        """The headers of the call's error answer; the reservation is refunded while no answer started."""
+        call = self.call
+        call.status, call.error_code = error.status, error.code
+        if not call.answer_started:
+            self.gateway.limits.refund(self.admission)
+        return {**self.headers, **error.headers}
+
+    def served(self) -> Mapping[str, str]:
+        """Once the upstream answered, before the stream's headers leave."""
+        self.request.forget_head()  # nothing reads it again, and a stream may last minutes
+        call = self.call
+        return _charge_served(self.gateway, self.admission, call) if call.fallback else _NO_HEADERS
 
 
 def _parse(request: ProxiedRequest, ingress: Ingress, body: Any, gateway: Gateway, account: Account,

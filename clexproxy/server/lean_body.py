@@ -15,10 +15,11 @@ import asyncio
 class LeanBody:
     """A `Content-Length` body fed by its connection (`feed`) and read by its handler (`readany`)."""
 
-    __slots__ = ("_chunks", "_eof", "_exception", "_waiter", "total_bytes")
+    __slots__ = ("_chunks", "_eof", "_exception", "_first", "_waiter", "total_bytes")
 
     def __init__(self, first: bytes, eof: bool) -> None:
-        self._chunks: list[bytes] = [first] if first else []
+        self._first = first  # what came with the head: all of a body, usually (no list for it)
+        self._chunks: list[bytes] | None = None  # what came after it
         self._eof = eof
         self._exception: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -27,7 +28,10 @@ class LeanBody:
     def feed(self, data: bytes, eof: bool) -> None:
         """More of the body came (`eof`: the last of it)."""
         if data:
-            self._chunks.append(data)
+            if self._chunks is None:
+                self._chunks = [data]
+            else:
+                self._chunks.append(data)
             self.total_bytes += len(data)
         if eof:
             self._eof = True
@@ -39,7 +43,7 @@ class LeanBody:
 
     def is_eof(self) -> bool:
         """Whether the whole body came (or reading it ended), and all of it was read."""
-        return self._eof and not self._chunks
+        return self._eof and not self._first and not self._chunks
 
     def exception(self) -> BaseException | None:
         return self._exception
@@ -51,6 +55,10 @@ class LeanBody:
 
     async def readany(self) -> bytes:
         """The next bytes of the body, `b""` once it is all read; raises what ended it early."""
+        first = self._first
+        if first:
+            self._first = b""
+            return first
         while not self._chunks:
             if self._exception is not None:
                 raise self._exception

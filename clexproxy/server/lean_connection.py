@@ -99,7 +99,7 @@ class LeanConnection:
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._buffer = b""  # bytes not yet served: a head to come, or requests behind the call in flight
-        self._queued: list[bytes] = []  # reads that came after `_buffer` while a call was in flight
+        self._queued: list[bytes] | None = None  # reads that came after `_buffer` while a call was in flight
         self._queued_bytes = 0
         self._head_reads = 0  # scans of the head now coming
         self._body: LeanBody | None = None  # the call's body while some of it is still to come
@@ -194,7 +194,10 @@ class LeanConnection:
                 data = data[left:]
         if self._request_in_progress:
             if data:
-                self._queued.append(data)
+                if self._queued is None:
+                    self._queued = [data]
+                else:
+                    self._queued.append(data)
                 self._queued_bytes += len(data)
                 if self._queued_bytes > PIPELINE_LIMIT and not self._reading_paused:
                     self._pause_reading()
@@ -279,10 +282,9 @@ class LeanConnection:
             self.force_close()
             return
         self._idle_since = self._loop.time()
-        if self._queued:
+        if self._queued is not None:
             self._buffer += b"".join(self._queued)
-            self._queued.clear()
-            self._queued_bytes = 0
+            self._queued, self._queued_bytes = None, 0
         if self._reading_paused:
             self._resume_reading()
         if self._buffer and not self._body_left:
@@ -295,7 +297,7 @@ class LeanConnection:
         self._force_close = True
         self.transport = None
         self._buffer = b""
-        self._queued.clear()
+        self._queued = None
         conn = server.aiohttp_connection()
         transport.set_protocol(conn)
         if self._reading_paused:

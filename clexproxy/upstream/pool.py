@@ -219,7 +219,7 @@ class UpstreamPool:
         call: CallOutcome,
     ) -> UpstreamReply:
         """POST to the first deployment that answers 200; raise the mapped ApiError when none does."""
-        payloads: dict[str, bytes] = {}
+        payload_key, payload = "", b""  # the last attempt's: a retry on the same model sends the same bytes
         failure: Failure | None = None
         not_found_only = True
         for attempt, (target, deployment, is_fallback) in enumerate(self._candidates(model)):
@@ -231,9 +231,8 @@ class UpstreamPool:
             if attempt:
                 await asyncio.sleep(min(1.0, self._settings.retry_backoff * (2 ** (attempt - 1))))
             wire = WIRES.get(provider.format)  # None: OpenAI's format, the body as it is
-            payload_key = deployment.model if wire is None else f"{provider.format}:{deployment.model}"
-            payload = payloads.get(payload_key)
-            if payload is None:
+            key = deployment.model if wire is None else f"{provider.format}:{deployment.model}"
+            if key != payload_key:
                 if wire is None:
                     body["model"] = deployment.model
                     payload = orjson.dumps(body)
@@ -241,7 +240,7 @@ class UpstreamPool:
                     payload = wire.payload(body, deployment.model)
                 # A copy its own length (formatting sizes it exactly): orjson's buffer is 4 KiB, and a waiting
                 # call holds its payload.
-                payload = payloads[payload_key] = b"%b" % (payload,)
+                payload_key, payload = key, b"%b" % (payload,)
             path = endpoint if wire is None else wire.path(endpoint, deployment.model, call.stream)
             origin, head = self._target(provider, path)
             tail = b"X-Request-Id: %s\r\n" % call.request_id.encode()
@@ -255,10 +254,10 @@ class UpstreamPool:
                 reason = getattr(getattr(exc, "os_error", exc), "strerror", None) or type(exc).__name__
                 log.warning("upstream %s unreachable for %s: %s", provider.name, deployment.model, reason)
                 kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
-                call.upstream_failures.append((provider.name, kind))
+                call.upstream_failed(provider.name, kind)
                 failure, not_found_only = Failure("unreachable", 0), False
                 continue
-            call.upstream_ttfbs.append((provider.name, time.monotonic() - sent))
+            call.upstream_answered(provider.name, time.monotonic() - sent)
             if response.status == 200:
                 doc: Any = None
                 events: list[SSEEvent] | None = None
@@ -295,7 +294,7 @@ class UpstreamPool:
                         reason = f"the connection was lost before the answer ({type(exc).__name__})"
                     log.warning("upstream %s answered 200 for %s with no answer: %s", provider.name,
                                 deployment.model, reason)
-                    call.upstream_failures.append((provider.name, kind))
+                    call.upstream_failed(provider.name, kind)
                     failure, not_found_only = Failure("unreachable", 0), False
                     continue
                 except BaseException:
@@ -304,7 +303,7 @@ class UpstreamPool:
                 call.provider, call.served_model, call.fallback = provider.name, target.id, is_fallback
                 return UpstreamReply(response, target, deployment, provider, is_fallback, self._scrub, received, doc,
                                      events, parser)
-            call.upstream_failures.append((provider.name, f"{response.status // 100}xx"))
+            call.upstream_failed(provider.name, f"{response.status // 100}xx")
             failure = await classify(response, provider, deployment, target, self._scrub)
             not_found_only = not_found_only and failure.kind == "not_found"
             if failure.kind == "invalid":

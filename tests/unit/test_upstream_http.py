@@ -9,12 +9,14 @@ import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.client_exceptions import ClientConnectionError, ClientOSError, ClientPayloadError
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
+from clexproxy.upstream import http1
 from clexproxy.upstream.http1 import Origin, UpstreamResponse
 
 BODY = b'{"ok":true}'
@@ -416,4 +418,30 @@ async def test_a_slow_reader_pauses_the_socket_and_the_silence_it_causes_is_not_
         got.append(chunk)
     assert b"".join(got) == big
     response.close()
+    await origin.close()
+
+
+async def test_connects_at_once_are_capped_and_a_freed_connection_serves_a_waiting_call(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http1, "CONNECTS_AT_ONCE", 2)
+    origin = origin_for(server.url, limit=100)
+    connecting, most = 0, 0
+    connect = origin._connect
+
+    async def slow_connect() -> Any:
+        nonlocal connecting, most
+        connecting += 1
+        most = max(most, connecting)
+        try:
+            await asyncio.sleep(0.05)
+            return await connect()
+        finally:
+            connecting -= 1
+
+    monkeypatch.setattr(origin, "_connect", slow_connect)
+    assert await asyncio.gather(*(call(origin) for _ in range(10))) == [BODY] * 10
+    assert most == 2
+    # The calls that waited took the connections the first ones gave back: fewer than one each.
+    assert server.connections < 10 and origin.open_connections == server.connections
     await origin.close()
