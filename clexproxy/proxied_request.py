@@ -6,8 +6,8 @@ with its own case-insensitive header dict, its `prepare` and payload writer. `Pr
 what the one path (`handlers.proxy.handle`) reads of a request, from whichever connection parsed it:
 the lean connection's (`LeanConnection`: its own scan of a plain head and a `LeanBody`) or aiohttp's
 (the parser's `CIMultiDictProxy` and `StreamReader`, so every framing aiohttp accepts, chunked or
-compressed, arrives as before). With them: the app, the peer, and a dict for per-call marks (the
-request id, the shutdown's `CUT`). Answers leave through `send`: the server's `Outbox`, and the
+compressed, arrives as before). With them: the app, the peer, and per-call marks (the request id,
+the shutdown's `CUT`). Answers leave through `send`: the server's `Outbox`, and the
 socket's flow control for a stream; `write_answer` sends the handler's answer. Once a stream's
 upstream has answered, the head is let go (`forget_head`): a stream may be open for minutes.
 

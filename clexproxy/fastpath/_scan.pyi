@@ -6,4 +6,6 @@ INCOMPLETE: int
 MAX_LEAN_HEAD: int
 MAX_LEAN_HEADERS: int
 
-def request_head(data: bytes) -> tuple[int, str, list[tuple[str, str]], int, bool] | int | None: ...
+def request_head(
+    data: bytes,
+) -> tuple[int, str, list[tuple[str, str]], int, bool, str | None, str | None, bool] | int | None: ...

@@ -41,6 +41,9 @@ cdef enum:
     _L_MAX_FORWARDS = 9
     _L_SERVER = 10
     _L_REFUSED = 11
+    _L_AUTHORIZATION = 12
+    _L_REQUEST_ID = 13
+    _L_ORIGIN = 14
 
 # RFC 9110's token characters (header names) and field-value characters (visible ASCII,
 # space, tab and obs-text): anything else goes to aiohttp, which answers it with a 400.
@@ -109,6 +112,12 @@ cdef int _lean_kind(const unsigned char* p, Py_ssize_t n) noexcept nogil:
         return _L_MAX_FORWARDS
     if _same_name(p, n, b"server", 6):
         return _L_SERVER
+    if _same_name(p, n, b"authorization", 13):
+        return _L_AUTHORIZATION
+    if _same_name(p, n, b"x-request-id", 12):
+        return _L_REQUEST_ID
+    if _same_name(p, n, b"origin", 6):
+        return _L_ORIGIN
     if (_same_name(p, n, b"transfer-encoding", 17) or _same_name(p, n, b"content-encoding", 16)
             or _same_name(p, n, b"expect", 6) or _same_name(p, n, b"upgrade", 7)
             or _same_name(p, n, b"cookie", 6) or _same_name(p, n, b"sec-websocket-key1", 18)):
@@ -120,9 +129,11 @@ def request_head(data):
     """The head at the start of `data` when it is a plain `POST` with a `Content-Length` body, else None.
 
     Returns `INCOMPLETE` (0) while the head's blank line has not arrived within `MAX_LEAN_HEAD`
-    bytes, and for a plain head `(head_size, target, headers, content_length, keep_alive)`:
-    `head_size` counts the blank line, `headers` are `(name, value)` pairs as aiohttp's parser
-    decodes them (values stripped of surrounding spaces and tabs, UTF-8 with surrogateescape).
+    bytes, and for a plain head `(head_size, target, headers, content_length, keep_alive,
+    authorization, request_id, origin)`: `head_size` counts the blank line, `headers` are
+    `(name, value)` pairs as aiohttp's parser decodes them (values stripped of surrounding spaces
+    and tabs, UTF-8 with surrogateescape); then the first Authorization and X-Request-Id values
+    (None when absent) and whether an Origin came, which the screen reads without a header map.
     None for anything the lean connection leaves to aiohttp's parser, which knows every case and
     its answer: another method or version, a request line or header that is not plain (a control
     character, a bare CR or LF, a folded line, white space before a colon), no or a repeated
@@ -144,6 +155,7 @@ def request_head(data):
     cdef int kind
     cdef bint keep_alive = True
     cdef unsigned int seen = 0
+    cdef object authorization = None, request_id = None
     if not PyBytes_CheckExact(data):
         return None
     base = <const unsigned char*>PyBytes_AS_STRING(data)
@@ -183,7 +195,15 @@ def request_head(data):
         while ve > v and ((ve - 1)[0] == _SPACE or (ve - 1)[0] == _TAB):
             ve -= 1
         kind = _lean_kind(p, colon - p)
-        if kind != _L_OTHER:
+        value = PyUnicode_DecodeUTF8(<const char*>v, ve - v, b"surrogateescape")
+        if kind >= _L_AUTHORIZATION:  # may repeat: the first is the one read (as aiohttp's headers give it)
+            if not seen & (1u << kind):
+                seen |= 1u << kind
+                if kind == _L_AUTHORIZATION:
+                    authorization = value
+                elif kind == _L_REQUEST_ID:
+                    request_id = value
+        elif kind != _L_OTHER:
             if kind == _L_REFUSED or seen & (1u << kind):
                 return None
             seen |= 1u << kind
@@ -202,11 +222,9 @@ def request_head(data):
                     keep_alive = False
                 elif not (ve - v == 10 and _same_name(v, 10, b"keep-alive", 10)):
                     return None
-        headers.append((
-            PyUnicode_DecodeASCII(<const char*>p, colon - p, NULL),
-            PyUnicode_DecodeUTF8(<const char*>v, ve - v, b"surrogateescape"),
-        ))
+        headers.append((PyUnicode_DecodeASCII(<const char*>p, colon - p, NULL), value))
         p = eol + 2
     if length < 0 or not seen & (1u << _L_HOST):
         return None
-    return (end - base) + 4, path, headers, length, keep_alive
+    return ((end - base) + 4, path, headers, length, keep_alive, authorization, request_id,
+            bool(seen & (1u << _L_ORIGIN)))

@@ -25,16 +25,18 @@ _ONCE = frozenset({b"content-length", b"host", b"connection", b"content-type", b
 _TO_AIOHTTP = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"cookie",
                          b"sec-websocket-key1"})
 
-LeanHead = tuple[int, str, list[tuple[str, str]], int, bool]
+LeanHead = tuple[int, str, list[tuple[str, str]], int, bool, str | None, str | None, bool]
 
 
 def request_head(data: bytes) -> LeanHead | int | None:
     """The head at the start of `data` when it is a plain `POST` with a `Content-Length` body, else None.
 
     Returns `INCOMPLETE` (0) while the head's blank line has not arrived within `MAX_LEAN_HEAD`
-    bytes, and for a plain head `(head_size, target, headers, content_length, keep_alive)`:
-    `head_size` counts the blank line, `headers` are `(name, value)` pairs as aiohttp's parser
-    decodes them (values stripped of surrounding spaces and tabs, UTF-8 with surrogateescape).
+    bytes, and for a plain head `(head_size, target, headers, content_length, keep_alive,
+    authorization, request_id, origin)`: `head_size` counts the blank line, `headers` are
+    `(name, value)` pairs as aiohttp's parser decodes them (values stripped of surrounding spaces
+    and tabs, UTF-8 with surrogateescape); then the first Authorization and X-Request-Id values
+    (None when absent) and whether an Origin came, which the screen reads without a header map.
     None for anything the lean connection leaves to aiohttp's parser, which knows every case and
     its answer: another method or version, a request line or header that is not plain (a control
     character, a bare CR or LF, a folded line, white space before a colon), no or a repeated
@@ -58,6 +60,9 @@ def request_head(data: bytes) -> LeanHead | int | None:
     seen: set[bytes] = set()
     length = -1
     keep_alive = True
+    authorization: str | None = None
+    request_id: str | None = None
+    origin = False
     for raw in lines[1:]:
         match = _HEADER_LINE.fullmatch(raw)
         if match is None:
@@ -78,7 +83,14 @@ def request_head(data: bytes) -> LeanHead | int | None:
                     keep_alive = False
                 elif lowered != b"keep-alive":
                     return None
-        headers.append((match[1].decode("ascii"), value.decode("utf-8", "surrogateescape")))
+        text = value.decode("utf-8", "surrogateescape")
+        if name == b"authorization" and authorization is None:
+            authorization = text
+        elif name == b"x-request-id" and request_id is None:
+            request_id = text
+        elif name == b"origin":
+            origin = True
+        headers.append((match[1].decode("ascii"), text))
     if length < 0 or b"host" not in seen:
         return None
-    return end + 4, line[1].decode("ascii"), headers, length, keep_alive
+    return end + 4, line[1].decode("ascii"), headers, length, keep_alive, authorization, request_id, origin

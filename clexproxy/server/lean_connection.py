@@ -57,6 +57,8 @@ PIPELINE_LIMIT = 1 << 16  # bytes of later requests held while a call is answere
 HEAD_READS = 8
 _CONSOLE_CHAT = "/api/chat"  # without a key: the console's API Explorer, signed in by cookie (aiohttp reads it)
 
+# A plain head as `request_head` reads it (see there).
+LeanHead = tuple[int, str, list[tuple[str, str]], int, bool, str | None, str | None, bool]
 # A proxied endpoint as the lean connection serves it: its path, its handler, and its ingress when screened.
 LeanRoute = tuple[str, ProxiedHandler, Ingress | None]
 
@@ -222,13 +224,9 @@ class LeanConnection:
                 head = None  # a head in many pieces: aiohttp's parser reads it incrementally
             route = None
             if head is not None:
-                size, target, pairs, length, keep_alive = cast(tuple[int, str, list[tuple[str, str]], int, bool], head)
+                size, target, pairs, length, keep_alive, authorization, sent_id, origin = cast(LeanHead, head)
                 route = server.lean_routes.get(target)
-            if route is None or length > server.max_body_bytes:
-                self._hand_over(cast(asyncio.Transport, self.transport), buffer)
-                return
-            headers = CIMultiDictProxy(CIMultiDict(pairs))
-            if target == _CONSOLE_CHAT and "Authorization" not in headers:
+            if route is None or length > server.max_body_bytes or (target == _CONSOLE_CHAT and authorization is None):
                 self._hand_over(cast(asyncio.Transport, self.transport), buffer)
                 return
             end = size + length
@@ -238,9 +236,9 @@ class LeanConnection:
             self._head_reads = 0
             whole = len(first) == length
             ingress = route[2]
-            if whole and ingress is not None and keep_alive and server.gateway.refusals.active() \
-                    and "Origin" not in headers:  # a browser's refusal needs the CORS headers `handle` adds
-                raw = server.screen.refusal(ingress, headers.get("Authorization"), headers.get("X-Request-Id"))
+            if whole and ingress is not None and keep_alive and not origin and server.gateway.refusals.active():
+                # (a browser's refusal, with an Origin, needs the CORS headers `handle` adds)
+                raw = server.screen.refusal(ingress, authorization, sent_id)
                 if raw is not None:
                     server.outbox.write(cast(asyncio.Transport, self.transport), raw)
                     self._idle_since = self._loop.time()
@@ -250,6 +248,7 @@ class LeanConnection:
             body = LeanBody(first, whole)
             if not whole:
                 self._body, self._body_left = body, length - len(first)
+            headers = CIMultiDictProxy(CIMultiDict(pairs))
             request = ProxiedRequest(headers, HttpVersion11, keep_alive, False, body, self, server.app, route[0],
                                      server.outbox)
             self._request_in_progress = True
@@ -267,7 +266,11 @@ class LeanConnection:
                 answer = handler.failed(request)
             finally:
                 self._current_request = None
-            keep_alive = await write_answer(request, answer)
+            try:
+                keep_alive = await write_answer(request, answer)
+            except Exception:  # a bug: the connection cannot say more, and must not wait for a next request
+                log.exception("failed to write an answer, request_id=%s", request_id(cast(Any, request)))
+                keep_alive = False
         finally:
             self._request_in_progress = False
             self._task_handler = None

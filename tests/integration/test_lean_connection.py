@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 
 import orjson
+import pytest
+from aiohttp import web
 
 from clexproxy.server.lean_connection import HEAD_READS, PIPELINE_LIMIT, LeanConnection
-from clexproxy.server.proxy_connection import ProxyConnection
+from clexproxy.server.proxy_connection import ProxyConnection, ProxyServer
 
 from .conftest import GatewayFactory, RunningGateway
 from .test_hardening_http import BODY, assert_spec_error, closed, read_answer, request
@@ -164,3 +167,28 @@ async def test_a_head_in_a_few_pieces_stays_lean(gw: RunningGateway, key: str) -
         answer, _ = await read_answer(reader)
         assert_chat_answer(answer)
         assert kinds(gw) == [LeanConnection]
+
+
+async def test_an_answer_that_cannot_be_written_closes_the_connection(
+    gw: RunningGateway, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler bug past `handle`'s own catch-alls (an answer prepared elsewhere): logged, and the connection ends."""
+
+    class Broken:
+        async def __call__(self, request: object) -> web.Response:
+            answer = web.Response()
+            answer._payload_writer = object()  # type: ignore[assignment]  # "prepared" somewhere else
+            return answer
+
+        def failed(self, request: object) -> web.Response:
+            raise AssertionError("not reached: the handler returned")
+
+    server = gw.runner.server
+    assert isinstance(server, ProxyServer)
+    path = "/v1/chat/completions"
+    server.lean_routes[path] = (path, Broken(), None)
+    async with opened(gw) as (reader, writer):
+        writer.write(request(key, extra="X-Request-Id: broken-write\r\n"))
+        assert await closed(reader)
+    assert any("failed to write an answer" in r.getMessage() and "broken-write" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.ERROR)

@@ -47,10 +47,21 @@ def aiohttp_reads(raw: bytes) -> Any:
 
 def test_a_plain_head(scan: ModuleType) -> None:
     raw = head("Authorization: Bearer clex_x", "X-Request-Id: \t r1 ", "X-Note: caf\xe9")
-    size, target, headers, length, keep_alive = scan.request_head(raw + b'{"model":"m"}')
+    size, target, headers, length, keep_alive, authorization, request_id, origin = scan.request_head(
+        raw + b'{"model":"m"}'
+    )
     assert (size, target, length, keep_alive) == (len(raw), "/v1/chat/completions", 13, True)
     assert headers == [("Host", "t"), ("Authorization", "Bearer clex_x"), ("X-Request-Id", "r1"),
                        ("X-Note", "caf\udce9"), ("Content-Length", "13")]
+    assert (authorization, request_id, origin) == ("Bearer clex_x", "r1", False)
+
+
+def test_the_first_authorization_and_request_id_are_read_and_an_origin_is_seen(scan: ModuleType) -> None:
+    parsed = scan.request_head(head("authorization: a", "Authorization: b", "x-request-id: 1", "X-REQUEST-ID: 2",
+                                    "Origin: https://app.example"))
+    assert parsed[5:] == ("a", "1", True)
+    assert scan.request_head(head())[5:] == (None, None, False)
+    assert scan.request_head(head("Authorization:"))[5] == ""  # empty, not absent
 
 
 def test_connection_close_and_keep_alive(scan: ModuleType) -> None:
@@ -139,7 +150,10 @@ def test_only_bytes(scan: ModuleType, value: object) -> None:
 def assert_as_aiohttp_reads(parsed: Any, raw: bytes) -> None:
     message = aiohttp_reads(raw)
     assert not isinstance(message, Exception), message  # aiohttp takes every head the lean path takes
-    size, target, headers, length, keep_alive = parsed
+    size, target, headers, length, keep_alive, authorization, request_id, origin = parsed
+    assert authorization == message.headers.get("Authorization")
+    assert request_id == message.headers.get("X-Request-Id")
+    assert origin is ("Origin" in message.headers)
     assert message.method == "POST" and message.path == target and message.version == (1, 1)
     # aiohttp spells the names it knows its own way (`X-Request-ID`): a header's name is matched without case
     assert [(name.lower(), value) for name, value in message.headers.items()] == [
@@ -166,7 +180,7 @@ def test_what_it_takes_aiohttp_reads_the_same(scan: ModuleType, raw: bytes) -> N
 
 PIECES = st.sampled_from(
     [
-        b"Authorization", b"X-Request-Id", b"Content-Length", b"content-length", b"Host", b"Connection",
+        b"Authorization", b"X-Request-Id", b"Origin", b"Content-Length", b"content-length", b"Host", b"Connection",
         b"Expect", b"Transfer-Encoding", b"Accept", b"Cookie", b"Content-Type", b"User-Agent", b":", b": ", b" ",
         b"\t", b"\r\n", b"\r", b"\n", b"\x00", b"\x7f", b"\xe9", b"close", b"keep-alive", b"chunked", b"Bearer clex_k",
         b"0", b"5", b"13", b"-", b"(", b"/",
