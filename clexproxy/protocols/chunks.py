@@ -17,6 +17,8 @@ with empty `choices`, as OpenAI sends it under `stream_options.include_usage`.
 
 from __future__ import annotations
 
+import os
+import random
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -36,6 +38,18 @@ Chunk = dict[str, Any]
 Piece = Chunk | str
 
 DONE_EVENT = b"data: [DONE]\n\n"
+
+# The random part of the ids a translated answer names itself by ("resp_…", "msg_…", "toolu_…"): unique,
+# not secret (no id here is a capability: nothing is stored under it). A seeded generator, not the
+# OS's randomness: `secrets` made one system call per id, a tenth of a Responses call's translation.
+# Each worker reseeds after its fork, so workers never share a sequence.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def random_hex(digits: int) -> str:
+    """`digits` random hex digits (a multiple of 2), for an answer's id."""
+    return f"{_ids.getrandbits(digits * 4):0{digits}x}"
 
 
 class UpstreamEventError(Exception):

@@ -20,14 +20,13 @@ SPEC's.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
 
 from clexproxy.errors import ApiError
-from clexproxy.protocols.chunks import Chunk
+from clexproxy.protocols.chunks import Chunk, random_hex
 
 __all__ = ["STOP_REASONS", "MessagesEncoder", "error_body", "error_type", "message_id", "stop_reason", "usage"]
 
@@ -68,7 +67,7 @@ def error_body(error: ApiError) -> bytes:
 
 def message_id() -> str:
     """A message id as Anthropic's look: `msg_` and 24 random hex characters."""
-    return "msg_" + secrets.token_hex(12)
+    return "msg_" + random_hex(24)
 
 
 def stop_reason(finish_reason: Any) -> str:
@@ -184,7 +183,7 @@ class MessagesEncoder:
             call_id, name = call.get("id"), function.get("name")
             content_block = {
                 "type": "tool_use",
-                "id": call_id if isinstance(call_id, str) and call_id else "toolu_" + secrets.token_hex(12),
+                "id": call_id if isinstance(call_id, str) and call_id else "toolu_" + random_hex(24),
                 "name": name if isinstance(name, str) else "",
                 "input": {},
             }

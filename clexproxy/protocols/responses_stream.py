@@ -20,7 +20,6 @@ SPEC's codes outside it are sent as "server_error", with SPEC's error type in `t
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import orjson
 
 from clexproxy.errors import ApiError
-from clexproxy.protocols.chunks import Chunk, text_only
+from clexproxy.protocols.chunks import Chunk, random_hex, text_only
 
 IdFactory = Callable[[str], str]
 
@@ -41,7 +40,7 @@ SDK_ERROR_CODES = frozenset({"server_error", "rate_limit_exceeded"})
 
 def random_id(prefix: str) -> str:
     """`prefix` and 32 random hex digits ("resp_…", "msg_…", "fc_…")."""
-    return prefix + secrets.token_hex(16)
+    return prefix + random_hex(32)
 
 
 def _count(value: Any) -> int:

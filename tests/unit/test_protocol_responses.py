@@ -6,6 +6,7 @@ Every answer is also parsed by the openai SDK's own `Response` model, as `client
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any
 
 import orjson
@@ -13,7 +14,7 @@ import pytest
 from openai.types.responses import Response
 
 from clexproxy.errors import InvalidRequest
-from clexproxy.protocols.chunks import Translation
+from clexproxy.protocols.chunks import Translation, random_hex
 from clexproxy.protocols.responses import ResponsesCall, translate
 
 WEATHER = {
@@ -324,3 +325,20 @@ def test_json_schema_answer_echoes_the_format() -> None:
     assert doc["id"].startswith("resp_") and len(doc["id"]) == 5 + 32
     assert doc["output"][0]["id"].startswith("msg_") and len(doc["output"][0]["id"]) == 4 + 32
     Response.model_validate(doc)
+
+
+def test_answer_ids_are_hex_of_their_length_and_differ_across_forked_workers() -> None:
+    """The ids' generator is seeded once per process: a worker forked from the supervisor draws its own."""
+    ids = {random_hex(32) for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len(random_hex(24)) == 24
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, to the parent
+        os.write(write, random_hex(32).encode())
+        os._exit(0)
+    os.close(write)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(theirs) == 32 and theirs != random_hex(32)
