@@ -49,7 +49,7 @@ os.register_at_fork(after_in_child=_ids.seed)
 
 def random_hex(digits: int) -> str:
     """`digits` random hex digits (a multiple of 2), for an answer's id."""
-    return f"{_ids.getrandbits(digits * 4):0{digits}x}"
+    return _ids.getrandbits(digits * 4).to_bytes(digits // 2).hex()
 
 
 class UpstreamEventError(Exception):

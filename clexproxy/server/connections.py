@@ -36,7 +36,6 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 from aiohttp import web
@@ -50,13 +49,11 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     TransferEncodingError,
 )
-from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from multidict import CIMultiDictProxy
 
-from clexproxy.config import Settings
 from clexproxy.errors import (
     ApiError,
     HeadersTooLarge,
@@ -64,50 +61,20 @@ from clexproxy.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
-    RequestTimeout,
     RequestTooLarge,
     ServiceUnavailable,
     UnsupportedTransferCoding,
 )
 from clexproxy.handlers.common import pick_request_id, request_id
-from clexproxy.server.fdlimit import TURN_AWAY_RESERVE, client_connection_cap
+from clexproxy.server.fdlimit import TURN_AWAY_RESERVE
 from clexproxy.server.raw_answers import raw_response
+from clexproxy.server.time_limits import BodyMark, ConnectionLimits, mark_body, time_out_head
 
 log = logging.getLogger("clexproxy.server.connections")
 
 TURN_AWAY_LINGER = 2.0  # seconds a connection over the cap is read from after its 503, at most
 CAP_LOG_EVERY = 10.0  # one warning line per this many seconds while connections are turned away
 _CLOSE = {"Connection": "close"}
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """How long a client may idle or stall, and how many may be connected at once.
-
-    >>> ConnectionLimits(header_timeout=10.0, body_timeout=30.0).look_every
-    5.0
-    >>> ConnectionLimits(keepalive_timeout=0.5).look_every
-    0.25
-    """
-
-    keepalive_timeout: float = 75.0
-    header_timeout: float = 30.0
-    body_timeout: float = 30.0
-    max_connections: int = 1 << 20
-
-    @classmethod
-    def from_settings(cls, settings: Settings, open_file_limit: int) -> ConnectionLimits:
-        return cls(
-            settings.client.keepalive_timeout,
-            settings.client.header_timeout,
-            settings.client.body_timeout,
-            client_connection_cap(settings.client.max_connections, open_file_limit),
-        )
-
-    @property
-    def look_every(self) -> float:
-        """Seconds between two looks at a connection: a limit is overrun by half of the smallest at most."""
-        return min(self.header_timeout, self.body_timeout, self.keepalive_timeout) / 2
 
 
 def parser_refusal(exc: HttpProcessingError, handler: RequestHandler) -> ApiError:
@@ -195,16 +162,6 @@ def http_exception_refusal(exc: web.HTTPException) -> ApiError:
     return error
 
 
-def time_out_head(transport: asyncio.Transport | None, limits: ConnectionLimits, peer: str) -> None:
-    """The 408 for a head that did not come whole within the header timeout (the caller closes the connection)."""
-    error = RequestTimeout(f"The request's head did not arrive whole within {limits.header_timeout:g} seconds.")
-    error.headers.update(_CLOSE)
-    rid = pick_request_id(None)
-    if transport is not None and not transport.is_closing():
-        transport.write(raw_response(error, rid))
-    log.info("request head timed out from %s: 408 (request_id=%s)", peer, rid)
-
-
 def _request_id(request: BaseRequest) -> str:
     """`request_id` for the requests aiohttp hands the protocol: the app's request factory makes web.Requests."""
     return request_id(cast(web.Request, request))
@@ -277,7 +234,7 @@ class ClientConnection(RequestHandler):
         self._lingered = False  # the last answer left a body to read: the next bytes may be its rest
         self._looked_count = 0  # heads parsed as of the last look
         self._head_since: float | None = None  # the look that first saw the current unfinished head
-        self._body_mark: tuple[StreamReader, int, float] | None = None  # a body's bytes as of a look, and when
+        self._body_mark: BodyMark | None = None  # a body's bytes as of a look, and when
         self._look_handle: asyncio.TimerHandle | None = None  # only to close a connection turned away
         self._turning_away: asyncio.Transport | None = None
 
@@ -354,16 +311,8 @@ class ClientConnection(RequestHandler):
         if payload.is_eof() or payload.exception() is not None or self._reading_paused:
             self._body_mark = None
             return
-        total = payload.total_bytes
-        mark = self._body_mark
-        if mark is None or mark[0] is not payload or mark[1] != total:
-            self._body_mark = (payload, total, now)
-        elif now - mark[2] >= self._limits.body_timeout - 0.001:
-            self._body_mark = None
-            error = RequestTimeout(
-                f"The request body stopped arriving: nothing came for {self._limits.body_timeout:g} seconds."
-            )
-            payload.set_exception(error)
+        self._body_mark = mark_body(payload, self._body_mark, now, self._limits)
+        if self._body_mark is None:
             log.info("request body timed out from %s: 408 (request_id=%s)", self._peer(), _request_id(request))
 
     def _peer(self) -> str:

@@ -38,16 +38,15 @@ from aiohttp.tcp_helpers import tcp_keepalive, tcp_nodelay
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from clexproxy.errors import RequestTimeout
 from clexproxy.fastpath.scan import INCOMPLETE, request_head
 from clexproxy.gateway import Gateway
 from clexproxy.handlers.common import request_id
 from clexproxy.handlers.ingress import Ingress
 from clexproxy.outbox import Outbox
 from clexproxy.proxied_request import ProxiedHandler, ProxiedRequest, write_answer
-from clexproxy.server.connections import ConnectionLimits, time_out_head
 from clexproxy.server.lean_body import LeanBody
 from clexproxy.server.screen import Screen
+from clexproxy.server.time_limits import BodyMark, ConnectionLimits, mark_body, time_out_head
 
 log = logging.getLogger("clexproxy.server.connections")
 
@@ -106,7 +105,7 @@ class LeanConnection:
         self._head_reads = 0  # scans of the head now coming
         self._body: LeanBody | None = None  # the call's body while some of it is still to come
         self._body_left = 0  # bytes of the current body still to come (fed to `_body`, or dropped once answered)
-        self._body_mark: tuple[LeanBody, int, float] | None = None
+        self._body_mark: BodyMark | None = None
         self._task_handler: asyncio.Task[None] | None = None
         self._current_request: ProxiedRequest | None = None
         self._request_in_progress = False
@@ -371,15 +370,8 @@ class LeanConnection:
         if body is None or body.exception() is not None:
             self._body_mark = None
             return
-        total = body.total_bytes
-        mark = self._body_mark
-        if mark is None or mark[0] is not body or mark[1] != total:
-            self._body_mark = (body, total, now)
-        elif now - mark[2] >= self._server.limits.body_timeout - 0.001:
-            self._body_mark = None
-            body_timeout = self._server.limits.body_timeout
-            body.set_exception(RequestTimeout(f"The request body stopped arriving: nothing came for {body_timeout:g} "
-                                              "seconds."))
+        self._body_mark = mark_body(body, self._body_mark, now, self._server.limits)
+        if self._body_mark is None:
             request = self._current_request
             rid = "-" if request is None else request_id(cast(Any, request))
             log.info("request body timed out from %s: 408 (request_id=%s)", self._peer(), rid)

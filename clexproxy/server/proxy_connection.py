@@ -41,10 +41,11 @@ from clexproxy.handlers.common import GATEWAY, PROXIED_HANDLERS
 from clexproxy.handlers.ingress import SCREENED_PATHS
 from clexproxy.outbox import Outbox
 from clexproxy.proxied_request import ProxiedHandler, ProxiedRequest, write_answer
-from clexproxy.server.connections import ClientConnection, ClientServer, ConnectionLimits, transfer_coding_refusal
+from clexproxy.server.connections import ClientConnection, ClientServer, transfer_coding_refusal
 from clexproxy.server.fdlimit import open_file_limit
 from clexproxy.server.lean_connection import LeanConnection, LeanRoute
 from clexproxy.server.screen import Screen
+from clexproxy.server.time_limits import ConnectionLimits
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -54,12 +55,12 @@ class ProxyConnection(ClientConnection):
 
     def __init__(self, manager: ProxyServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self._proxied = manager.proxied
+        self._proxied = manager.lean_routes
         self._app = manager.app
         self._outbox = manager.outbox
 
-    def _proxied_route(self, message: RawRequestMessage) -> tuple[str, ProxiedHandler] | None:
-        """The endpoint's path and handler when the router would send this message to a proxied handler."""
+    def _proxied_route(self, message: RawRequestMessage) -> LeanRoute | None:
+        """The endpoint's route (its path and handler) when the router would send this message to a proxied handler."""
         if message.method != hdrs.METH_POST:
             return None
         route = self._proxied.get(message.path)  # the usual request target: the path alone
@@ -226,8 +227,9 @@ class ProxyConnection(ClientConnection):
 class ProxyServer(ClientServer):
     """aiohttp's low-level server making `LeanConnection`s, which hand what they do not serve to `ProxyConnection`s.
 
-    `proxied` maps each endpoint path to its handler. The server holds what its connections
-    share: the gateway, the screen, and the outbox their answers leave through.
+    `proxied` maps each endpoint path to its handler; both connections route by `lean_routes`, made
+    from it once. The server holds what its connections share: the gateway, the screen, and the
+    outbox their answers leave through.
     """
 
     def __init__(self, *args: Any, gateway: Gateway, app: web.Application, proxied: Mapping[str, ProxiedHandler],
@@ -237,7 +239,6 @@ class ProxyServer(ClientServer):
         self.screen = Screen(gateway)
         self.outbox = Outbox(self._loop)  # answers leave at the end of the loop's turn
         self.app = app
-        self.proxied = {path: (path, handler) for path, handler in proxied.items()}
         self.lean_routes: dict[str, LeanRoute] = {
             path: (path, handler, SCREENED_PATHS.get(path)) for path, handler in proxied.items()
         }
