@@ -1,4 +1,4 @@
-"""The OpenAI Responses API (`POST /v1/responses`) as a call to chat completions, and its JSON answer.
+"""The OpenAI Responses API (`POST /v1/responses`) as a call to chat completions (its answer: `responses_answer`).
 
 Why stateless: clexproxy stores no conversation, so what needs a stored response
 (`previous_response_id`, `conversation`, `background`, item references) is refused with a 400
@@ -20,26 +20,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from clexproxy.errors import InvalidRequest
-from clexproxy.protocols.chunks import Chunk, StreamEncoder
-from clexproxy.protocols.responses_stream import (
-    IdFactory,
-    ResponsesEncoder,
-    created_at,
-    finish_status,
-    function_call_item,
-    message_item,
-    random_id,
-    response_object,
-    responses_usage,
-)
+from clexproxy.protocols.responses_answer import PLAIN_ECHO, PLAIN_ECHO_JSON, PLAIN_FIELDS, ResponsesCall
 
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 TOOL_CHOICES = frozenset({"auto", "none", "required"})
 STATELESS = ("This gateway does not store responses: '{}' is not supported; send the whole conversation in 'input'.")
 MAX_METADATA = 16
+
 
 
 def _type_name(value: Any) -> str:
@@ -314,7 +302,9 @@ def translate(body: dict[str, Any]) -> ResponsesCall:
         raise InvalidRequest("Missing required parameter: 'model'.", extra={"param": "model"})
     if not isinstance(model, str) or not model:
         raise _bad_type("model", "a non-empty string", model)
-    _refuse_stateful(body)
+    plain = body.keys() <= PLAIN_FIELDS
+    if not plain:
+        _refuse_stateful(body)
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _bad_type("stream", "a boolean", stream)
@@ -324,6 +314,8 @@ def translate(body: dict[str, Any]) -> ResponsesCall:
         raise InvalidRequest("'input' holds no message to answer (reasoning items alone are not one).",
                              extra={"param": "input"})
     chat: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+    if plain:
+        return ResponsesCall(model, stream, chat, PLAIN_ECHO, echo_json=PLAIN_ECHO_JSON)
     tools, echoed_tools = _tools(body)
     tool_choice = body.get("tool_choice")
     parallel = body.get("parallel_tool_calls")
@@ -378,61 +370,3 @@ def translate(body: dict[str, Any]) -> ResponsesCall:
         "user": user or None,
     }
     return ResponsesCall(model, stream, chat, echo)
-
-
-class ResponsesCall:
-    """One Responses call put onto chat completions (a `Translation`)."""
-
-    __slots__ = ("_echo", "body", "model", "new_id", "stream")
-
-    def __init__(self, model: str, stream: bool, body: dict[str, Any], echo: dict[str, Any],
-                 new_id: IdFactory = random_id) -> None:
-        self.model = model
-        self.stream = stream
-        self.body = body
-        self._echo = echo
-        self.new_id = new_id  # ids of the response and its items (tests give a counter)
-
-    def echo(self) -> dict[str, Any]:
-        """The request fields the response repeats; sampling as sent upstream (the handler may add SPEC's)."""
-        return {**self._echo, "temperature": self.body.get("temperature"), "top_p": self.body.get("top_p")}
-
-    def response(self, doc: Chunk) -> dict[str, Any]:
-        """The Response object for a chat completion."""
-        choices = doc.get("choices")
-        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-        message = choice.get("message")
-        if not isinstance(message, dict):
-            message = {}
-        status, details = finish_status(choice.get("finish_reason"))
-        item_status = "completed" if status == "completed" else "incomplete"
-        output: list[dict[str, Any]] = []
-        content = message.get("content")
-        if isinstance(content, str) and content:
-            output.append(message_item(self.new_id("msg_"), content, item_status))
-        tool_calls = message.get("tool_calls")
-        for call in tool_calls if isinstance(tool_calls, list) else ():
-            function = call.get("function") if isinstance(call, dict) else None
-            if not isinstance(function, dict):
-                continue
-            call_id = call.get("id")
-            output.append(function_call_item(
-                self.new_id("fc_"), call_id if isinstance(call_id, str) and call_id else self.new_id("call_"),
-                str(function.get("name") or ""), str(function.get("arguments") or ""), "completed"))
-        model = doc.get("model")
-        return response_object(
-            self.echo(),
-            response_id=self.new_id("resp_"),
-            created_at=created_at(doc.get("created")),
-            model=model if isinstance(model, str) and model else self.model,
-            status=status,
-            output=output,
-            usage=responses_usage(doc.get("usage")),
-            incomplete_details=details,
-        )
-
-    def answer(self, doc: Chunk) -> bytes:
-        return orjson.dumps(self.response(doc))
-
-    def encoder(self) -> StreamEncoder:
-        return ResponsesEncoder(self.echo(), self.model, self.new_id)

@@ -1,7 +1,7 @@
 """The OpenAI Responses API's answer shapes from chat completions: the response object and its SSE stream.
 
 Why the response object lives with the stream: `ResponsesEncoder` builds it three times (opening,
-completed, failed) and `ResponsesCall.answer` once, from the same pieces (`response_object`,
+completed, failed) and `ResponsesCall.answer` once, from the same pieces (`response_head`,
 `message_item`, `function_call_item`, `responses_usage`, `finish_status`), so a JSON answer and the
 last event of a stream are the same document.
 
@@ -44,26 +44,32 @@ def random_id(prefix: str) -> str:
 
 
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    return value if type(value) is int and value >= 0 else 0  # JSON's integers (not its booleans)
+
+
+def usage_counts(usage: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """A chat `usage`'s (input, cached input, output, reasoning, total) tokens, as the Responses `usage` says them."""
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens"))
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
+    cached = _count(prompt_details.get("cached_tokens")) if type(prompt_details) is dict else 0
+    reasoning = _count(completion_details.get("reasoning_tokens")) if type(completion_details) is dict else 0
+    total = usage.get("total_tokens")
+    return prompt, cached, completion, reasoning, _count(total) if total is not None else prompt + completion
 
 
 def responses_usage(usage: Any) -> dict[str, Any] | None:
     """The Responses `usage` from a chat `usage` (None when the chat answer had none)."""
     if not isinstance(usage, dict):
         return None
-    prompt = _count(usage.get("prompt_tokens"))
-    completion = _count(usage.get("completion_tokens"))
-    prompt_details = usage.get("prompt_tokens_details")
-    completion_details = usage.get("completion_tokens_details")
-    cached = _count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
-    reasoning = _count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
-    total = usage.get("total_tokens")
+    prompt, cached, completion, reasoning, total = usage_counts(usage)
     return {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": reasoning},
-        "total_tokens": _count(total) if total is not None else prompt + completion,
+        "total_tokens": total,
     }
 
 
@@ -92,6 +98,31 @@ def function_call_item(item_id: str, call_id: str, name: str, arguments: str, st
             "arguments": arguments}
 
 
+def response_head(
+    *,
+    response_id: str,
+    created_at: int,
+    model: str,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any] | None,
+    incomplete_details: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a `response` object says of its answer: the fields before the request fields it echoes."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "error": error,
+        "incomplete_details": incomplete_details,
+        "model": model,
+        "output": output,
+        "usage": usage,
+    }
+
+
 def response_object(
     echo: dict[str, Any],
     *,
@@ -104,24 +135,15 @@ def response_object(
     incomplete_details: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The `response` object: what this answer says, then the request fields it echoes (`echo`)."""
-    return {
-        "id": response_id,
-        "object": "response",
-        "created_at": created_at,
-        "status": status,
-        "error": error,
-        "incomplete_details": incomplete_details,
-        "model": model,
-        "output": output,
-        "usage": usage,
-        **echo,
-    }
+    """The `response` object: what this answer says (`response_head`), then the request fields it echoes."""
+    head = response_head(response_id=response_id, created_at=created_at, model=model, status=status, output=output,
+                         usage=usage, incomplete_details=incomplete_details, error=error)
+    return {**head, **echo}
 
 
 def created_at(value: Any) -> int:
-    """A chat answer's `created` (seconds), or now when it has none."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+    """A chat answer's `created` (seconds), or now when it has none (or one no JSON integer can hold)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 2**63:
         return int(value)
     return int(time.time())
 

@@ -1,0 +1,135 @@
+"""The Responses JSON answer's two ways to its bytes, and the usual request's shortcut through `translate`.
+
+`ResponsesCall.answer` writes the usual answer into a template and serializes any other; both must be
+the bytes of `orjson.dumps(call.response(doc))`, the one Response object the stream's last event
+carries too. And a request of `PLAIN_FIELDS` only must translate exactly as the long way would.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from openai.types.responses import Response
+
+from clexproxy.protocols.responses import translate
+from clexproxy.protocols.responses_answer import PLAIN_ECHO, ResponsesCall
+
+
+def counter_ids() -> Any:
+    numbers = itertools.count()
+    return lambda prefix: f"{prefix}{next(numbers)}"
+
+
+TEXT = st.text(max_size=40)  # any code point: the template's text must be escaped as orjson escapes it
+COUNT = st.one_of(st.integers(min_value=-5, max_value=2**64 - 1), st.none(), st.booleans(), st.floats(allow_nan=False),
+                  st.text(max_size=3))
+USAGE = st.one_of(
+    st.none(),
+    st.text(max_size=3),
+    st.fixed_dictionaries({}, optional={
+        "prompt_tokens": COUNT, "completion_tokens": COUNT, "total_tokens": COUNT,
+        "prompt_tokens_details": st.one_of(st.none(), st.fixed_dictionaries({}, optional={"cached_tokens": COUNT})),
+        "completion_tokens_details": st.one_of(st.none(), st.lists(COUNT, max_size=1),
+                                               st.fixed_dictionaries({}, optional={"reasoning_tokens": COUNT})),
+    }),
+)
+TOOL_CALL = st.one_of(st.none(), TEXT, st.fixed_dictionaries({}, optional={
+    "id": st.one_of(st.none(), TEXT),
+    "function": st.one_of(st.none(), st.fixed_dictionaries({}, optional={"name": TEXT, "arguments": TEXT})),
+}))
+MESSAGE = st.one_of(st.none(), TEXT, st.fixed_dictionaries({}, optional={
+    "role": st.just("assistant"),
+    "content": st.one_of(st.none(), TEXT, st.just(""), st.integers()),
+    "tool_calls": st.one_of(st.none(), TEXT, st.lists(TOOL_CALL, max_size=3)),
+}))
+CHOICE = st.fixed_dictionaries({}, optional={
+    "message": MESSAGE,
+    "finish_reason": st.sampled_from([None, "stop", "length", "content_filter", "tool_calls", 7]),
+})
+ANY_DOC = st.fixed_dictionaries({}, optional={
+    "model": st.one_of(st.none(), TEXT, st.integers()),
+    "created": st.one_of(st.none(), st.integers(min_value=-2, max_value=2**64 - 1), st.floats(allow_nan=False),
+                         st.booleans()),
+    "choices": st.one_of(st.none(), TEXT, st.lists(st.one_of(CHOICE, st.integers()), max_size=2)),
+    "usage": USAGE,
+})
+# The answers that take the template: text, counted usage, and no tool call (or an empty list of them).
+USUAL_DOC = st.fixed_dictionaries({
+    "choices": st.tuples(st.fixed_dictionaries({"message": st.fixed_dictionaries(
+        {"content": st.text(min_size=1, max_size=40)},
+        optional={"role": st.just("assistant"), "tool_calls": st.one_of(st.none(), st.just([]), TEXT)})},
+        optional={"finish_reason": st.sampled_from([None, "stop", "length", "content_filter"])})).map(list),
+    "usage": st.fixed_dictionaries({}, optional={"prompt_tokens": COUNT, "completion_tokens": COUNT,
+                                                 "total_tokens": COUNT}),
+}, optional={"model": st.one_of(st.none(), TEXT), "created": st.integers(min_value=1, max_value=2**63 - 1)})
+DOC = st.one_of(USUAL_DOC, ANY_DOC)
+REQUEST = st.sampled_from([
+    {"model": "m", "input": "hi"},
+    {"model": "m", "input": "hi", "instructions": "Be brief.", "metadata": {"k": "\u2028"}, "max_output_tokens": 9,
+     "temperature": 0.5, "top_p": 1, "user": "u\x00"},
+    {"model": "m", "input": "hi", "tools": [{"type": "function", "name": "f"}], "tool_choice": "required",
+     "text": {"format": {"type": "json_object"}}, "reasoning": {"effort": "low"}},
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(doc=DOC, request=REQUEST, fixed_time=st.booleans())
+def test_the_answer_is_the_response_objects_json(doc: dict[str, Any], request: dict[str, Any],
+                                                 fixed_time: bool) -> None:
+    if not fixed_time:
+        doc["created"] = 1_700_000_000  # an answer without its time takes now's: the two would differ by a second
+    elif not (isinstance(doc.get("created"), (int, float)) and not isinstance(doc["created"], bool)
+              and 0 < doc["created"] < 2**63):
+        doc["created"] = 1_700_000_001
+    written, built = translate(request), translate(request)
+    assert isinstance(written, ResponsesCall) and isinstance(built, ResponsesCall)
+    written.new_id, built.new_id = counter_ids(), counter_ids()
+    written.body["temperature"] = built.body["temperature"] = 0.25  # as the handler's SPEC defaults add it
+    assert written.answer(doc) == orjson.dumps(built.response(doc))
+
+
+def test_the_usual_answer_is_an_sdk_response() -> None:
+    doc = {"created": 5, "model": "meta/x", "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+           "choices": [{"message": {"content": "He said \"hi\"\n\u2028"}, "finish_reason": "length"}]}
+    written, built = translate({"model": "m", "input": "hi"}), translate({"model": "m", "input": "hi"})
+    assert isinstance(written, ResponsesCall) and isinstance(built, ResponsesCall)
+    written.new_id, built.new_id = counter_ids(), counter_ids()
+    assert written.answer(doc) == orjson.dumps(built.response(doc))
+    response = Response.model_validate_json(translate({"model": "m", "input": "hi"}).answer(doc))
+    assert response.output_text == "He said \"hi\"\n\u2028" and response.status == "incomplete"
+    assert response.usage is not None and response.usage.total_tokens == 5
+
+
+PLAIN = [
+    {"model": "m", "input": "hi"},
+    {"model": "m", "input": "hi", "stream": True, "store": True},
+    {"model": "m", "input": [{"role": "developer", "content": "x"}, {"role": "user", "content": [
+        {"type": "input_text", "text": "a"}, {"type": "input_image", "image_url": "data:,"}]}], "stream": False},
+]
+
+
+def test_a_plain_request_translates_as_the_long_way_does() -> None:
+    for body in PLAIN:
+        short, long = translate(orjson.loads(orjson.dumps(body))), translate({**body, "metadata": None})
+        assert isinstance(short, ResponsesCall) and isinstance(long, ResponsesCall)
+        assert (short.model, short.stream, short.body, short.echo()) == (long.model, long.stream, long.body,
+                                                                          long.echo())
+        short.new_id, long.new_id = counter_ids(), counter_ids()
+        doc = {"created": 1, "choices": [{"message": {"content": "x"}}], "usage": {}}
+        assert short.answer(doc) == long.answer(doc)
+
+
+def test_the_shared_echo_is_never_changed_by_a_call() -> None:
+    before = orjson.dumps(PLAIN_ECHO)
+    call = translate({"model": "m", "input": "hi", "stream": True})
+    assert isinstance(call, ResponsesCall)
+    encoder = call.encoder()
+    encoder.chunk({"choices": [{"delta": {"content": "a"}}]})
+    encoder.chunk({"choices": [{"delta": {}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1}})
+    encoder.end()
+    call.answer({"choices": [{"message": {"content": "a"}}], "usage": {}})
+    assert orjson.dumps(PLAIN_ECHO) == before
