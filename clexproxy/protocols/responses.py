@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from clexproxy.errors import InvalidRequest
-from clexproxy.protocols.responses_answer import PLAIN_ECHO, PLAIN_ECHO_JSON, PLAIN_FIELDS, ResponsesCall
+from clexproxy.protocols.responses_answer import PLAIN_ECHO, PLAIN_ECHOED, PLAIN_FIELDS, ResponsesCall
 
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 TOOL_CHOICES = frozenset({"auto", "none", "required"})
@@ -315,7 +315,7 @@ def translate(body: dict[str, Any]) -> ResponsesCall:
                              extra={"param": "input"})
     chat: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
     if plain:
-        return ResponsesCall(model, stream, chat, PLAIN_ECHO, echo_json=PLAIN_ECHO_JSON)
+        return ResponsesCall(model, stream, chat, PLAIN_ECHO, echo_inside=PLAIN_ECHOED)
     tools, echoed_tools = _tools(body)
     tool_choice = body.get("tool_choice")
     parallel = body.get("parallel_tool_calls")

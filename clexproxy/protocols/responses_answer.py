@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from clexproxy.protocols.chunks import Chunk, StreamEncoder
+from clexproxy.protocols.chunks import Chunk, StreamEncoder, random_hex
 from clexproxy.protocols.responses_stream import (
     IdFactory,
     ResponsesEncoder,
@@ -47,32 +47,35 @@ PLAIN_ECHO: dict[str, Any] = {
     "previous_response_id": None,
     "user": None,
 }
-PLAIN_ECHO_JSON = orjson.dumps(PLAIN_ECHO)
+PLAIN_ECHOED = orjson.dumps(PLAIN_ECHO)[1:-1]  # the inside of its JSON object, as the answers join it
 
 # `response_head`'s fields with one `message_item` as the output and `responses_usage`'s usage, then the
-# echoed fields (`ResponsesCall._echoed`): the usual answer's bytes.
+# echoed fields and the sampling (`echo()`): the usual answer's bytes.
 _TEXT_ANSWER = (
     b'{"id":%s,"object":"response","created_at":%d,"status":%s,"error":null,"incomplete_details":%s,"model":%s,'
     b'"output":[{"id":%s,"type":"message","status":%s,"role":"assistant","content":[{"type":"output_text",'
     b'"text":%s,"annotations":[],"logprobs":[]}]}],"usage":{"input_tokens":%d,"input_tokens_details":'
     b'{"cached_tokens":%d,"cache_write_tokens":0},"output_tokens":%d,"output_tokens_details":'
-    b'{"reasoning_tokens":%d},"total_tokens":%d},%s}'
+    b'{"reasoning_tokens":%d},"total_tokens":%d},%s,"temperature":%s,"top_p":%s}'
 )
+# Any other answer: `response_head`'s JSON without its closing brace, then as above.
+_ANY_ANSWER = b'%s,%s,"temperature":%s,"top_p":%s}'
+_ECHOED = b'%s,"temperature":%s,"top_p":%s'  # `echo()`'s JSON object's inside, as a stream's responses end
 _STATUS_JSON = {"completed": b'"completed"', "incomplete": b'"incomplete"'}
 
 
 class ResponsesCall:
     """One Responses call put onto chat completions (a `Translation`)."""
 
-    __slots__ = ("_echo", "_echo_json", "body", "model", "new_id", "stream")
+    __slots__ = ("_echo", "_echo_inside", "body", "model", "new_id", "stream")
 
     def __init__(self, model: str, stream: bool, body: dict[str, Any], echo: dict[str, Any],
-                 new_id: IdFactory = random_id, echo_json: bytes | None = None) -> None:
+                 new_id: IdFactory = random_id, echo_inside: bytes | None = None) -> None:
         self.model = model
         self.stream = stream
         self.body = body
         self._echo = echo
-        self._echo_json = echo_json  # `echo`'s JSON, when made before the answer (a shared echo's, once)
+        self._echo_inside = echo_inside  # `echo`'s JSON object's inside, when made before (a shared echo's, once)
         self.new_id = new_id  # ids of the response and its items (tests give a counter)
 
     def _sampling(self) -> dict[str, Any]:
@@ -85,11 +88,11 @@ class ResponsesCall:
         return {**self._echo, **self._sampling()}
 
     def _echoed(self) -> bytes:
-        """The inside of the JSON object of the fields the response repeats (`echo()`'s, without its braces)."""
-        echo = self._echo_json
+        """The inside of the echo's JSON object (without its braces), made once per call."""
+        echo = self._echo_inside
         if echo is None:
-            echo = self._echo_json = orjson.dumps(self._echo)
-        return echo[1:-1] + b"," + orjson.dumps(self._sampling())[1:-1]
+            echo = self._echo_inside = orjson.dumps(self._echo)[1:-1]
+        return echo
 
     def _head(self, doc: Chunk, choice: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
         """What the Response object for a chat completion says of its answer (`response_head`)."""
@@ -129,16 +132,26 @@ class ResponsesCall:
         content = message.get("content")
         tool_calls = message.get("tool_calls")
         usage = doc.get("usage")
+        body = self.body
+        temperature, top_p = orjson.dumps(body.get("temperature")), orjson.dumps(body.get("top_p"))
         if not (isinstance(content, str) and content and isinstance(usage, dict)) or (
                 isinstance(tool_calls, list) and tool_calls):
-            return orjson.dumps(self._head(doc, choice, message))[:-1] + b"," + self._echoed() + b"}"
+            head = orjson.dumps(self._head(doc, choice, message))[:-1]
+            return _ANY_ANSWER % (head, self._echoed(), temperature, top_p)
         status, details = finish_status(choice.get("finish_reason"))
         new_id = self.new_id
-        item_id = new_id("msg_")
+        if new_id is random_id:  # the default ids, both from one draw
+            digits = random_hex(64)
+            item_id, response_id = "msg_" + digits[:32], "resp_" + digits[32:]
+        else:
+            item_id, response_id = new_id("msg_"), new_id("resp_")
+        created = doc.get("created")
+        if type(created) is not int or not 0 < created < 2**63:
+            created = created_at(created)
         model = doc.get("model")
         return _TEXT_ANSWER % (
-            orjson.dumps(new_id("resp_")),
-            created_at(doc.get("created")),
+            orjson.dumps(response_id),
+            created,
             _STATUS_JSON[status],
             b"null" if details is None else orjson.dumps(details),
             orjson.dumps(model if isinstance(model, str) and model else self.model),
@@ -147,10 +160,14 @@ class ResponsesCall:
             orjson.dumps(content),
             *usage_counts(usage),
             self._echoed(),
+            temperature,
+            top_p,
         )
 
     def encoder(self) -> StreamEncoder:
-        return ResponsesEncoder(self.echo(), self.model, self.new_id)
+        body = self.body
+        echoed = _ECHOED % (self._echoed(), orjson.dumps(body.get("temperature")), orjson.dumps(body.get("top_p")))
+        return ResponsesEncoder(echoed, self.model, self.new_id)
 
 
 def _choice(doc: Chunk) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -43,14 +43,22 @@ def random_id(prefix: str) -> str:
     return prefix + random_hex(32)
 
 
+# A count beyond this (2**53 - 1, JSON's largest exact integer) counts 0: the total of two would not serialize.
+_MAX_COUNT = 9_007_199_254_740_991
+
+
 def _count(value: Any) -> int:
-    return value if type(value) is int and value >= 0 else 0  # JSON's integers (not its booleans)
+    return value if type(value) is int and 0 <= value <= _MAX_COUNT else 0  # JSON's integers (not its booleans)
 
 
 def usage_counts(usage: dict[str, Any]) -> tuple[int, int, int, int, int]:
-    """A chat `usage`'s (input, cached input, output, reasoning, total) tokens, as the Responses `usage` says them."""
-    prompt = _count(usage.get("prompt_tokens"))
-    completion = _count(usage.get("completion_tokens"))
+    """A chat `usage`'s (input, cached input, output, reasoning, total) tokens, as the Responses `usage` says them.
+
+    Every JSON Responses answer reads one: the two counts every usage has are checked in line.
+    """
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    prompt = prompt if type(prompt) is int and 0 <= prompt <= _MAX_COUNT else 0
+    completion = completion if type(completion) is int and 0 <= completion <= _MAX_COUNT else 0
     prompt_details = usage.get("prompt_tokens_details")
     completion_details = usage.get("completion_tokens_details")
     cached = _count(prompt_details.get("cached_tokens")) if type(prompt_details) is dict else 0
@@ -123,24 +131,6 @@ def response_head(
     }
 
 
-def response_object(
-    echo: dict[str, Any],
-    *,
-    response_id: str,
-    created_at: int,
-    model: str,
-    status: str,
-    output: list[dict[str, Any]],
-    usage: dict[str, Any] | None,
-    incomplete_details: dict[str, Any] | None = None,
-    error: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The `response` object: what this answer says (`response_head`), then the request fields it echoes."""
-    head = response_head(response_id=response_id, created_at=created_at, model=model, status=status, output=output,
-                         usage=usage, incomplete_details=incomplete_details, error=error)
-    return {**head, **echo}
-
-
 def created_at(value: Any) -> int:
     """A chat answer's `created` (seconds), or now when it has none (or one no JSON integer can hold)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 2**63:
@@ -151,15 +141,16 @@ def created_at(value: Any) -> int:
 class ResponsesEncoder:
     """One Responses stream from chat chunks (a `StreamEncoder`).
 
-    `echo` is the request fields every response object repeats; `model` names the response until a
+    `echoed` is the request fields every response object repeats, as the inside of their JSON object
+    (serialized once for the three response objects of a stream); `model` names the response until a
     chunk names the model that answers; `new_id` makes the response's and items' ids.
     """
 
-    __slots__ = ("_calls", "_created_at", "_delta_head", "_echo", "_finish_reason", "_finished", "_id", "_items",
-                 "_message", "_model", "_new_id", "_seq", "_started", "_texts", "_usage")
+    __slots__ = ("_calls", "_created_at", "_delta_head", "_echo_end", "_finish_reason", "_finished", "_id",
+                 "_items", "_message", "_model", "_new_id", "_seq", "_started", "_texts", "_usage")
 
-    def __init__(self, echo: dict[str, Any], model: str, new_id: IdFactory = random_id) -> None:
-        self._echo = echo
+    def __init__(self, echoed: bytes, model: str, new_id: IdFactory = random_id) -> None:
+        self._echo_end = b"," + echoed + b"}" if echoed else b"}"  # what ends each response object's JSON
         self._model = model
         self._new_id = new_id
         self._id = new_id("resp_")
@@ -180,9 +171,13 @@ class ResponsesEncoder:
         self._seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
-    def _response(self, status: str, **more: Any) -> dict[str, Any]:
-        return response_object(self._echo, response_id=self._id, created_at=self._created_at, model=self._model,
-                               status=status, output=self._items, usage=responses_usage(self._usage), **more)
+    def _response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None,
+                  incomplete_details: dict[str, Any] | None = None,
+                  error: dict[str, Any] | None = None) -> orjson.Fragment:
+        """The response object as JSON an event carries: `response_head`'s, then the echoed fields'."""
+        head = response_head(response_id=self._id, created_at=self._created_at, model=self._model, status=status,
+                             output=output, usage=usage, incomplete_details=incomplete_details, error=error)
+        return orjson.Fragment(orjson.dumps(head)[:-1] + self._echo_end)
 
     def _open(self, chunk: Chunk | None) -> list[bytes]:
         self._started = True
@@ -190,8 +185,7 @@ class ResponsesEncoder:
         model = chunk.get("model") if chunk else None
         if isinstance(model, str) and model:
             self._model = model
-        opening = response_object(self._echo, response_id=self._id, created_at=self._created_at, model=self._model,
-                                  status="in_progress", output=[], usage=None)
+        opening = self._response("in_progress", [], None)
         return [self._event("response.created", {"response": opening}),
                 self._event("response.in_progress", {"response": opening})]
 
@@ -302,8 +296,8 @@ class ResponsesEncoder:
         out = [] if self._started else self._open(None)
         status, details = finish_status(self._finish_reason)
         out.extend(self._close_items(status))
-        out.append(self._event("response.completed",
-                               {"response": self._response(status, incomplete_details=details)}))
+        response = self._response(status, self._items, responses_usage(self._usage), incomplete_details=details)
+        out.append(self._event("response.completed", {"response": response}))
         return b"".join(out)
 
     def error(self, error: ApiError) -> bytes:
@@ -314,5 +308,6 @@ class ResponsesEncoder:
         self._settle_items("incomplete")  # no .done events: `response.failed` ends the stream as it stands
         code = error.code if error.code in SDK_ERROR_CODES else "server_error"
         failure = {"code": code, "message": error.message, "type": error.error_type}
-        out.append(self._event("response.failed", {"response": self._response("failed", error=failure)}))
+        response = self._response("failed", self._items, responses_usage(self._usage), error=failure)
+        out.append(self._event("response.failed", {"response": response}))
         return b"".join(out)

@@ -136,7 +136,7 @@ def test_text_read_bare_makes_the_same_bytes_as_the_full_parse(client: str, size
     raw += chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 9}) + b"data: [DONE]\n\n"
 
     def encoder() -> Any:
-        return ResponsesEncoder({}, "clex/m", counter()) if client == "responses" else MessagesEncoder("clex/m")
+        return ResponsesEncoder(b"", "clex/m", counter()) if client == "responses" else MessagesEncoder("clex/m")
 
     bare = translated(OpenAIDecoder(), encoder(), raw, size)
     assert bare == translated(FullParse(), encoder(), raw, size)
