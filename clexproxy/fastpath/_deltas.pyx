@@ -26,7 +26,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memcmp
 
-__all__ = ("text_delta",)
+__all__ = ("text_delta", "text_run")
 
 ctypedef unsigned char uchar
 
@@ -454,6 +454,34 @@ def text_delta(data):
     """The text of `data`, an OpenAI chat chunk's JSON, when the chunk is one more piece of the answer's
     text and nothing else (exactly `text_only(orjson.loads(data))` then); None when it is not, or
     when this scan cannot tell cheaply (the caller parses it in full)."""
+    return _text(data)
+
+
+def text_run(list events, Py_ssize_t start):
+    """(the texts of `events[start:]` joined, the index after them) while each event's data is one more
+    piece of text (`text_delta`); (None, start) when the first is not.
+
+    A read of a fast upstream brings many such events: one call reads them all, and the stream takes
+    them as one piece of text, as the client is sent them.
+    """
+    cdef Py_ssize_t i = start
+    cdef Py_ssize_t n = len(events)
+    cdef list texts = []
+    while i < n:
+        data = events[i].data
+        if data is None:
+            break
+        text = _text(data)
+        if text is None:
+            break
+        texts.append(text)
+        i += 1
+    if not texts:
+        return None, start
+    return (texts[0] if len(texts) == 1 else "".join(texts)), i
+
+
+cdef object _text(object data):
     cdef _Content content = _Content(NULL, NULL, False)
     cdef const uchar* p
     cdef Py_ssize_t n

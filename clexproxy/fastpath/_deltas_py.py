@@ -8,8 +8,9 @@ compiled module's NULL ("this scan cannot vouch for the event").
 from __future__ import annotations
 
 import re
+from typing import Any
 
-__all__ = ("text_delta",)
+__all__ = ("text_delta", "text_run")
 
 _MAX_DEPTH = 32
 _MAX_NUMBER = 18
@@ -345,3 +346,22 @@ def text_delta(data: bytes) -> str | None:
     if not _scan(data, content):
         return None
     return _decode(data, content)
+
+
+def text_run(events: list[Any], start: int) -> tuple[str | None, int]:
+    """(the texts of `events[start:]` joined, the index after them) while each event's data is one more
+    piece of text (`text_delta`); (None, start) when the first is not."""
+    texts: list[str] = []
+    i = start
+    while i < len(events):
+        data = events[i].data
+        if data is None:
+            break
+        text = text_delta(data)
+        if text is None:
+            break
+        texts.append(text)
+        i += 1
+    if not texts:
+        return None, start
+    return (texts[0] if len(texts) == 1 else "".join(texts)), i

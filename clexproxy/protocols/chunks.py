@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import orjson
 
 from clexproxy.errors import ApiError
-from clexproxy.fastpath.deltas import text_delta
+from clexproxy.fastpath.deltas import text_run
 from clexproxy.fastpath.sse import SSEEvent
 
 Chunk = dict[str, Any]
@@ -183,8 +183,9 @@ class OpenAIDecoder:
     Used only when the client does not speak chat completions (a chat client's OpenAI stream is
     relayed as bytes). `feed_all`, the relay's, is `feed` written out in one loop: every event
     of a translated OpenAI stream goes through it. After the first chunk, an event that is one
-    more piece of text is given as its text (`text_delta`, which reads it without parsing it):
-    most events of a stream.
+    more piece of text is given as its text (`text_run`, which reads it without parsing it):
+    most events of a stream. A run of them, as a fast upstream's read brings, is one piece of
+    their texts joined: the client is sent them as one event either way (`TranslatingFrames`).
     """
 
     __slots__ = ("done", "started")
@@ -200,15 +201,17 @@ class OpenAIDecoder:
 
     def feed_all(self, events: list[SSEEvent], out: list[Piece]) -> None:
         loads = orjson.loads
-        for event in events:
-            data = event.data
-            if data is None or self.done:
-                continue
+        at, count = 0, len(events)
+        while at < count and not self.done:
             if self.started:
-                text = text_delta(data)
+                text, at = text_run(events, at)  # the run of text-only events from here, as one piece
                 if text is not None:
                     out.append(text)
                     continue
+            data = events[at].data
+            at += 1
+            if data is None:
+                continue
             if data == b"[DONE]":
                 self.done = True
                 return

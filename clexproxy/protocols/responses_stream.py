@@ -33,6 +33,7 @@ IdFactory = Callable[[str], str]
 
 _DELTA_START = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":'
 _DELTA_END = b',"logprobs":[]}\n\n'
+_EVENT = b'event: %s\ndata: {"type":"%s","sequence_number":%d,%s}\n\n'  # kind, kind, number, the fields' inside
 
 # `ResponseError.code` values SPEC's error codes keep as they are; any other becomes "server_error".
 SDK_ERROR_CODES = frozenset({"server_error", "rate_limit_exceeded"})
@@ -166,10 +167,11 @@ class ResponsesEncoder:
         self._finish_reason: Any = None
         self._usage: Any = None
 
-    def _event(self, kind: str, fields: dict[str, Any]) -> bytes:
-        payload = {"type": kind, "sequence_number": self._seq, **fields}
-        self._seq += 1
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+    def _event(self, kind: bytes, fields: dict[str, Any]) -> bytes:
+        """An event of `kind`: its type and sequence number, then `fields` (written into `_EVENT`)."""
+        seq = self._seq
+        self._seq = seq + 1
+        return _EVENT % (kind, kind, seq, orjson.dumps(fields)[1:-1])
 
     def _response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None,
                   incomplete_details: dict[str, Any] | None = None,
@@ -186,8 +188,8 @@ class ResponsesEncoder:
         if isinstance(model, str) and model:
             self._model = model
         opening = self._response("in_progress", [], None)
-        return [self._event("response.created", {"response": opening}),
-                self._event("response.in_progress", {"response": opening})]
+        return [self._event(b"response.created", {"response": opening}),
+                self._event(b"response.in_progress", {"response": opening})]
 
     def chunk(self, chunk: Chunk) -> bytes:
         if self._finished:
@@ -230,8 +232,8 @@ class ResponsesEncoder:
             self._items.append(message)
             index = len(self._items) - 1
             added = {**message, "content": []}
-            out.append(self._event("response.output_item.added", {"output_index": index, "item": added}))
-            out.append(self._event("response.content_part.added", {
+            out.append(self._event(b"response.output_item.added", {"output_index": index, "item": added}))
+            out.append(self._event(b"response.content_part.added", {
                 "item_id": message["id"], "output_index": index, "content_index": 0, "part": output_text_part("")}))
             self._delta_head = b',"item_id":%s,"output_index":%d,"content_index":0,"delta":' % (
                 orjson.dumps(message["id"]), index)
@@ -256,12 +258,12 @@ class ResponsesEncoder:
                                       "in_progress")
             self._calls[key] = item
             self._items.append(item)
-            out.append(self._event("response.output_item.added",
+            out.append(self._event(b"response.output_item.added",
                                    {"output_index": len(self._items) - 1, "item": dict(item)}))
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
             item["arguments"] += arguments
-            out.append(self._event("response.function_call_arguments.delta", {
+            out.append(self._event(b"response.function_call_arguments.delta", {
                 "item_id": item["id"], "output_index": self._items.index(item), "delta": arguments}))
         return out
 
@@ -279,14 +281,14 @@ class ResponsesEncoder:
             if item["type"] == "message":
                 part = item["content"][0]
                 text = part["text"]
-                out.append(self._event("response.output_text.done", {
+                out.append(self._event(b"response.output_text.done", {
                     "item_id": item["id"], "output_index": index, "content_index": 0, "text": text, "logprobs": []}))
-                out.append(self._event("response.content_part.done", {
+                out.append(self._event(b"response.content_part.done", {
                     "item_id": item["id"], "output_index": index, "content_index": 0, "part": part}))
             else:
-                out.append(self._event("response.function_call_arguments.done", {
+                out.append(self._event(b"response.function_call_arguments.done", {
                     "item_id": item["id"], "output_index": index, "arguments": item["arguments"]}))
-            out.append(self._event("response.output_item.done", {"output_index": index, "item": item}))
+            out.append(self._event(b"response.output_item.done", {"output_index": index, "item": item}))
         return out
 
     def end(self) -> bytes:
@@ -297,7 +299,7 @@ class ResponsesEncoder:
         status, details = finish_status(self._finish_reason)
         out.extend(self._close_items(status))
         response = self._response(status, self._items, responses_usage(self._usage), incomplete_details=details)
-        out.append(self._event("response.completed", {"response": response}))
+        out.append(self._event(b"response.completed", {"response": response}))
         return b"".join(out)
 
     def error(self, error: ApiError) -> bytes:
@@ -309,5 +311,5 @@ class ResponsesEncoder:
         code = error.code if error.code in SDK_ERROR_CODES else "server_error"
         failure = {"code": code, "message": error.message, "type": error.error_type}
         response = self._response("failed", self._items, responses_usage(self._usage), error=failure)
-        out.append(self._event("response.failed", {"response": response}))
+        out.append(self._event(b"response.failed", {"response": response}))
         return b"".join(out)

@@ -235,3 +235,46 @@ def test_a_text_is_only_ever_what_the_full_parse_reads(deltas: ModuleType, data:
 @given(damaged())
 def test_the_compiled_module_and_its_twin_agree(deltas: ModuleType, deltas_other: ModuleType, data: bytes) -> None:
     assert deltas.text_delta(data) == deltas_other.text_delta(data)
+
+
+# --- runs -----------------------------------------------------------------------------------------------------------
+
+class Event:
+    """An event as the relay has it: its data (None for one that carried none, a comment)."""
+
+    def __init__(self, data: bytes | None) -> None:
+        self.data = data
+
+
+def run_by_hand(deltas: ModuleType, events: list[Event], start: int) -> tuple[str | None, int]:
+    """`text_run` as `text_delta` one event at a time."""
+    texts = []
+    at = start
+    while at < len(events) and events[at].data is not None:
+        text = deltas.text_delta(events[at].data)
+        if text is None:
+            break
+        texts.append(text)
+        at += 1
+    return ("".join(texts) if texts else None), (at if texts else start)
+
+
+_event_data = st.one_of(text_chunks().map(lambda chunk: chunk[0]), damaged(), st.none(),
+                        st.sampled_from([b"[DONE]", b'{"choices":[],"usage":{"prompt_tokens":1}}', b""]))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_event_data, max_size=8), st.integers(0, 9))
+def test_a_run_is_its_events_texts_joined(deltas: ModuleType, data: list[bytes | None], start: int) -> None:
+    events = [Event(item) for item in data]
+    start = min(start, len(events))
+    assert deltas.text_run(events, start) == run_by_hand(deltas, events, start)
+
+
+def test_a_run_stops_at_the_first_event_that_is_not_text(deltas: ModuleType) -> None:
+    events = [Event(content(b"a")), Event(content(b"b")), Event(None), Event(content(b"c")), Event(b"[DONE]")]
+    assert deltas.text_run(events, 0) == ("ab", 2)
+    assert deltas.text_run(events, 2) == (None, 2)
+    assert deltas.text_run(events, 3) == ("c", 4)
+    assert deltas.text_run(events, 4) == (None, 4)
+    assert deltas.text_run(events, 5) == (None, 5)
