@@ -457,7 +457,7 @@ def text_delta(data):
     return _text(data)
 
 
-def text_run(list events, Py_ssize_t start):
+def text_run(list events not None, Py_ssize_t start):
     """(the texts of `events[start:]` joined, the index after them) while each event's data is one more
     piece of text (`text_delta`); (None, start) when the first is not.
 
@@ -467,6 +467,8 @@ def text_run(list events, Py_ssize_t start):
     cdef Py_ssize_t i = start
     cdef Py_ssize_t n = len(events)
     cdef list texts = []
+    if start < 0:
+        raise ValueError("a run starts at an index of the events, not before the first")
     while i < n:
         data = events[i].data
         if data is None:

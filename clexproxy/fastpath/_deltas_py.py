@@ -352,6 +352,8 @@ def text_run(events: list[Any], start: int) -> tuple[str | None, int]:
     """(the texts of `events[start:]` joined, the index after them) while each event's data is one more
     piece of text (`text_delta`); (None, start) when the first is not."""
     texts: list[str] = []
+    if start < 0:
+        raise ValueError("a run starts at an index of the events, not before the first")
     i = start
     while i < len(events):
         data = events[i].data

@@ -64,6 +64,15 @@ class UpstreamEventError(Exception):
         self.error = error
 
 
+def first_choice(doc: Chunk) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A chat completion's first choice and its message (each empty when it has none): what a translated
+    JSON answer reads (the gateway never asks for n > 1)."""
+    choices = doc.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message")
+    return choice, message if isinstance(message, dict) else {}
+
+
 def text_only(chunk: Chunk) -> str | None:
     """The text of a chunk that is one more piece of the answer's text and nothing else (no role, tool call,
     finish reason or usage): most chunks of most streams. None for any other chunk."""

@@ -28,7 +28,7 @@ from typing import Any, Final
 import orjson
 
 from clexproxy.errors import InvalidRequest
-from clexproxy.protocols.chunks import Chunk
+from clexproxy.protocols.chunks import Chunk, first_choice
 from clexproxy.protocols.messages_stream import (
     STOP_REASONS,
     MessagesEncoder,
@@ -360,7 +360,7 @@ class MessagesCall:
 
     def message(self, doc: Chunk) -> dict[str, Any]:
         """The Anthropic `message` object for a chat completion."""
-        choice, reply = _choice(doc)
+        choice, reply = first_choice(doc)
         content: list[dict[str, Any]] = []
         text = reply.get("content")
         if isinstance(text, str) and text:
@@ -391,7 +391,7 @@ class MessagesCall:
 
     def answer(self, doc: Chunk) -> bytes:
         """`message(doc)`'s JSON: an answer of text alone written into `_TEXT_MESSAGE`, any other serialized."""
-        choice, reply = _choice(doc)
+        choice, reply = first_choice(doc)
         text = reply.get("content")
         if not (isinstance(text, str) and text) or reply.get("tool_calls"):
             return orjson.dumps(self.message(doc))
@@ -406,14 +406,6 @@ class MessagesCall:
 
     def encoder(self) -> MessagesEncoder:
         return MessagesEncoder(self.model)
-
-
-def _choice(doc: Chunk) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A chat completion's first choice and its message (empty when it has none)."""
-    choices = doc.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    reply = choice.get("message")
-    return choice, reply if isinstance(reply, dict) else {}
 
 
 def count_tokens(body: dict[str, Any]) -> int:

@@ -29,7 +29,6 @@ STATELESS = ("This gateway does not store responses: '{}' is not supported; send
 MAX_METADATA = 16
 
 
-
 def _type_name(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), "number"

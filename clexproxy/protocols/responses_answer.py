@@ -1,7 +1,7 @@
 """A Responses call once translated (`ResponsesCall`): the `Response` object for its chat completion, and its JSON.
 
 Why a template: every JSON Responses call pays for its answer, and the usual one (one text message,
-its usage counted) is the same bytes around ten values. `ResponsesCall.answer` writes those into
+its usage counted) is the same bytes around a few values. `ResponsesCall.answer` writes those into
 `_TEXT_ANSWER`, which is the bytes `orjson.dumps(call.response(doc))` gives, key for key (a test holds
 the two equal on generated answers); the dicts are built only for the rest (tool calls, no text, no
 usage). The echo, the request fields every response repeats, is serialized once per call, and the
@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from clexproxy.protocols.chunks import Chunk, StreamEncoder, random_hex
+from clexproxy.protocols.chunks import Chunk, StreamEncoder, first_choice, random_hex
 from clexproxy.protocols.responses_stream import (
     IdFactory,
     ResponsesEncoder,
@@ -124,11 +124,11 @@ class ResponsesCall:
 
     def response(self, doc: Chunk) -> dict[str, Any]:
         """The Response object for a chat completion."""
-        return {**self._head(doc, *_choice(doc)), **self.echo()}
+        return {**self._head(doc, *first_choice(doc)), **self.echo()}
 
     def answer(self, doc: Chunk) -> bytes:
         """`response(doc)`'s JSON: the usual answer written into `_TEXT_ANSWER`, any other serialized."""
-        choice, message = _choice(doc)
+        choice, message = first_choice(doc)
         content = message.get("content")
         tool_calls = message.get("tool_calls")
         usage = doc.get("usage")
@@ -169,10 +169,3 @@ class ResponsesCall:
         echoed = _ECHOED % (self._echoed(), orjson.dumps(body.get("temperature")), orjson.dumps(body.get("top_p")))
         return ResponsesEncoder(echoed, self.model, self.new_id)
 
-
-def _choice(doc: Chunk) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A chat completion's first choice and its message (empty when it has none)."""
-    choices = doc.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message")
-    return choice, message if isinstance(message, dict) else {}

@@ -168,7 +168,7 @@ class ResponsesEncoder:
         self._usage: Any = None
 
     def _event(self, kind: bytes, fields: dict[str, Any]) -> bytes:
-        """An event of `kind`: its type and sequence number, then `fields` (written into `_EVENT`)."""
+        """An event of `kind`: its type and sequence number, then `fields` (never empty; written into `_EVENT`)."""
         seq = self._seq
         self._seq = seq + 1
         return _EVENT % (kind, kind, seq, orjson.dumps(fields)[1:-1])

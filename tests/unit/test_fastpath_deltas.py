@@ -278,3 +278,5 @@ def test_a_run_stops_at_the_first_event_that_is_not_text(deltas: ModuleType) -> 
     assert deltas.text_run(events, 3) == ("c", 4)
     assert deltas.text_run(events, 4) == (None, 4)
     assert deltas.text_run(events, 5) == (None, 5)
+    with pytest.raises(ValueError):
+        deltas.text_run(events, -1)
