@@ -125,7 +125,7 @@ class Limits(Protocol):
         ...
 
     async def give_back(self) -> int:
-        """At stop: return today's unused leases; the credits returned."""
+        """At stop: return today's unused leases (and slots); the credits returned."""
         ...
 
 

@@ -8,9 +8,9 @@ suspend only then:
 * credits: a lease sits in this worker's `CreditLedger` (`auto_lease=False`); `admit` spends
   it, and a call the lease cannot cover waits for one refill, shared by every call of the
   account that needs it at that moment;
-* slots: a batch of per-minute slots, used within the time Redis's schedule gave them (so a
-  batch taken in a quiet minute cannot add to a busy one later); a refusal is remembered until
-  its retry time, so a flood is answered from memory (and by the screen, `rpm_refusal`).
+* slots: batches of per-minute slots (`limits.slots.SlotBatches`), sized by the calls waiting
+  for them and given back unused; a refusal is remembered until its retry time, so a flood is
+  answered from memory (and by the screen, `rpm_refusal`).
 
 When Redis cannot be reached, credits are fail-closed (a call beyond the lease in hand gets a
 503) and the per-minute limit falls back to its 1/N share on this worker's own bucket, N being
@@ -32,9 +32,10 @@ from typing import Protocol
 from clexproxy.auth import Account
 from clexproxy.clock import Clock, utc_day
 from clexproxy.errors import ServiceUnavailable
-from clexproxy.fastpath.limits import BucketResult, CreditLedger, TokenBuckets
+from clexproxy.fastpath.limits import BucketResult, CreditLedger
 from clexproxy.limits.base import Admission, LedgerLimits, RpmRefusal
 from clexproxy.limits.headers import metering_headers
+from clexproxy.limits.slots import Circuit, SlotBatches
 from clexproxy.sync.redis import SLICE_DIVISOR, RedisError, RedisSync
 
 log = logging.getLogger("clexproxy.shared")
@@ -53,22 +54,7 @@ class _Unobserved:
 LEASE_CALLS = 8  # a first lease asks for this many calls' worth (Redis caps any lease at 1/(4N) of what is left)
 LEASE_MAX_CALLS = 65_536
 LEASE_TARGET_SECONDS = 1.0  # a lease spent faster than this asks for twice as much next time; much slower, half
-SLOT_BATCH_SECONDS = 0.5  # a batch of slots covers about this much of the worker's recent rate
-MIN_SLOT_VALIDITY = 0.5  # seconds a batch of slots may be used in, at the least
-CIRCUIT_MIN, CIRCUIT_MAX = 0.1, 5.0  # seconds between tries of a Redis that failed, doubling
 SPENT_OUT_SECONDS = 1.0  # a spent budget is believed this long before Redis is asked again
-
-
-class _Slots:
-    __slots__ = ("allowance", "calls", "denied_until", "left", "rate_since", "valid_until")
-
-    def __init__(self) -> None:
-        self.allowance = 0  # slots in hand
-        self.valid_until = 0.0  # monotonic: slots in hand expire then
-        self.denied_until = 0.0  # monotonic: Redis refused until then
-        self.left = 0  # slots Redis had left at the last grant (for the headers)
-        self.calls = 0  # calls since rate_since: the batch size follows the rate
-        self.rate_since = 0.0
 
 
 class SharedLimits(LedgerLimits):
@@ -92,11 +78,8 @@ class SharedLimits(LedgerLimits):
         # (account, day) -> (credits Redis held, until when we believe it): a budget found spent is
         # not asked about again for every call of a flood.
         self._spent_out: dict[tuple[int, int], tuple[int, float]] = {}
-        self._slots: dict[int, _Slots] = {}
-        self._fetching: dict[int, asyncio.Future[None]] = {}
-        self._fallback = TokenBuckets()
-        self._circuit_until = 0.0
-        self._circuit_wait = CIRCUIT_MIN
+        self.circuit = Circuit(clock)
+        self.slots = SlotBatches(clock, sync, self.workers, self.circuit)
         # Fail-open plans' spending while Redis was away: (account, day, credits, debit id), charged
         # to Redis in order once it answers again (`reconcile`), and the per-day totals it is capped by.
         self._owed: list[tuple[int, int, int, str]] = []
@@ -187,10 +170,10 @@ class SharedLimits(LedgerLimits):
         known = self._spent_out.get((account.id, day))
         if known is not None and known[0] < deficit and self.clock.monotonic() < known[1]:
             return False
-        if self.clock.monotonic() < self._circuit_until:
+        if self.circuit.is_open:
             if account.plan.fail_open:
                 return self._lease_without_redis(account, cost, day, deficit)
-            raise _unavailable(self._circuit_until - self.clock.monotonic())
+            raise _unavailable(self.circuit.until - self.clock.monotonic())
         limit = account.plan.credits_per_day
         calls = self._next_lease_calls(account.id)
         lease_id = RedisSync.new_lease_id()
@@ -206,11 +189,11 @@ class SharedLimits(LedgerLimits):
         except RedisError as exc:
             log.warning("Redis unavailable for credit leases: %s", exc)
             self._unconfirmed.append((account.id, day, lease_id))
-            self._open_circuit()
+            self.circuit.failed()
             if account.plan.fail_open:
                 return self._lease_without_redis(account, cost, day, deficit)
-            raise _unavailable(self._circuit_wait) from None
-        self._closed_circuit()
+            raise _unavailable(self.circuit.wait) from None
+        self.circuit.answered()
         if self.unsettled:
             await self.reconcile()
         self._left[account.id] = grant.left
@@ -300,116 +283,29 @@ class SharedLimits(LedgerLimits):
             except RedisError:
                 log.warning("could not return a lease of %d credits for account %d", credits, account_id)
         self._leased.clear()
+        slots = await self.slots.give_back()
+        if slots:
+            log.info("returned %d unused per-minute slots to Redis", slots)
         return returned
 
-    # slots --------------------------------------------------------------------------------------
+    # slots ------------------------------------------------------------------------------------
 
     async def count_request(self, account: Account) -> BucketResult:
         """A slot from the batch in hand or a remembered refusal; else one trip to Redis, shared by concurrent calls."""
-        bucket = self._take_slot(account, self.clock.monotonic())
+        bucket = self.slots.take(account, counted=True)
         if bucket is None:
-            bucket = await self._fetch_slot(account)
+            bucket = await self.slots.fetch(account)
         if not bucket.allowed:
             raise self.rpm_error(account, bucket)
         return bucket
 
-    def _take_slot(self, account: Account, now: float) -> BucketResult | None:
-        """A slot from memory, a remembered refusal, or None: Redis must be asked (`_fetch_slot`)."""
-        slots = self._slots.get(account.id)
-        if slots is None:
-            return None
-        slots.calls += 1
-        if slots.allowance > 0 and now < slots.valid_until:
-            slots.allowance -= 1
-            return self._result(account, slots, True, 0.0)
-        if now < slots.denied_until:
-            return self._result(account, slots, False, slots.denied_until - now)
-        return None
-
     def peek_bucket(self, account: Account) -> BucketResult:
-        """What `_take_slot` would say, without taking anything or asking Redis."""
-        slots = self._slots.get(account.id)
-        if slots is None:
-            rpm = account.plan.requests_per_minute
-            return BucketResult(rpm > 0, rpm, 0.0, 0.0)
-        now = self.clock.monotonic()
-        if now < slots.denied_until and not (slots.allowance > 0 and now < slots.valid_until):
-            return self._result(account, slots, False, slots.denied_until - now)
-        return self._result(account, slots, True, 0.0)
+        return self.slots.peek(account)
 
     def rpm_refusal(self, account: Account) -> RpmRefusal | None:
         """The remembered refusal of the account's calls, if it still holds."""
-        slots = self._slots.get(account.id)
-        now = self.clock.monotonic()
-        if slots is None or now >= slots.denied_until or (slots.allowance > 0 and now < slots.valid_until):
-            return None
-        return self._refused(account, self._result(account, slots, False, slots.denied_until - now))
-
-    async def _fetch_slot(self, account: Account) -> BucketResult:
-        """One slot for this call, from Redis (with a batch for the calls that follow)."""
-        rpm = account.plan.requests_per_minute
-        if self.clock.monotonic() < self._circuit_until:
-            return self._fallback_slot(account, rpm)
-        while True:
-            pending = self._fetching.get(account.id)
-            if pending is None:
-                break
-            await asyncio.shield(pending)
-            taken = self._take_slot(account, self.clock.monotonic())
-            if taken is not None:
-                return taken
-        future = asyncio.get_running_loop().create_future()
-        self._fetching[account.id] = future
-        try:
-            return await self._fetch(account, rpm)
-        except RedisError as exc:
-            log.warning("Redis unavailable for per-minute limits (%s); %d/%d of the limit on this worker",
-                        exc, rpm, self.workers)
-            self._open_circuit()
-            return self._fallback_slot(account, rpm)
-        finally:
-            del self._fetching[account.id]
-            future.set_result(None)
-
-    async def _fetch(self, account: Account, rpm: int) -> BucketResult:
-        slots = self._slots.get(account.id)
-        if slots is None:
-            slots = self._slots[account.id] = _Slots()
-        now = self.clock.monotonic()
-        elapsed = now - slots.rate_since
-        rate = slots.calls / elapsed if slots.rate_since and elapsed > 0 else 0.0
-        slots.calls, slots.rate_since = 0, now
-        want = max(1, min(int(rate * SLOT_BATCH_SECONDS) + 1, rpm // (2 * self.workers) or 1))
-        grant = await self.sync.take_slots(account.id, rpm, want)
-        self._closed_circuit()
-        now = self.clock.monotonic()
-        slots.left = grant.left
-        if grant.granted == 0:
-            slots.allowance, slots.denied_until = 0, now + grant.retry_after
-            return self._result(account, slots, False, grant.retry_after)
-        slots.allowance = grant.granted - 1  # this call takes one
-        slots.valid_until = now + max(MIN_SLOT_VALIDITY, grant.granted * 60.0 / max(1, rpm))
-        slots.denied_until = 0.0
-        return self._result(account, slots, True, 0.0)
-
-    def _fallback_slot(self, account: Account, rpm: int) -> BucketResult:
-        share = rpm / self.workers
-        return self._fallback.acquire(account.id, share, share / 60.0, self.clock.monotonic())
-
-    def _result(self, account: Account, slots: _Slots, allowed: bool, retry_after: float) -> BucketResult:
-        rpm = account.plan.requests_per_minute
-        remaining = slots.allowance + slots.left if allowed else 0
-        reset_after = (rpm - remaining) * 60.0 / rpm if rpm > 0 else float("inf")
-        return BucketResult(allowed, remaining, retry_after, reset_after)
-
-    # the circuit --------------------------------------------------------------------------------
-
-    def _open_circuit(self) -> None:
-        self._circuit_until = self.clock.monotonic() + self._circuit_wait
-        self._circuit_wait = min(CIRCUIT_MAX, self._circuit_wait * 2)
-
-    def _closed_circuit(self) -> None:
-        self._circuit_wait = CIRCUIT_MIN
+        refused = self.slots.refusal(account)
+        return None if refused is None else self._refused(account, refused)
 
 
 def _unavailable(retry_after: float) -> ServiceUnavailable:

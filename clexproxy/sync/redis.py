@@ -16,8 +16,10 @@ Redis is back (`recover_credits`), so a lost reply strands nothing.
 
 Slots: GCRA (the algorithm of redis-cell and Stripe's limiters) on Redis's own clock, with the
 same shape as the in-process bucket: a burst of `rpm`, refilled at `rpm` per minute. A worker
-takes up to k slots at once; a refusal says how long until the next slot frees, and the worker
-caches it until then.
+takes the slots its waiting calls need at once, and more for calls to come only out of room to
+spare; a refusal says how long until the next slot frees, and the worker caches it until then.
+Slots a worker did not use go back (`give_slots`): the schedule moves back by as many, never
+before now, once per return id.
 
 Every round trip is reported to an observer (the metrics): its duration by operation when it
 succeeds, the operation when it fails. The key-change subscription counts too, so a Redis that
@@ -111,7 +113,9 @@ end
 return {1, redis.call('HINCRBY', KEYS[1], 'left', -tonumber(ARGV[1]))}
 """
 
-# KEYS[1]: the account's theoretical arrival time, in µs on Redis's clock. ARGV: rpm, slots wanted.
+# KEYS[1]: the account's theoretical arrival time, in µs on Redis's clock. ARGV: rpm, slots needed
+# (calls waiting for one), slots wanted beyond those, divisor. What is needed is granted first, up
+# to the room; slots beyond it come only from what the room holds past that, at most 1/divisor of it.
 # Returns {granted, µs until a slot frees (when none granted), slots left after the grant}.
 _TAKE_SLOTS = """
 local t = redis.call('TIME')
@@ -128,9 +132,29 @@ if k > room then k = room end
 if k <= 0 then
   return {0, math.ceil(tat + interval - depth - now), 0}
 end
+local extra = math.min(tonumber(ARGV[3]), math.floor((room - k) / tonumber(ARGV[4])))
+if extra > 0 then k = k + extra end
 tat = tat + k * interval
 redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 return {k, 0, room - k}
+"""
+
+# KEYS[1]: the account's theoretical arrival time; KEYS[2]: this return's record. ARGV: rpm, slots,
+# memory. Slots a worker took and did not use move the schedule back by as much, never before now
+# (a schedule at or before now already has its whole burst free). Once per return id.
+# Returns the slots given back, or -1 when this return was made before.
+_GIVE_SLOTS = """
+if redis.call('SET', KEYS[2], 1, 'NX', 'EX', tonumber(ARGV[3])) == false then return -1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local rpm = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if rpm <= 0 or tat <= now then return 0 end
+local interval = 60000000 / rpm
+local moved = tat - math.max(now, tat - tonumber(ARGV[2]) * interval)
+tat = tat - moved
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+return math.ceil(moved / interval - 1e-9)
 """
 
 
@@ -180,6 +204,7 @@ class RedisSync:
         self._give_credits = self._redis.register_script(_GIVE_CREDITS)
         self._debit_credits = self._redis.register_script(_DEBIT_CREDITS)
         self._take_slots = self._redis.register_script(_TAKE_SLOTS)
+        self._give_slots = self._redis.register_script(_GIVE_SLOTS)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -284,9 +309,28 @@ class RedisSync:
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
-    async def take_slots(self, account_id: int, rpm: int, want: int) -> SlotGrant:
-        """Take up to `want` of the account's per-minute slots, or learn how long until one frees."""
+    def _rpm_key(self, account_id: int) -> str:
+        return f"{self.prefix}:{{{account_id}}}:rpm"
+
+    async def take_slots(self, account_id: int, rpm: int, need: int, *, extra: int = 0, divisor: int = 1) -> SlotGrant:
+        """Take up to `need` of the account's per-minute slots, or learn how long until one frees.
+
+        `extra` more come only out of the room left past `need`, at most 1/`divisor` of it: a
+        worker's guess at calls still to come may not take the slots of calls already waiting
+        elsewhere.
+        """
         granted, wait_us, left = await self._trip(
-            "take_slots", self._take_slots(keys=[f"{self.prefix}:{{{account_id}}}:rpm"], args=[rpm, want])
+            "take_slots", self._take_slots(keys=[self._rpm_key(account_id)],
+                                           args=[rpm, need, max(0, extra), max(1, divisor)])
         )
         return SlotGrant(int(granted), int(wait_us) / 1e6, int(left))
+
+    async def give_slots(self, account_id: int, rpm: int, slots: int, return_id: str) -> int:
+        """Return slots taken and not used (once per `return_id`); how many went back (0: the minute refilled them)."""
+        if slots <= 0:
+            return 0
+        back = await self._trip("give_slots", self._give_slots(
+            keys=[self._rpm_key(account_id), f"{self.prefix}:{{{account_id}}}:slots-back:{return_id}"],
+            args=[rpm, slots, GRANT_MEMORY_SECONDS],
+        ))
+        return max(0, int(back))
