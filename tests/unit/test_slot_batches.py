@@ -125,31 +125,24 @@ async def test_a_batch_beyond_the_calls_waiting_comes_only_from_room_to_spare(wo
     assert 6_400 - 52 <= await room(probe.sync, acct) <= 6_400 - 52 + 10  # 107 refill a second
 
 
-async def test_what_a_batch_leaves_unused_goes_back_when_it_expires(worker: Worker) -> None:
+@pytest.mark.parametrize("noticed_by", ["timer", "next call"])
+async def test_what_a_batch_leaves_unused_goes_back_when_it_expires(worker: Worker, noticed_by: str) -> None:
     limits = worker(1)
     acct = Account(3, "acct-3", ROOMY)
     await paced(limits, acct)
     clock = limits.clock
     assert isinstance(clock, ManualClock)
-    clock.advance(MIN_SLOT_VALIDITY)  # the batch's time is up on the limits' clock ...
-    await asyncio.sleep(MIN_SLOT_VALIDITY + 0.1)  # ... and on the loop's, whose timer gives it back: no call needed
-    assert limits.slots._slots[acct.id].allowance == 0
+    clock.advance(MIN_SLOT_VALIDITY)  # the batch's time is up on the limits' clock
+    if noticed_by == "timer":
+        await asyncio.sleep(MIN_SLOT_VALIDITY + 0.1)  # and on the loop's: its timer gives it back, no call needed
+        assert limits.slots._slots[acct.id].allowance == 0
+        used = 2
+    else:
+        assert await counted(limits, acct)  # before the loop's timer: this call finds the batch expired
+        used = 4  # and takes a slot of its own trip, with one more for a pace of 2 a second
     await asyncio.gather(*limits.slots._returning)
     probe = worker(1)
-    assert 6_400 - 2 <= await room(probe.sync, acct) <= 6_400
-
-
-async def test_an_expired_batch_is_not_spent_and_goes_back(worker: Worker) -> None:
-    limits = worker(1)
-    acct = Account(5, "acct-5", ROOMY)
-    await paced(limits, acct)
-    clock = limits.clock
-    assert isinstance(clock, ManualClock)
-    clock.advance(MIN_SLOT_VALIDITY)  # the loop's timer has not fired yet: the next call finds the batch expired
-    assert await counted(limits, acct)  # on a slot of its own trip (and one more, for a pace of 2 a second)
-    await asyncio.gather(*limits.slots._returning)
-    probe = worker(1)
-    assert 6_400 - 4 <= await room(probe.sync, acct) <= 6_400
+    assert 6_400 - used <= await room(probe.sync, acct) <= 6_400
 
 
 async def test_slots_in_hand_go_back_when_a_worker_stops(worker: Worker) -> None:
