@@ -47,6 +47,15 @@ _ids = random.Random()
 os.register_at_fork(after_in_child=_ids.seed)
 
 
+MAX_TOKEN_COUNT = 9_007_199_254_740_991  # 2**53 - 1, JSON's largest exact integer
+
+
+def token_count(value: Any) -> int:
+    """A usage count an upstream sent, as a translated answer may say it: a JSON integer (not a boolean)
+    in [0, 2**53), else 0. A negative count or one past 64 bits is the upstream's error, not the caller's."""
+    return value if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT else 0
+
+
 def random_hex(digits: int) -> str:
     """`digits` random hex digits (a multiple of 2), for an answer's id."""
     return _ids.getrandbits(digits * 4).to_bytes(digits // 2).hex()

@@ -26,7 +26,7 @@ from typing import Any, Final
 import orjson
 
 from clexproxy.errors import ApiError
-from clexproxy.protocols.chunks import Chunk, random_hex
+from clexproxy.protocols.chunks import MAX_TOKEN_COUNT, Chunk, random_hex
 
 __all__ = ["STOP_REASONS", "MessagesEncoder", "error_body", "error_type", "message_id", "stop_reason", "usage"]
 
@@ -76,11 +76,13 @@ def stop_reason(finish_reason: Any) -> str:
 
 
 def usage(chat_usage: Any) -> tuple[int, int]:
-    """(input_tokens, output_tokens) from a chat `usage` object; what is missing or malformed counts 0."""
+    """(input_tokens, output_tokens) from a chat `usage` object; what is missing, malformed or out of range counts 0."""
     if not isinstance(chat_usage, dict):
         return 0, 0
     prompt, completion = chat_usage.get("prompt_tokens"), chat_usage.get("completion_tokens")
-    return (prompt if type(prompt) is int else 0), (completion if type(completion) is int else 0)
+    # `token_count`, in line: every Messages answer reads one. A negative count or one past 2**53 is 0.
+    return ((prompt if type(prompt) is int and 0 <= prompt <= MAX_TOKEN_COUNT else 0),
+            (completion if type(completion) is int and 0 <= completion <= MAX_TOKEN_COUNT else 0))
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from clexproxy.errors import ApiError
-from clexproxy.protocols.chunks import Chunk, random_hex, text_only
+from clexproxy.protocols.chunks import MAX_TOKEN_COUNT, Chunk, random_hex, text_only, token_count
 
 IdFactory = Callable[[str], str]
 
@@ -45,27 +45,20 @@ def random_id(prefix: str) -> str:
 
 
 # A count beyond this (2**53 - 1, JSON's largest exact integer) counts 0: the total of two would not serialize.
-_MAX_COUNT = 9_007_199_254_740_991
-
-
-def _count(value: Any) -> int:
-    return value if type(value) is int and 0 <= value <= _MAX_COUNT else 0  # JSON's integers (not its booleans)
-
-
 def usage_counts(usage: dict[str, Any]) -> tuple[int, int, int, int, int]:
     """A chat `usage`'s (input, cached input, output, reasoning, total) tokens, as the Responses `usage` says them.
 
     Every JSON Responses answer reads one: the two counts every usage has are checked in line.
     """
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    prompt = prompt if type(prompt) is int and 0 <= prompt <= _MAX_COUNT else 0
-    completion = completion if type(completion) is int and 0 <= completion <= _MAX_COUNT else 0
+    prompt = prompt if type(prompt) is int and 0 <= prompt <= MAX_TOKEN_COUNT else 0
+    completion = completion if type(completion) is int and 0 <= completion <= MAX_TOKEN_COUNT else 0
     prompt_details = usage.get("prompt_tokens_details")
     completion_details = usage.get("completion_tokens_details")
-    cached = _count(prompt_details.get("cached_tokens")) if type(prompt_details) is dict else 0
-    reasoning = _count(completion_details.get("reasoning_tokens")) if type(completion_details) is dict else 0
+    cached = token_count(prompt_details.get("cached_tokens")) if type(prompt_details) is dict else 0
+    reasoning = token_count(completion_details.get("reasoning_tokens")) if type(completion_details) is dict else 0
     total = usage.get("total_tokens")
-    return prompt, cached, completion, reasoning, _count(total) if total is not None else prompt + completion
+    return prompt, cached, completion, reasoning, token_count(total) if total is not None else prompt + completion
 
 
 def responses_usage(usage: Any) -> dict[str, Any] | None:

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from openai.types.responses import Response
 
 from clexproxy.protocols import messages
+from clexproxy.protocols.messages_stream import MessagesEncoder
+from clexproxy.protocols.messages_stream import usage as messages_usage
 from clexproxy.protocols.responses import translate
 from clexproxy.protocols.responses_answer import PLAIN_ECHO, ResponsesCall
 
@@ -207,3 +209,16 @@ def test_a_streams_last_response_is_the_json_answers() -> None:
     for response in (answered, streamed):
         response["id"] = response["output"][0]["id"] = "-"
     assert streamed == answered
+
+
+def test_a_messages_answer_counts_out_of_range_usage_as_zero() -> None:
+    """An upstream's negative count, or one past what JSON holds exactly, is its error: the answer says 0, not a 500."""
+    bad = {"prompt_tokens": -5, "completion_tokens": 2**70}
+    call = messages.translate({"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]})
+    message = Message.model_validate_json(call.answer({"usage": bad, "choices": [{"message": {"content": "a"}}]}))
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (0, 0)
+    encoder = MessagesEncoder("m")
+    events = encoder.chunk({"choices": [{"delta": {"content": "a"}}], "usage": bad}) + encoder.end()
+    last_delta = [line for line in events.split(b"\n") if b'"message_delta"' in line and line.startswith(b"data:")]
+    assert orjson.loads(last_delta[-1][5:])["usage"] == {"input_tokens": 0, "output_tokens": 0}
+    assert messages_usage({"prompt_tokens": 2**53 - 1, "completion_tokens": True}) == (2**53 - 1, 0)
