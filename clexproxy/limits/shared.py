@@ -288,7 +288,7 @@ class SharedLimits(LedgerLimits):
             log.info("returned %d unused per-minute slots to Redis", slots)
         return returned
 
-    # slots ------------------------------------------------------------------------------------
+    # slots --------------------------------------------------------------------------------------
 
     async def count_request(self, account: Account) -> BucketResult:
         """A slot from the batch in hand or a remembered refusal; else one trip to Redis, shared by concurrent calls."""

@@ -179,7 +179,6 @@ class SlotBatches:
         if grant.granted == 0:
             slots.denied_until = now + grant.retry_after
             return True
-        self._give_back(account_id, slots)  # none is left (`take` gives an expired batch back): none is ever dropped
         validity = max(MIN_SLOT_VALIDITY, grant.granted * 60.0 / max(1, rpm))
         slots.allowance = grant.granted
         slots.valid_until = now + validity

@@ -52,7 +52,7 @@ MAX_TOKEN_COUNT = 9_007_199_254_740_991  # 2**53 - 1, JSON's largest exact integ
 
 def token_count(value: Any) -> int:
     """A usage count an upstream sent, as a translated answer may say it: a JSON integer (not a boolean)
-    in [0, 2**53), else 0. A negative count or one past 64 bits is the upstream's error, not the caller's."""
+    in [0, 2**53], else 0. A negative count, or one JSON cannot hold exactly, is the upstream's error."""
     return value if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT else 0
 
 
