@@ -12,7 +12,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.redis_server import free_port
 
 RUN_AS = "clexpg"
 SUPERUSER = "postgres"
@@ -31,13 +32,6 @@ READY_SECONDS = 60.0
 
 class PostgresNotInstalled(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def find_bindir() -> Path:

@@ -7,6 +7,7 @@ counter, which is what "Redis restarted mid-flood: nothing lost" relies on.
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -14,11 +15,32 @@ import time
 from pathlib import Path
 
 
+def _below_ephemeral() -> range:
+    """Ports no outgoing connection is given: those under the kernel's ephemeral range (32768 up, by default)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768
+    return range(10_000, max(11_000, low))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A loopback port that is free now, for a server that binds it later (often in another process).
+
+    It is drawn from under the ephemeral range: a port the kernel hands out (bind to port 0) can
+    meanwhile become the local end of any outgoing connection (a worker's to Redis, say), and the
+    server's bind then fails with "Address already in use". A port in TIME_WAIT fails the probe.
+    """
+    ports = _below_ephemeral()
+    for _ in range(500):
+        port = random.choice(ports)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
         return port
+    raise RuntimeError(f"no free loopback port in {ports}")
 
 
 class RedisServer:
